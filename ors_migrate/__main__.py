@@ -1,0 +1,3 @@
+from ors_migrate.cli import main
+
+main()

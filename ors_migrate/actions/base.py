@@ -1,0 +1,77 @@
+"""The shared vocabulary of actions: command results, check results and the transport protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+Severity = Literal["ok", "warning", "error"]
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    host: str
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One observation of a read-only check: what was seen, and what to do if it is wrong."""
+
+    check: str
+    severity: Severity
+    message: str
+    fix: str = ""
+    observed: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def blocking(self) -> bool:
+        return self.severity == "error"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "check": self.check,
+            "severity": self.severity,
+            "message": self.message,
+            "fix": self.fix,
+            "observed": self.observed,
+        }
+
+
+class Transport(Protocol):
+    """How commands and files reach one host. Implementations: local subprocess, SSH."""
+
+    name: str
+    platform: str
+
+    def run(
+        self,
+        command: str,
+        *,
+        stdin: str | None = None,
+        timeout: float | None = None,
+        env: dict[str, str] | None = None,
+    ) -> CommandResult:
+        """Run a shell command; never raises for a non-zero exit, raises TransportError when the
+        host cannot be reached or the command times out. Secrets go in `stdin` or `env`,
+        never in `command`."""
+        ...
+
+    def read_file(self, path: str) -> bytes | None:
+        """The file's bytes, or None when it does not exist."""
+        ...
+
+    def write_file_atomic(self, path: str, data: bytes, *, backup_path: str | None) -> None:
+        """Write via a temporary file in the same directory and a rename, keeping the old
+        file's mode and owner; copy the old file to `backup_path` first when given."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,103 @@
+"""Load YAML files strictly and keep line numbers, so every error can name its place."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from ors_migrate.errors import InputError
+
+MAX_FILE_BYTES = 5 * 1024 * 1024
+
+
+class LocatedDocument:
+    """A parsed YAML document and the way back from a path of keys to a line number."""
+
+    def __init__(self, path: str, root: Any) -> None:
+        self.path = path
+        self.root = root
+
+    def data(self) -> Any:
+        return _plain(self.root)
+
+    def line_of(self, loc: Sequence[str | int]) -> int | None:
+        """1-based line of the deepest node of `loc` that exists in the document."""
+        node = self.root
+        line: int | None = 1
+        for key in loc:
+            if isinstance(node, CommentedMap) and key in node:
+                line = node.lc.key(key)[0] + 1
+                node = node[key]
+            elif isinstance(node, CommentedSeq) and isinstance(key, int) and 0 <= key < len(node):
+                line = node.lc.item(key)[0] + 1
+                node = node[key]
+            else:
+                break
+        return line
+
+
+def _plain(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {str(k) if not isinstance(k, str) else k: _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node
+
+
+def load_yaml(path: str | Path, error: type[InputError], what: str) -> LocatedDocument:
+    """Read and parse one YAML mapping; raise `error` with file and line on any problem."""
+    name = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise error(f"{what} not found", file=name, rule="file-exists") from None
+    except IsADirectoryError:
+        raise error(f"{what} is a directory, not a file", file=name, rule="file-exists") from None
+    except OSError as exc:
+        raise error(f"cannot read {what}: {exc.strerror}", file=name, rule="file-readable") from None
+    return parse_yaml(raw, name, error, what)
+
+
+def parse_yaml(raw: bytes, name: str, error: type[InputError], what: str) -> LocatedDocument:
+    if len(raw) > MAX_FILE_BYTES:
+        raise error(f"{what} is larger than {MAX_FILE_BYTES} bytes", file=name, rule="file-size")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise error(
+            f"{what} is not UTF-8 text (byte {exc.start})", file=name, line=line, rule="utf-8"
+        ) from None
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise error(f"{what} contains a NUL byte", file=name, line=line, rule="text") from None
+    if not text.strip():
+        raise error(f"{what} is empty", file=name, line=1, rule="not-empty")
+    yaml = YAML(typ="rt", pure=True)
+    yaml.allow_duplicate_keys = False
+    try:
+        root = yaml.load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise error(f"invalid YAML: {problem}", file=name, line=line, rule="yaml-syntax") from None
+    except YAMLError as exc:
+        raise error(f"invalid YAML: {exc}", file=name, rule="yaml-syntax") from None
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise error(f"invalid YAML: {exc}", file=name, rule="yaml-syntax") from None
+    if root is None:
+        raise error(f"{what} is empty", file=name, line=1, rule="not-empty")
+    if not isinstance(root, CommentedMap):
+        raise error(
+            f"{what} must be a mapping of keys to values at the top level",
+            file=name,
+            line=1,
+            rule="top-level-mapping",
+        )
+    return LocatedDocument(name, root)

@@ -1,0 +1,86 @@
+"""The local transport: commands run by the local shell, files written on this machine."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from ors_migrate.actions.base import CommandResult
+from ors_migrate.errors import TransportError
+
+
+class LocalTransport:
+    def __init__(self, name: str = "localhost", platform: str = "linux") -> None:
+        self.name = name
+        self.platform = platform
+
+    def run(
+        self,
+        command: str,
+        *,
+        stdin: str | None = None,
+        timeout: float | None = None,
+        env: dict[str, str] | None = None,
+    ) -> CommandResult:
+        started = time.monotonic()
+        full_env = {**os.environ, **env} if env else None
+        try:
+            proc = subprocess.run(
+                command,
+                shell=True,
+                input=stdin if stdin is not None else "",
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=full_env,
+            )
+        except subprocess.TimeoutExpired:
+            raise TransportError(
+                f"on {self.name}: `{command}` did not finish within {timeout:g} s"
+            ) from None
+        return CommandResult(
+            host=self.name,
+            command=command,
+            exit_code=proc.returncode,
+            stdout=proc.stdout,
+            stderr=proc.stderr,
+            duration_s=time.monotonic() - started,
+        )
+
+    def read_file(self, path: str) -> bytes | None:
+        try:
+            return Path(path).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write_file_atomic(self, path: str, data: bytes, *, backup_path: str | None) -> None:
+        target = Path(path)
+        existing = target.stat() if target.exists() else None
+        if backup_path and existing is not None:
+            shutil.copy2(target, backup_path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if existing is not None:
+                os.chmod(tmp, existing.st_mode & 0o7777)
+                if os.geteuid() == 0:
+                    os.chown(tmp, existing.st_uid, existing.st_gid)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def close(self) -> None:
+        return None

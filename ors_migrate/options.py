@@ -62,7 +62,9 @@ def preparation_changes(site: Site, *, password_placeholder: str = "***") -> lis
                 changes.append(OptionChange(PERSISTENCE, option, value))
     for option, value in sorted(site.ors.extra_persistence_options.items()):
         changes.append(OptionChange(PERSISTENCE, option, value))
-    changes.append(OptionChange(site.ors.sessionid_with_nodeid_section, SESSIONID_WITH_NODEID, "true"))
+    changes.append(
+        OptionChange(site.ors.sessionid_with_nodeid_section, SESSIONID_WITH_NODEID, "true")
+    )
     digital = site.ors.digital_persistence
     if digital is not None:
         changes.append(OptionChange(digital.section, digital.option, digital.value))

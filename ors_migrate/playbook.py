@@ -44,6 +44,7 @@ class StateSpec(_Strict):
     seed_step: str | None
     scope: Scope = "site"
     gate: str | None = None
+    when: Literal["always", "to_start"] = "always"
     enables_redis: bool = False
     on_failure: Literal["stop", "rollback"] | None = None
     retry: Retry = Retry()

@@ -100,7 +100,9 @@ class OptionsBackend(StrictModel):
     @model_validator(mode="after")
     def _fields_for_kind(self) -> OptionsBackend:
         if self.kind == "ini-file" and not self.path:
-            raise ValueError("the ini-file backend needs 'path' (placeholders: {app} {cluster} {pair})")
+            raise ValueError(
+                "the ini-file backend needs 'path' (placeholders: {app} {cluster} {pair})"
+            )
         if self.kind == "command" and not (self.get_command and self.set_command):
             raise ValueError("the command backend needs both 'get_command' and 'set_command'")
         return self
@@ -313,7 +315,9 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 
 def _clean_loc(loc: tuple[Any, ...]) -> tuple[str | int, ...]:
     # pydantic adds the name of a union member or a validator to loc; keep only real keys.
-    return tuple(p for p in loc if isinstance(p, int) or not str(p).startswith(("function-", "literal[")))
+    return tuple(
+        p for p in loc if isinstance(p, int) or not str(p).startswith(("function-", "literal["))
+    )
 
 
 def site_error_from_validation(exc: ValidationError, document: LocatedDocument) -> SiteError:

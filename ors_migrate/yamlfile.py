@@ -59,7 +59,9 @@ def load_yaml(path: str | Path, error: type[InputError], what: str) -> LocatedDo
     except IsADirectoryError:
         raise error(f"{what} is a directory, not a file", file=name, rule="file-exists") from None
     except OSError as exc:
-        raise error(f"cannot read {what}: {exc.strerror}", file=name, rule="file-readable") from None
+        raise error(
+            f"cannot read {what}: {exc.strerror}", file=name, rule="file-readable"
+        ) from None
     return parse_yaml(raw, name, error, what)
 
 

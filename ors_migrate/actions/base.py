@@ -75,3 +75,38 @@ class Transport(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one planned action acts. `role_resolved_at_run_time` marks an application chosen by
+    its role: the plan shows the member expected to hold that role, the run asks the live world."""
+
+    cluster: str | None = None
+    ha_pair: str | None = None
+    app: str | None = None
+    host: str | None = None
+    role: str | None = None
+    role_resolved_at_run_time: bool = False
+
+    def label(self) -> str:
+        return self.app or self.ha_pair or self.cluster or "site"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "cluster": self.cluster,
+            "ha_pair": self.ha_pair,
+            "app": self.app,
+            "host": self.host,
+            "role": self.role,
+            "role_resolved_at_run_time": self.role_resolved_at_run_time,
+        }
+
+
+@dataclass
+class Preview:
+    """What a planned action will do, for the dry-run plan: exact commands and option diffs."""
+
+    description: str
+    commands: list[str] = field(default_factory=list)
+    option_changes: list[dict[str, Any]] = field(default_factory=list)

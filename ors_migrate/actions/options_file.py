@@ -23,7 +23,9 @@ def _parse(text: str, path: str) -> ConfigUpdater:
     try:
         updater.read_string(text)
     except (ParsingError, ValueError) as exc:
-        raise InputError(f"cannot parse options file: {exc}", file=path, rule="ini-syntax") from None
+        raise InputError(
+            f"cannot parse options file: {exc}", file=path, rule="ini-syntax"
+        ) from None
     return updater
 
 
@@ -90,14 +92,14 @@ class IniFileOptions:
                 self.path, new.encode("utf-8"), backup_path=self.path + self.backup_suffix
             )
 
-    def keep_pristine(self, run_id: str) -> str:
+    def keep_original(self, run_id: str) -> str:
         """Copy the file as it is now to a run-specific path, once; returns that path."""
         pristine = f"{self.path}.{run_id}.orig"
         if self.transport.read_file(pristine) is None:
             self.transport.write_file_atomic(pristine, self.read_bytes(), backup_path=None)
         return pristine
 
-    def restore_pristine(self, run_id: str) -> bool:
+    def restore_original(self, run_id: str) -> bool:
         pristine = self.transport.read_file(f"{self.path}.{run_id}.orig")
         if pristine is None:
             return False

@@ -1,0 +1,169 @@
+"""Option actions: write ORS application options through the site's backend, capturing the
+original values before the first edit of each application."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ors_migrate.actions.base import Preview
+from ors_migrate.actions.registry import Action
+from ors_migrate.errors import VerificationFailed
+from ors_migrate.options import (
+    PERSISTENCE,
+    TYPE,
+    OptionChange,
+    disable_changes,
+    enable_changes,
+    preparation_changes,
+)
+
+if TYPE_CHECKING:
+    from ors_migrate.engine import RunContext
+    from ors_migrate.plan import PlannedAction, PlanningView
+    from ors_migrate.site import Site
+
+CHANGE_SETS = ("preparation", "enable", "disable")
+
+
+def tracked_options(site: Site) -> list[OptionChange]:
+    """Every option the procedures may touch: captured before the first edit."""
+    return [*preparation_changes(site), *enable_changes()]
+
+
+def planned_changes(
+    site: Site, change_set: str, original_type: str | None = None
+) -> list[OptionChange]:
+    if change_set == "preparation":
+        return preparation_changes(site)
+    if change_set == "enable":
+        return enable_changes()
+    return disable_changes(original_type)
+
+
+class SetOptions(Action):
+    name = "options.set"
+    scopes = frozenset({"app", "ha_pair"})
+    changes_world = True
+    takes_role = True
+    needs_role = True
+
+    @classmethod
+    def check_spec(cls, scope: str, spec: Any) -> str | None:
+        problem = super().check_spec(scope, spec)
+        if problem:
+            return problem
+        if spec.with_.get("set") not in CHANGE_SETS:
+            return f"action '{cls.name}' needs 'with: {{set: ...}}' with one of {list(CHANGE_SETS)}"
+        return None
+
+    def preview(self, step: PlannedAction, view: PlanningView) -> Preview:
+        assert step.target.app
+        change_set = step.args["set"]
+        original = (
+            view.option(step.target.app, PERSISTENCE, TYPE) if change_set == "disable" else None
+        )
+        rows = []
+        for change in planned_changes(view.site, change_set, original):
+            old = view.option(step.target.app, change.section, change.option)
+            new = change.new
+            if change_set == "disable":
+                new = "<value captured before the run>"
+            rows.append(
+                {
+                    "section": change.section,
+                    "option": change.option,
+                    "old": "***" if change.secret and old is not None else old,
+                    "old_known": view.options_known(step.target.app),
+                    "new": "***" if change.secret else new,
+                }
+            )
+            if change_set != "disable":
+                view.set_option(step.target.app, change.section, change.option, change.new)
+        backend = view.site.options_backend.kind
+        what = {
+            "preparation": "configure Redis persistence options (type unchanged)",
+            "enable": "set [persistence] type=redis",
+            "disable": "set [persistence] type back to its value before the run",
+        }[change_set]
+        return Preview(f"{what} on {step.target.app} via the {backend} backend", [], rows)
+
+    def _app(self, ctx: RunContext, step: PlannedAction) -> str:
+        if step.target.role_resolved_at_run_time:
+            assert step.target.ha_pair and step.role
+            return ctx.services.app_in_role(step.target.ha_pair, step.role)
+        assert step.target.app
+        return step.target.app
+
+    def _desired(
+        self, ctx: RunContext, app: str, change_set: str
+    ) -> list[tuple[OptionChange, str | None]]:
+        if change_set == "disable":
+            present, value = ctx.journal.original(ctx.run_id, app, PERSISTENCE, TYPE)
+            changes = disable_changes(value if present else None)
+        else:
+            changes = planned_changes(ctx.site, change_set)
+        return [(c, ctx.secret_option_value(c) if c.secret else c.new) for c in changes]
+
+    def prepare(self, ctx: RunContext, step: PlannedAction) -> dict[str, Any]:
+        app = self._app(ctx, step)
+        ctx.capture_originals(app)
+        return {"app": app, "set": step.args["set"]}
+
+    def check(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> bool:
+        current = ctx.option_store(intent["app"]).read()
+        return all(
+            current.get(change.key) == value
+            for change, value in self._desired(ctx, intent["app"], intent["set"])
+        )
+
+    def apply(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> dict[str, Any]:
+        store = ctx.option_store(intent["app"])
+        desired = self._desired(ctx, intent["app"], intent["set"])
+        before = store.read()
+        store.write(desired)
+        return {
+            "app": intent["app"],
+            "changes": [
+                {
+                    "section": c.section,
+                    "option": c.option,
+                    "old": "***"
+                    if c.secret and before.get(c.key) is not None
+                    else before.get(c.key),
+                    "new": "***" if c.secret and v is not None else v,
+                }
+                for c, v in desired
+            ],
+        }
+
+    def verify(
+        self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]
+    ) -> dict[str, Any]:
+        if not self.check(ctx, step, intent):
+            raise VerificationFailed(
+                f"options of {intent['app']} do not read back as written; check the "
+                f"{ctx.site.options_backend.kind} backend"
+            )
+        return {}
+
+
+class RestoreOriginalFiles(Action):
+    """Put every option back exactly as captured before the run (rollback --to start)."""
+
+    name = "options.restore_original"
+    scopes = frozenset({"app"})
+    changes_world = True
+
+    def preview(self, step: PlannedAction, view: PlanningView) -> Preview:
+        return Preview(f"restore every option of {step.target.app} as it was before the run")
+
+    def prepare(self, ctx: RunContext, step: PlannedAction) -> dict[str, Any]:
+        assert step.target.app
+        return {"app": step.target.app}
+
+    def apply(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> dict[str, Any]:
+        restored = ctx.option_store(intent["app"]).restore_original(ctx.origin_run_id)
+        return {"app": intent["app"], "restored": restored}
+
+
+ACTIONS = [SetOptions, RestoreOriginalFiles]

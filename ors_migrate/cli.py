@@ -1,0 +1,312 @@
+"""The command line: a thin typer layer. Heavy modules are imported inside the commands so that
+`--help`, `validate` and `plan` start fast and import no network library."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ors_migrate.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, OrsMigrateError
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 success; 1 a run failed or was rolled back; 2 bad input (site file, playbook, "
+    "arguments) or an answer needed with no terminal; 3 preflight or verification found a "
+    "blocking problem; 4 another run holds the lock; 130 interrupted or stopped at a gate."
+)
+
+app = typer.Typer(
+    name="ors-migrate",
+    help="Move Genesys ORS 8.1.4 session persistence from Cassandra to Redis Cluster, step by "
+    "documented step, resumably. " + EXIT_CODES_HELP,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=True,
+)
+lab_app = typer.Typer(
+    help="The local rehearsal lab: real Redis Cluster, simulated ORS HA pairs, "
+    "CQL stand-in for Cassandra.",
+    no_args_is_help=True,
+)
+app.add_typer(lab_app, name="lab")
+
+SiteArg = Annotated[Path, typer.Argument(help="Site file (YAML).", show_default=False)]
+PlaybookOpt = Annotated[
+    str, typer.Option("--playbook", "-p", help="Bundled playbook name or a YAML path.")
+]
+StateDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        envvar="ORS_MIGRATE_STATE_DIR",
+        help="Where runs are kept (default ~/.local/state/ors-migrate).",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+DirOpt = Annotated[Path, typer.Option("--dir", help="Lab directory.")]
+
+
+def _state_dir(value: Path | None) -> Path:
+    from ors_migrate.journal import default_state_dir
+
+    return value or default_state_dir()
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def _ui(yes: bool = False, quiet: bool = False) -> Any:
+    from ors_migrate.ui import Ui
+
+    return Ui(assume_yes=yes, quiet=quiet)
+
+
+@app.command()
+def validate(
+    site: SiteArg,
+    playbook: PlaybookOpt = "migrate-to-redis",
+    as_json: JsonOpt = False,
+) -> None:
+    """Static checks of the site file and of the options the playbook would write. No network."""
+    from ors_migrate.playbook import load_playbook
+    from ors_migrate.rules import check_site, render_findings
+    from ors_migrate.runner import make_plan
+    from ors_migrate.site import load_site
+
+    loaded = load_site(site)
+    make_plan(loaded, load_playbook(playbook), read_current=False)
+    findings = check_site(loaded)
+    errors = [f for f in findings if f.severity == "error"]
+    if as_json:
+        _print_json(
+            {"site": str(site), "valid": not errors, "findings": [f.as_dict() for f in findings]}
+        )
+    else:
+        typer.echo(render_findings(str(site), findings))
+    raise typer.Exit(EXIT_BAD_INPUT if errors else 0)
+
+
+@app.command()
+def plan(
+    site: SiteArg,
+    playbook: PlaybookOpt = "migrate-to-redis",
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="text, json, markdown or mermaid.")
+    ] = "text",
+) -> None:
+    """The dry-run plan: every state in order, expanded to hosts, applications and commands."""
+    from ors_migrate.errors import InputError
+    from ors_migrate.playbook import load_playbook
+    from ors_migrate.render import FORMATS, render_plan
+    from ors_migrate.runner import make_plan
+    from ors_migrate.site import load_site
+
+    if fmt not in FORMATS:
+        raise InputError(f"--format must be one of {', '.join(FORMATS)}", rule="format")
+    loaded = load_site(site)
+    typer.echo(render_plan(make_plan(loaded, load_playbook(playbook)), fmt))
+
+
+@app.command()
+def run(
+    site: SiteArg,
+    run_id: Annotated[
+        str | None, typer.Argument(help="With --resume: the run to continue.")
+    ] = None,
+    playbook: PlaybookOpt = "migrate-to-redis",
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Approve every gate (unattended).")
+    ] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run.")] = False,
+    no_auto_rollback: Annotated[
+        bool,
+        typer.Option(
+            "--no-auto-rollback",
+            help="After Redis is enabled, stop instead of rolling back on failure.",
+        ),
+    ] = False,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Execute a playbook against a site, journaled so that it can be resumed."""
+    from ors_migrate.runner import Runner
+
+    runner = Runner(_state_dir(state_dir), _ui(yes))
+    try:
+        run_id, outcome = runner.start(
+            str(site), playbook, resume=resume, run_id=run_id, auto_rollback=not no_auto_rollback
+        )
+    finally:
+        runner.close()
+    _finish(run_id, outcome)
+
+
+def _finish(run_id: str, outcome: Any) -> None:
+    stream = sys.stderr
+    print(f"run {run_id}: {outcome.status}: {outcome.message}", file=stream)
+    raise typer.Exit(outcome.exit_code)
+
+
+@app.command()
+def rollback(
+    run_id: Annotated[
+        str | None, typer.Argument(help="Run to roll back (default: the latest).")
+    ] = None,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to", help="'start': also restore every option file exactly as before the run."
+        ),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y")] = False,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """The documented rollback: Redis disabled everywhere, then the standard restart."""
+    from ors_migrate.errors import InputError
+    from ors_migrate.runner import Runner
+
+    if to not in (None, "start"):
+        raise InputError("--to takes only 'start'", rule="rollback-to")
+    runner = Runner(_state_dir(state_dir), _ui(yes))
+    try:
+        run_id, outcome = runner.rollback(run_id, to_start=to == "start")
+    finally:
+        runner.close()
+    if outcome.status == "rolled_back":
+        print(f"run {run_id}: rolled back", file=sys.stderr)
+        raise typer.Exit(0)
+    _finish(run_id, outcome)
+
+
+@app.command()
+def runs(as_json: JsonOpt = False, state_dir: StateDirOpt = None) -> None:
+    """Every run in the state directory, oldest first."""
+    from ors_migrate.runner import Runner
+
+    runner = Runner(_state_dir(state_dir), _ui(quiet=True))
+    try:
+        rows = [runner.run_summary(r) for r in runner.journal.runs()]
+    finally:
+        runner.close()
+    if as_json:
+        _print_json(rows)
+        return
+    for row in rows:
+        typer.echo(
+            f"{row['run_id']}  {row['site']:<16} {row['playbook']:<18} "
+            f"{row['status']:<12} {row['current_state'] or '-'}"
+        )
+
+
+@app.command()
+def status(
+    run_id: Annotated[str | None, typer.Argument(help="Run id (default: the latest).")] = None,
+    as_json: JsonOpt = False,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Where one run stands: status, current state, states done."""
+    from ors_migrate.runner import Runner
+
+    runner = Runner(_state_dir(state_dir), _ui(quiet=True))
+    try:
+        record = runner.find_run(run_id)
+        summary = runner.run_summary(record)
+        events = runner.journal.events(record.run_id)
+    finally:
+        runner.close()
+    done = [e.state_id for e in events if e.kind == "state_ended" and e.phase == "forward"]
+    summary["states_done"] = done
+    summary["rollback_states_done"] = [
+        e.state_id for e in events if e.kind == "state_ended" and e.phase == "rollback"
+    ]
+    failures = [e.payload.get("error") for e in events if e.kind == "action_failed"]
+    summary["last_error"] = failures[-1] if failures else None
+    if as_json:
+        _print_json(summary)
+        return
+    for key, value in summary.items():
+        typer.echo(f"{key:>22}: {value}")
+
+
+@lab_app.command("up")
+def lab_up(
+    directory: DirOpt,
+    clusters: Annotated[int, typer.Option(min=1, max=10)] = 2,
+    pairs_per_cluster: Annotated[int, typer.Option(min=1, max=50)] = 2,
+) -> None:
+    """Start a lab in DIR and write DIR/site.yaml for it."""
+    from ors_migrate.lab.lab import LabShape
+    from ors_migrate.lab.lab import lab_up as up
+
+    layout = up(directory, LabShape(clusters=clusters, pairs_per_cluster=pairs_per_cluster))
+    typer.echo(f"lab up in {layout.root}; site file: {layout.site}")
+
+
+@lab_app.command("status")
+def lab_status(directory: DirOpt, as_json: JsonOpt = False) -> None:
+    """Role, version, persistence type and session counters of every simulated ORS application."""
+    from ors_migrate.lab.lab import lab_status as status_of
+
+    data = status_of(directory)
+    if as_json:
+        _print_json(data)
+        return
+    typer.echo(
+        f"{'app':<16} {'pair':<12} {'role':<8} {'version':<12} {'type':<10} created restored lost"
+    )
+    for a in data["apps"]:
+        typer.echo(
+            f"{a['app']:<16} {a['ha_pair']:<12} {a['role']:<8} {a['version'] or '-':<12} "
+            f"{a['type'] or '-':<10} {a['created']:>7} {a['restored']:>8} {a['lost']:>4}"
+        )
+
+
+@lab_app.command("down")
+def lab_down(directory: DirOpt) -> None:
+    """Stop everything the lab started."""
+    from ors_migrate.lab.lab import lab_down as down
+
+    for line in down(directory):
+        typer.echo(f"stopped {line}")
+
+
+@app.command()
+def demo(
+    keep: Annotated[
+        bool,
+        typer.Option("--keep", help="Leave the lab directory (not the processes) for inspection."),
+    ] = False,
+    pairs_per_cluster: Annotated[int, typer.Option(min=1, max=20)] = 2,
+) -> None:
+    """Lab up in a temporary directory, the whole migration with --yes, a summary, lab down."""
+    from ors_migrate.demo import run_demo
+
+    raise typer.Exit(run_demo(keep=keep, pairs_per_cluster=pairs_per_cluster))
+
+
+def main() -> None:
+    if os.environ.get("NO_COLOR"):
+        os.environ.setdefault("TERM", "dumb")
+    try:
+        code = app(standalone_mode=False)
+    except OrsMigrateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # click usage errors and aborts
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(EXIT_BAD_INPUT)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(EXIT_INTERRUPTED)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)

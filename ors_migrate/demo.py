@@ -1,0 +1,99 @@
+"""`ors-migrate demo`: a whole migration rehearsed on a throwaway lab, then a summary."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ors_migrate.errors import OrsMigrateError
+
+
+def _state_durations(journal: Any, run_id: str) -> list[tuple[str, str, float]]:
+    rows = []
+    seeds = {}
+    for event in journal.events(run_id):
+        if event.kind == "state_started":
+            seeds[(event.phase, event.state_id)] = event.payload.get("seed_step")
+        if event.kind == "state_ended":
+            seed = seeds.get((event.phase, event.state_id)) or "tool step"
+            rows.append(
+                (
+                    f"{event.state_id}" + (" (rollback)" if event.phase == "rollback" else ""),
+                    seed,
+                    float(event.payload.get("seconds", 0.0)),
+                )
+            )
+    return rows
+
+
+def summary_text(
+    journal: Any, run_id: str, status: dict[str, Any], outcome: Any, wall_s: float
+) -> str:
+    lines = ["", "=" * 72, f"Demo migration: {outcome.status} in {wall_s:.1f} s (run {run_id})", ""]
+    lines.append("States run:")
+    for state, seed, seconds in _state_durations(journal, run_id):
+        lines.append(f"  {seed:<12} {state:<34} {seconds:6.1f} s")
+    lines.append("")
+    lines.append("Switchovers (sessions in progress at the switchover -> restored / lost):")
+    for promo in status["switchovers"]:
+        lines.append(
+            f"  {promo['pair']:<12} -> {promo['app']:<14} store {promo['store']:<9} "
+            f"in progress {promo['in_progress']:>4}  restored {promo['restored']:>4}  "
+            f"lost {promo['lost']:>4}"
+        )
+    lines.append("")
+    lines.append("Applications at the end:")
+    for a in status["apps"]:
+        lines.append(
+            f"  {a['app']:<16} {a['ha_pair']:<12} {a['role']:<8} {a['version'] or '-':<12} "
+            f"type={a['type']}  created {a['created']}  restored {a['restored']}  "
+            f"lost {a['lost']}"
+        )
+    lines.append("=" * 72)
+    return "\n".join(lines)
+
+
+def run_demo(*, keep: bool = False, pairs_per_cluster: int = 2) -> int:
+    from ors_migrate.journal import Journal
+    from ors_migrate.lab.lab import LabShape, lab_down, lab_status, lab_up
+    from ors_migrate.runner import Runner
+    from ors_migrate.ui import Ui
+
+    root = Path(tempfile.mkdtemp(prefix="ors-migrate-demo-"))
+    print(f"demo: lab in {root}", file=sys.stderr)
+    started = time.monotonic()
+    try:
+        layout = lab_up(root / "lab", LabShape(pairs_per_cluster=pairs_per_cluster))
+        print(f"demo: lab up in {time.monotonic() - started:.1f} s; migrating", file=sys.stderr)
+        state_dir = root / "state"
+        runner = Runner(state_dir, Ui(assume_yes=True))
+        try:
+            run_id, outcome = runner.start(
+                str(layout.site), "migrate-to-redis", resume=False, run_id=None, auto_rollback=True
+            )
+        finally:
+            runner.close()
+        status = lab_status(layout.root)
+        journal = Journal(state_dir)
+        try:
+            print(summary_text(journal, run_id, status, outcome, time.monotonic() - started))
+        finally:
+            journal.close()
+        all_redis = all(a["type"] == "redis" for a in status["apps"])
+        ok = outcome.status == "succeeded" and all_redis
+        if not ok:
+            print(f"demo: migration did not succeed: {outcome.message}", file=sys.stderr)
+        return 0 if ok else 1
+    except OrsMigrateError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return exc.exit_code
+    finally:
+        stopped = lab_down(root / "lab")
+        print(f"demo: lab down ({len(stopped)} process groups stopped)", file=sys.stderr)
+        if not keep:
+            import shutil
+
+            shutil.rmtree(root, ignore_errors=True)

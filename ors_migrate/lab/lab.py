@@ -1,0 +1,362 @@
+"""The rehearsal lab: a real Redis Cluster, the CQL stand-in for Cassandra and simulated ORS HA
+pairs on one machine, with a site file that drives them like a production site.
+
+Every process the lab starts runs in its own process session with its files under the lab
+directory, so killing `ors-migrate` never kills them; `lab down` stops them all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ors_migrate.errors import OrsMigrateError
+from ors_migrate.lab import orsctl
+from ors_migrate.lab.layout import (
+    SIMULATOR_START_VERSION,
+    UPGRADE_VERSION,
+    LabLayout,
+    pid_alive,
+    read_json,
+    read_pid,
+    write_json_atomic,
+)
+
+CASSANDRA_KEYSPACE = "orchestration"
+CASSANDRA_VERSION = "3.11.4"
+
+
+class LabError(OrsMigrateError):
+    """The lab could not be brought up or down."""
+
+
+@dataclass(frozen=True)
+class LabShape:
+    clusters: int = 2
+    pairs_per_cluster: int = 2
+    session_rate: float = 8.0
+    monitor_window_s: float = 3.0
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets, ports = [], []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sockets.append(sock)
+        ports.append(sock.getsockname()[1])
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def _options_text(app: str, cassandra_nodes: str) -> str:
+    return (
+        f"; Options of ORS application {app}, Application object in Configuration Server\n"
+        "; (exported in the Genesys options format; the lab's simulated ORS reads it at start)\n"
+        "[orchestration]\n"
+        "; sessionid-with-nodeid is configured by the migration\n"
+        "max-sessions=10000\n"
+        "\n"
+        "[persistence]\n"
+        "; Cassandra session persistence, in use before the migration\n"
+        "type=cassandra\n"
+        f"cassandra-nodes={cassandra_nodes}\n"
+        f"cassandra-keyspace={CASSANDRA_KEYSPACE}\n"
+        "\n"
+        "[log]\n"
+        "verbose=standard\n"
+    )
+
+
+def _start_detached(args: list[str], log: Path, cwd: Path) -> int:
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+            close_fds=True,
+        )
+    return proc.pid
+
+
+def _wait_file(path: Path, pid: int, timeout: float, what: str, log: Path) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data = read_json(path)
+        if data:
+            return data
+        if not pid_alive(pid):
+            raise LabError(f"{what} exited at start; see {log}")
+        time.sleep(0.05)
+    raise LabError(f"{what} did not start within {timeout:g} s; see {log}")
+
+
+def _start_cassandra(layout: LabLayout) -> dict[str, Any]:
+    base = layout.root / "cassandra"
+    base.mkdir(parents=True, exist_ok=True)
+    ready = base / "ready.json"
+    ready.unlink(missing_ok=True)
+    log = base / "standin.log"
+    pid = _start_detached(
+        [
+            sys.executable,
+            "-m",
+            "ors_migrate.lab.cql_standin",
+            "--port",
+            "0",
+            "--thrift-port",
+            "0",
+            "--release-version",
+            CASSANDRA_VERSION,
+            "--cluster-name",
+            "ors-lab",
+            "--ready-file",
+            str(ready),
+        ],
+        log,
+        base,
+    )
+    (base / "pid").write_text(str(pid))
+    info = _wait_file(ready, pid, 20, "the CQL stand-in", log)
+    return {"cql_port": int(info["cql_port"]), "thrift_port": int(info["thrift_port"]), "pid": pid}
+
+
+def _site_yaml(layout: LabLayout, config: dict[str, Any]) -> str:
+    ctl = (
+        f"{shlex.quote(sys.executable)} -m ors_migrate.lab.orsctl "
+        f"--dir {shlex.quote(str(layout.root))}"
+    )
+    apps_root = layout.root / "apps"
+    lines = [
+        "# Site file of a rehearsal lab made by `ors-migrate lab up`.",
+        "# Redis is a real Redis Cluster; ORS applications are simulated; Cassandra is a CQL",
+        "# stand-in (a protocol-level test double, not Cassandra).",
+        "version: 1",
+        f"name: {config['site_name']}",
+        "hosts:",
+        "  lab:",
+        "    transport: local",
+        "    platform: linux",
+        "options_backend:",
+        "  kind: ini-file",
+        f"  path: {json.dumps(str(apps_root) + '/{app}/options.ini')}",
+        "services:",
+        f"  start: {json.dumps(ctl + ' start {app}')}",
+        f"  stop: {json.dumps(ctl + ' stop {app}')}",
+        f"  status: {json.dumps(ctl + ' status {app}')}",
+        f"  switchover: {json.dumps(ctl + ' switchover {pair}')}",
+        f"  version: {json.dumps(ctl + ' version {app}')}",
+        f"  sessions: {json.dumps(ctl + ' sessions {app}')}",
+        f"  upgrade: {json.dumps(ctl + ' upgrade {app} {version}')}",
+        "  ready_timeout_s: 30",
+        "  poll_interval_s: 0.1",
+        "ors:",
+        "  min_version: 8.1.401.10",
+        f"  target_version: {UPGRADE_VERSION}",
+        "  sessionid_with_nodeid_section: orchestration",
+        "ors_clusters:",
+    ]
+    for cluster, pairs in config["clusters"].items():
+        lines += [f"  - name: {cluster}", "    ha_pairs:"]
+        for pair in pairs:
+            lines += [f"      - name: {pair}", "        apps:"]
+            primary, backup = config["pairs"][pair]["apps"]
+            for app, role in ((primary, "primary"), (backup, "backup")):
+                lines += [
+                    f"          - name: {app}",
+                    "            host: lab",
+                    f"            role: {role}",
+                    "            memory_mb: 64",
+                ]
+    lines += ["redis:", "  nodes:"]
+    lines += [f"    - {node}" for node in config["redis_nodes"]]
+    lines += [
+        "  monitor:",
+        f"    window_s: {config['monitor_window_s']}",
+        "    interval_s: 0.5",
+        "cassandra:",
+        "  in_use: true",
+        "  contact_points:",
+        f"    - 127.0.0.1:{config['cassandra']['cql_port']}",
+        f"  thrift_port: {config['cassandra']['thrift_port']}",
+        f"  keyspace: {CASSANDRA_KEYSPACE}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def lab_up(directory: Path, shape: LabShape = LabShape()) -> LabLayout:
+    from ors_migrate.lab.cassandra_sessions import CassandraSessionStore
+    from ors_migrate.lab.redis_cluster import RedisClusterLab
+
+    layout = LabLayout(directory.resolve())
+    if layout.config.exists() and any(
+        pid_alive(read_pid(layout.pid(app))) for app in layout.load_config()["apps"]
+    ):
+        raise LabError(f"a lab is already running in {layout.root}; run `lab down` first")
+    layout.root.mkdir(parents=True, exist_ok=True)
+    try:
+        try:
+            redis = RedisClusterLab(layout.root, masters=3, replicas_per_master=1, aof=True).start()
+        except OrsMigrateError:
+            raise
+        except Exception as exc:
+            raise LabError(f"the lab's Redis Cluster did not start: {exc}") from None
+        cassandra = _start_cassandra(layout)
+        try:
+            store = CassandraSessionStore(
+                [f"127.0.0.1:{cassandra['cql_port']}"], CASSANDRA_KEYSPACE
+            )
+            store.ensure_schema()
+            store.close()
+        except Exception as exc:
+            raise LabError(f"the CQL stand-in did not accept the ORS schema: {exc}") from None
+        config = _lab_config(layout, shape, redis.nodes, cassandra)
+        write_json_atomic(layout.config, config)
+        for app in config["apps"]:
+            layout.app_dir(app).mkdir(parents=True, exist_ok=True)
+            layout.options(app).write_text(_options_text(app, f"127.0.0.1:{cassandra['cql_port']}"))
+            layout.installed_version(app).write_text(SIMULATOR_START_VERSION + "\n")
+        for pair, info in config["pairs"].items():
+            write_json_atomic(layout.pair(pair), {"primary": info["apps"][0], "since": time.time()})
+        try:
+            for member in (0, 1):  # primaries first, as an operator would
+                for info in config["pairs"].values():
+                    orsctl.start(layout, info["apps"][member])
+        except orsctl.LabCommandError as exc:
+            raise LabError(f"a simulated ORS application did not start: {exc}") from None
+        layout.site.write_text(_site_yaml(layout, config))
+    except BaseException:
+        lab_down(layout.root)
+        raise
+    return layout
+
+
+def _lab_config(
+    layout: LabLayout, shape: LabShape, redis_nodes: list[str], cassandra: dict[str, Any]
+) -> dict[str, Any]:
+    count = shape.clusters * shape.pairs_per_cluster * 2
+    ports = iter(_free_ports(count))
+    clusters: dict[str, list[str]] = {}
+    pairs: dict[str, Any] = {}
+    apps: dict[str, Any] = {}
+    for c in range(1, shape.clusters + 1):
+        cluster = f"ORS_CL{c}"
+        clusters[cluster] = []
+        for p in range(1, shape.pairs_per_cluster + 1):
+            pair = f"cl{c}-pair{p}"
+            members = [f"ors-cl{c}-p{p}-a", f"ors-cl{c}-p{p}-b"]
+            clusters[cluster].append(pair)
+            pairs[pair] = {"cluster": cluster, "apps": members}
+            for app in members:
+                apps[app] = {"cluster": cluster, "pair": pair, "http_port": next(ports)}
+    return {
+        "site_name": "ors-lab",
+        "python": sys.executable,
+        "redis_nodes": redis_nodes,
+        "cassandra": cassandra,
+        "session_rate": shape.session_rate,
+        "session_min_s": 2.0,
+        "session_max_s": 5.0,
+        "session_ttl_s": 300,
+        "monitor_window_s": shape.monitor_window_s,
+        "clusters": clusters,
+        "pairs": pairs,
+        "apps": apps,
+    }
+
+
+def lab_status(directory: Path) -> dict[str, Any]:
+    layout = LabLayout(directory.resolve())
+    if not layout.config.exists():
+        raise LabError(f"no lab in {layout.root} (no lab.json); run `lab up --dir {directory}`")
+    config = layout.load_config()
+    apps = []
+    for app in config["apps"]:
+        st = orsctl.status(layout, app)
+        apps.append(
+            {
+                "cluster": st["cluster"],
+                "ha_pair": st["ha_pair"],
+                "app": app,
+                "role": st["role"],
+                "version": st.get("version"),
+                "type": st.get("type"),
+                "created": st.get("created", 0),
+                "restored": st.get("restored", 0),
+                "lost": st.get("lost", 0),
+                "active": st.get("active", 0),
+                "persistence_errors": st.get("persistence_errors", 0),
+            }
+        )
+    cassandra_pid = read_pid(layout.root / "cassandra" / "pid")
+    return {
+        "dir": str(layout.root),
+        "site": str(layout.site),
+        "apps": apps,
+        "switchovers": _promotions(layout),
+        "redis": {"nodes": config["redis_nodes"]},
+        "cassandra": {
+            "stand_in": True,
+            "cql_port": config["cassandra"]["cql_port"],
+            "running": pid_alive(cassandra_pid),
+        },
+    }
+
+
+def _promotions(layout: LabLayout) -> list[dict[str, Any]]:
+    try:
+        lines = layout.events.read_text().splitlines()
+    except OSError:
+        return []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def _terminate(pid: int | None, timeout: float = 10.0) -> None:
+    if not pid_alive(pid):
+        return
+    assert pid is not None
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def lab_down(directory: Path) -> list[str]:
+    """Stop everything the lab started; returns what was stopped."""
+    from ors_migrate.lab.redis_cluster import RedisClusterLab
+
+    layout = LabLayout(directory.resolve())
+    stopped = []
+    if layout.config.exists():
+        for app in layout.load_config()["apps"]:
+            pid = read_pid(layout.pid(app))
+            if pid_alive(pid):
+                _terminate(pid)
+                stopped.append(f"ORS simulator {app} (pid {pid})")
+    cassandra_pid = read_pid(layout.root / "cassandra" / "pid")
+    if pid_alive(cassandra_pid):
+        _terminate(cassandra_pid)
+        stopped.append(f"CQL stand-in (pid {cassandra_pid})")
+    if (layout.root / "redis").exists():
+        RedisClusterLab.from_dir(layout.root).stop()
+        stopped.append("Redis Cluster")
+    return stopped

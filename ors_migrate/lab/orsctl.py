@@ -1,0 +1,187 @@
+"""The lab's stand-in for the Genesys Management Layer: start, stop, status, switchover,
+version, upgrade and session count of simulated ORS applications.
+
+The generated site file points its service commands here, so the tool drives the lab exactly as
+it drives a production site: through site-defined commands. Run as
+`python -m ors_migrate.lab.orsctl --dir DIR COMMAND ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from ors_migrate.lab.layout import LabLayout, pid_alive, read_json, read_pid, write_json_atomic
+
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+SWITCH_TIMEOUT_S = 20.0
+
+
+class LabCommandError(Exception):
+    pass
+
+
+def http_status(port: int) -> dict[str, Any] | None:
+    """A primary answers on its HTTP port; a backup does not listen."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1.0) as response:
+            return json.loads(response.read())
+    except (OSError, ValueError):
+        return None
+
+
+def status(layout: LabLayout, app: str) -> dict[str, Any]:
+    config = layout.load_config()
+    if app not in config["apps"]:
+        raise LabCommandError(f"no application {app} in this lab")
+    pid = read_pid(layout.pid(app))
+    state = read_json(layout.state(app)) or {}
+    base = {
+        "app": app,
+        "cluster": config["apps"][app]["cluster"],
+        "ha_pair": config["apps"][app]["pair"],
+    }
+    if not pid_alive(pid) or state.get("pid") != pid:
+        counters = read_json(layout.counters(app)) or {}
+        return {
+            **base,
+            "role": "down",
+            "version": layout.installed_version(app).read_text().strip(),
+            "type": state.get("type"),
+            "error": state.get("error"),
+            **counters,
+        }
+    live = http_status(int(config["apps"][app]["http_port"]))
+    if live is not None and live.get("pid") == pid:
+        return {**base, **live, "role": "primary"}
+    return {
+        **base,
+        **state,
+        "role": "backup" if state.get("role") in ("backup", "primary") else "down",
+    }
+
+
+def start(layout: LabLayout, app: str) -> dict[str, Any]:
+    config = layout.load_config()
+    pid = read_pid(layout.pid(app))
+    if pid_alive(pid):
+        return status(layout, app)
+    log = open(layout.log(app), "ab")
+    proc = subprocess.Popen(
+        [
+            config["python"],
+            "-m",
+            "ors_migrate.lab.ors_sim",
+            "--dir",
+            str(layout.root),
+            "--app",
+            app,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=layout.app_dir(app),
+        start_new_session=True,
+        close_fds=True,
+    )
+    log.close()
+    layout.pid(app).write_text(str(proc.pid))
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            state = read_json(layout.state(app)) or {}
+            raise LabCommandError(
+                f"{app} exited at start: {state.get('error') or 'see ' + str(layout.log(app))}"
+            )
+        state = read_json(layout.state(app)) or {}
+        if state.get("pid") == proc.pid and state.get("role") in ("primary", "backup"):
+            return status(layout, app)
+        time.sleep(0.05)
+    raise LabCommandError(f"{app} did not report ready within {START_TIMEOUT_S:g} s")
+
+
+def stop(layout: LabLayout, app: str) -> None:
+    pid = read_pid(layout.pid(app))
+    if not pid_alive(pid):
+        return
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def switchover(layout: LabLayout, pair: str) -> dict[str, Any]:
+    config = layout.load_config()
+    if pair not in config["pairs"]:
+        raise LabCommandError(f"no HA pair {pair} in this lab")
+    members = config["pairs"][pair]["apps"]
+    current = (read_json(layout.pair(pair)) or {}).get("primary")
+    new = next(a for a in members if a != current)
+    if status(layout, new)["role"] != "backup":
+        raise LabCommandError(f"{new} is not running as backup; switchover refused")
+    write_json_atomic(layout.pair(pair), {"primary": new, "since": time.time()})
+    deadline = time.monotonic() + SWITCH_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if (
+            status(layout, new)["role"] == "primary"
+            and status(layout, current)["role"] != "primary"
+        ):
+            return status(layout, new)
+        time.sleep(0.05)
+    raise LabCommandError(
+        f"switchover of {pair} to {new} did not complete in {SWITCH_TIMEOUT_S:g} s"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Management Layer stand-in for the ORS lab")
+    parser.add_argument("--dir", required=True)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("start", "stop", "status", "version", "sessions"):
+        sub.add_parser(name).add_argument("app")
+    sub.add_parser("switchover").add_argument("pair")
+    upgrade = sub.add_parser("upgrade")
+    upgrade.add_argument("app")
+    upgrade.add_argument("version")
+    args = parser.parse_args(argv)
+    layout = LabLayout(Path(args.dir))
+    try:
+        if args.command == "status":
+            print(json.dumps(status(layout, args.app), sort_keys=True))
+        elif args.command == "start":
+            print(json.dumps(start(layout, args.app), sort_keys=True))
+        elif args.command == "stop":
+            stop(layout, args.app)
+        elif args.command == "switchover":
+            print(json.dumps(switchover(layout, args.pair), sort_keys=True))
+        elif args.command == "version":
+            print(layout.installed_version(args.app).read_text().strip())
+        elif args.command == "sessions":
+            print(status(layout, args.app).get("active", 0))
+        elif args.command == "upgrade":
+            layout.installed_version(args.app).write_text(args.version + "\n")
+            print(f"{args.app}: installed {args.version}; active after the next restart")
+    except LabCommandError as exc:
+        print(f"orsctl: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The dry-run plan as text, JSON, Markdown or a Mermaid state diagram."""
+
+from __future__ import annotations
+
+import json
+
+from ors_migrate.plan import Plan, PlannedAction
+
+FORMATS = ("text", "json", "markdown", "mermaid")
+
+
+def _target(action: PlannedAction) -> str:
+    t = action.target
+    parts = []
+    if t.cluster:
+        parts.append(f"cluster {t.cluster}")
+    if t.ha_pair:
+        parts.append(f"pair {t.ha_pair}")
+    if t.app:
+        role = ""
+        if t.role:
+            role = (
+                f" ({t.role}, resolved at run time)"
+                if t.role_resolved_at_run_time
+                else f" ({t.role})"
+            )
+        parts.append(f"app {t.app}{role}")
+    if t.host:
+        parts.append(f"host {t.host}")
+    return ", ".join(parts) or "site"
+
+
+def _old(c: dict[str, object]) -> object:
+    if not c.get("old_known", True):
+        return "(read at run time)"
+    return "(unset)" if c["old"] is None else c["old"]
+
+
+def _change(c: dict[str, object]) -> str:
+    old = _old(c)
+    return f"[{c['section']}] {c['option']}: {old} -> {c['new']}"
+
+
+def as_text(plan: Plan) -> str:
+    lines = [
+        f"Plan: {plan.title}",
+        f"playbook {plan.playbook}, site {plan.site}",
+        f"plan_hash {plan.plan_hash}",
+        "",
+    ]
+    rollback_point = plan.rollback_point()
+    for n, state in enumerate(plan.states, start=1):
+        seed = state.seed_step or "tool step"
+        lines.append(f"{n}. {state.id} [{seed}] {state.title}")
+        if state.id == rollback_point:
+            lines.append("   ROLLBACK POINT: from here a failed verification rolls back")
+        if state.gate:
+            lines.append(f"   GATE: {state.gate}")
+        for action in state.actions:
+            lines.append(f"   - {action.action} @ {_target(action)}")
+            lines.append(f"     {action.preview.description}")
+            lines.extend(f"     $ {cmd}" for cmd in action.preview.commands)
+            lines.extend(f"     {_change(c)}" for c in action.preview.option_changes)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def as_markdown(plan: Plan) -> str:
+    lines = [
+        f"# Plan: {plan.title}",
+        "",
+        f"- playbook: `{plan.playbook}`",
+        f"- site: `{plan.site}`",
+        f"- plan_hash: `{plan.plan_hash}`",
+        "",
+    ]
+    rollback_point = plan.rollback_point()
+    for n, state in enumerate(plan.states, start=1):
+        lines.append(f"## {n}. {state.title}")
+        lines.append("")
+        lines.append(
+            f"state `{state.id}`, seed step `{state.seed_step or 'tool step'}`, scope {state.scope}"
+        )
+        if state.id == rollback_point:
+            lines.append("")
+            lines.append("**Rollback point**: from here a failed verification rolls back.")
+        if state.gate:
+            lines += ["", f"> **Gate**: {state.gate}"]
+        lines.append("")
+        lines.append("| action | target | what | commands |")
+        lines.append("|---|---|---|---|")
+        for action in state.actions:
+            commands = "<br>".join(f"`{c}`" for c in action.preview.commands)
+            lines.append(
+                f"| `{action.action}` | {_target(action)} | "
+                f"{action.preview.description} | {commands} |"
+            )
+        changes = [(a, c) for a in state.actions for c in a.preview.option_changes]
+        if changes:
+            lines += ["", "| application | section | option | old | new |", "|---|---|---|---|---|"]
+            for a, c in changes:
+                lines.append(
+                    f"| {a.target.app} | {c['section']} | {c['option']} | "
+                    f"{c['old'] if c['old'] is not None else '(unset)'} | {c['new']} |"
+                )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def as_mermaid(plan: Plan) -> str:
+    lines = ["stateDiagram-v2"]
+    ids = [s.id.replace("-", "_") for s in plan.states]
+    for state, sid in zip(plan.states, ids, strict=True):
+        lines.append(f"    {sid}: {state.seed_step or 'tool'} {state.title}")
+    lines.append(f"    [*] --> {ids[0]}")
+    enabled = False
+    for state, (a, b) in zip(plan.states, zip(ids, ids[1:], strict=False), strict=False):
+        enabled = enabled or state.enables_redis
+        lines.append(f"    {a} --> {b}: ok")
+        lines.append(f"    {a} --> {'rollback' if enabled else 'stopped'}: failed")
+    lines.append(f"    {ids[-1]} --> [*]")
+    lines.append(f"    {ids[-1]} --> {'rollback' if enabled else 'stopped'}: failed")
+    if enabled:
+        lines.append("    rollback --> [*]")
+    lines.append("    stopped --> [*]: fix, then --resume")
+    return "\n".join(lines)
+
+
+def render_plan(plan: Plan, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(plan.as_dict(), indent=2)
+    if fmt == "markdown":
+        return as_markdown(plan)
+    if fmt == "mermaid":
+        return as_mermaid(plan)
+    return as_text(plan)

@@ -23,7 +23,7 @@ class Ui:
         self.assume_yes = assume_yes
         self.quiet = quiet
         no_color = bool(os.environ.get("NO_COLOR"))
-        self.console = Console(stderr=True, no_color=no_color, highlight=False)
+        self.console = Console(stderr=True, no_color=no_color, highlight=False, soft_wrap=True)
         self.interactive = sys.stdin.isatty() and sys.stderr.isatty()
 
     def info(self, message: str) -> None:

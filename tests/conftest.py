@@ -1,0 +1,54 @@
+"""Shared fixtures: rehearsal labs (real Redis Cluster, CQL stand-in, simulated ORS) that are
+always brought down, and a check that nothing they started is left running."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from ors_migrate.lab.lab import LabShape, lab_down, lab_up
+from ors_migrate.lab.layout import LabLayout
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def processes_under(directory: Path) -> list[str]:
+    """Command lines of live processes that mention `directory` (lab processes do)."""
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    needle = str(directory)
+    return [line.strip() for line in out.splitlines()
+            if needle in line and "ps -eo" not in line and str(os.getpid()) != line.split()[0]]
+
+
+@pytest.fixture
+def make_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., LabLayout]]:
+    """Start labs on demand; every lab is brought down after the test and must leave nothing."""
+    started: list[Path] = []
+
+    def make(clusters: int = 2, pairs_per_cluster: int = 2) -> LabLayout:
+        root = tmp_path_factory.mktemp("lab")
+        started.append(root)
+        return lab_up(root, LabShape(clusters=clusters, pairs_per_cluster=pairs_per_cluster))
+
+    yield make
+    for root in started:
+        lab_down(root)
+    for root in started:
+        left = [p for p in processes_under(root) if "redis-server" in p or "ors_migrate.lab" in p]
+        assert not left, f"processes left running after lab down: {left}"
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
+        stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `ors-migrate` as an operator would: a separate process, no terminal."""
+    return subprocess.run(
+        [sys.executable, "-m", "ors_migrate", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        env={**os.environ, "NO_COLOR": "1", **(env or {})},
+        stdin=subprocess.DEVNULL if stdin is None else None, input=stdin,
+    )

@@ -238,12 +238,14 @@ def lab_up(
     directory: DirOpt,
     clusters: Annotated[int, typer.Option(min=1, max=10)] = 2,
     pairs_per_cluster: Annotated[int, typer.Option(min=1, max=50)] = 2,
+    secure: Annotated[bool, typer.Option("--secure", help="Redis with TLS and an ACL user.")] = False,
 ) -> None:
     """Start a lab in DIR and write DIR/site.yaml for it."""
     from ors_migrate.lab.lab import LabShape
     from ors_migrate.lab.lab import lab_up as up
 
-    layout = up(directory, LabShape(clusters=clusters, pairs_per_cluster=pairs_per_cluster))
+    shape = LabShape(clusters=clusters, pairs_per_cluster=pairs_per_cluster, secure=secure)
+    layout = up(directory, shape)
     typer.echo(f"lab up in {layout.root}; site file: {layout.site}")
 
 
@@ -300,13 +302,14 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
-    except Exception as exc:  # click usage errors and aborts
-        import click
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # usage errors from typer's command-line parser
+        from typer._click import ClickException
 
-        if isinstance(exc, click.exceptions.ClickException):
+        if isinstance(exc, ClickException):
             exc.show()
             sys.exit(EXIT_BAD_INPUT)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(EXIT_INTERRUPTED)
         raise
     sys.exit(code if isinstance(code, int) else 0)

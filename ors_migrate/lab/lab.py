@@ -32,6 +32,7 @@ from ors_migrate.lab.layout import (
 )
 
 CASSANDRA_KEYSPACE = "orchestration"
+REDIS_ORS_USER = "ors"
 CASSANDRA_VERSION = "3.11.4"
 
 
@@ -45,6 +46,7 @@ class LabShape:
     pairs_per_cluster: int = 2
     session_rate: float = 8.0
     monitor_window_s: float = 3.0
+    secure: bool = False  # Redis with TLS and an ACL user for ORS
 
 
 def _free_ports(count: int) -> list[int]:
@@ -76,6 +78,23 @@ def _options_text(app: str, cassandra_nodes: str) -> str:
         "[log]\n"
         "verbose=standard\n"
     )
+
+
+def _password_file(layout: LabLayout) -> Path:
+    return layout.root / "secrets" / "redis-ors.password"
+
+
+def _new_redis_password(layout: LabLayout) -> str:
+    """A fresh password for the lab's ORS user, kept in a 0600 file the site file refers to."""
+    import secrets
+
+    path = _password_file(layout)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    password = secrets.token_urlsafe(18)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(password + "\n")
+    return password
 
 
 def _start_detached(args: list[str], log: Path, cwd: Path) -> int:
@@ -183,6 +202,17 @@ def _site_yaml(layout: LabLayout, config: dict[str, Any]) -> str:
                 ]
     lines += ["redis:", "  nodes:"]
     lines += [f"    - {node}" for node in config["redis_nodes"]]
+    if config.get("redis_tls"):
+        tls = config["redis_tls"]
+        lines += [
+            f"  username: {REDIS_ORS_USER}",
+            f"  password: {json.dumps('file:' + str(_password_file(layout)))}",
+            "  tls:",
+            "    enabled: true",
+            f"    cert: {json.dumps(tls['cert'])}",
+            f"    key: {json.dumps(tls['key'])}",
+            f"    cacert: {json.dumps(tls['cacert'])}",
+        ]
     lines += [
         "  monitor:",
         f"    window_s: {config['monitor_window_s']}",
@@ -209,8 +239,12 @@ def lab_up(directory: Path, shape: LabShape = LabShape()) -> LabLayout:
         raise LabError(f"a lab is already running in {layout.root}; run `lab down` first")
     layout.root.mkdir(parents=True, exist_ok=True)
     try:
+        acl = {REDIS_ORS_USER: _new_redis_password(layout)} if shape.secure else None
         try:
-            redis = RedisClusterLab(layout.root, masters=3, replicas_per_master=1, aof=True).start()
+            redis = RedisClusterLab(
+                layout.root, masters=3, replicas_per_master=1, aof=True, tls=shape.secure,
+                acl_users=acl,
+            ).start()
         except OrsMigrateError:
             raise
         except Exception as exc:
@@ -225,6 +259,10 @@ def lab_up(directory: Path, shape: LabShape = LabShape()) -> LabLayout:
         except Exception as exc:
             raise LabError(f"the CQL stand-in did not accept the ORS schema: {exc}") from None
         config = _lab_config(layout, shape, redis.nodes, cassandra)
+        if redis.tls_files is not None:
+            tls = redis.tls_files
+            config["redis_tls"] = {"cacert": str(tls.cacert), "cert": str(tls.cert),
+                                   "key": str(tls.key)}
         write_json_atomic(layout.config, config)
         for app in config["apps"]:
             layout.app_dir(app).mkdir(parents=True, exist_ok=True)

@@ -68,6 +68,12 @@ class TransportError(OrsMigrateError):
     transient = True
 
 
+class LoginRefused(TransportError):
+    """The host refused our credentials: retrying will not help."""
+
+    transient = False
+
+
 class HostKeyError(TransportError):
     """An SSH host key is unknown or changed: never accepted silently."""
 

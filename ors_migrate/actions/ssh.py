@@ -28,7 +28,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ors_migrate.actions.base import CommandResult
-from ors_migrate.errors import HostKeyError, InputError, OrsMigrateError, TransportError
+from ors_migrate.errors import (
+    HostKeyError,
+    InputError,
+    LoginRefused,
+    OrsMigrateError,
+    TransportError,
+)
 from ors_migrate.site import Host, SecretRef, SshSettings
 
 if TYPE_CHECKING:
@@ -309,7 +315,7 @@ class SshTransport:
         except paramiko.AuthenticationException:
             client.close()
             tried = ", ".join(target.key_files) or "the agent's and ~/.ssh's default keys"
-            raise TransportError(
+            raise LoginRefused(
                 f"cannot log in to {self.where} as {target.user}: the server refused {tried}"
             ) from None
         except (paramiko.SSHException, OSError, EOFError) as exc:

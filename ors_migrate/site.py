@@ -193,6 +193,19 @@ class RedisSettings(StrictModel):
         return [parse_host_port(n) for n in self.nodes]
 
 
+class CassandraRemoval(StrictModel):
+    """How `remove-cassandra` (seed post.1) takes Cassandra out of ORS: the persistence options
+    removed from every application, and whether the ORS keyspace is snapshotted and dropped."""
+
+    section: str = "persistence"
+    options: list[str] = Field(default_factory=lambda: ["cassandra-nodes", "cassandra-keyspace"])
+    drop_keyspace: bool = False
+    snapshot: bool = True
+    snapshot_hosts: list[str] = Field(default_factory=list)
+    snapshot_command: str = "nodetool snapshot -t {tag} {keyspace}"
+    list_snapshots_command: str = "nodetool listsnapshots"
+
+
 class CassandraSettings(StrictModel):
     in_use: bool = True
     contact_points: list[str] = Field(default_factory=list)
@@ -204,6 +217,7 @@ class CassandraSettings(StrictModel):
     nodetool_host: str | None = None
     nodetool_command: str = "nodetool version"
     connect_timeout_s: float = Field(default=5.0, gt=0)
+    removal: CassandraRemoval = CassandraRemoval()
 
     _secret = field_validator("password", mode="before")(_secret)
 
@@ -221,6 +235,18 @@ class OptionRef(StrictModel):
     value: str
 
 
+class FipsSettings(StrictModel):
+    """FIPS mode for ORS (seed "Configuring FIPS for ORS on Windows / on Linux"). Paths may use
+    {host}, {app} and {install_dir}."""
+
+    lca_env_file: str | None = None
+    lca_restart: str | None = None
+    openssl: str = "openssl"
+    security_pack_dir: str | None = None
+    windows_config_dir: str | None = None
+    verify_providers: bool = True
+
+
 class OrsSettings(StrictModel):
     min_version: str = "8.1.401.10"
     target_version: str | None = None
@@ -228,6 +254,7 @@ class OrsSettings(StrictModel):
     extra_persistence_options: dict[str, str] = Field(default_factory=dict)
     digital_persistence: OptionRef | None = None
     fips_enabled: bool | None = None
+    fips: FipsSettings = FipsSettings()
 
 
 class Site(StrictModel):

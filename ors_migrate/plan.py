@@ -156,7 +156,19 @@ def _condition_holds(site: Site, when: str) -> bool:
         return site.cassandra is not None and site.cassandra.in_use
     if when == "redis_tls":
         return site.redis.tls.enabled
+    removal = site.cassandra.removal if site.cassandra else None
+    if when == "cassandra_drop_keyspace":
+        return removal is not None and removal.drop_keyspace
+    if when == "cassandra_snapshot":
+        return removal is not None and removal.drop_keyspace and removal.snapshot
     return True
+
+
+def _state_included(site: Site, state: StateSpec, flags: frozenset[str]) -> bool:
+    """`to_start` states are switched on by a flag; the others by the site's settings."""
+    if state.when == "to_start":
+        return "to_start" in flags
+    return _condition_holds(site, state.when)
 
 
 def _units(site: Site, scope: str) -> list[Target]:
@@ -247,7 +259,7 @@ def build_plan(
     states = [
         _expand_state(site, state, view)
         for state in playbook.spec.states
-        if state.when == "always" or state.when in flags
+        if _state_included(site, state, flags)
     ]
     plan = Plan(
         playbook=playbook.spec.name,

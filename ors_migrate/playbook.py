@@ -34,7 +34,9 @@ class Retry(_Strict):
 class ActionSpec(_Strict):
     do: str = Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
     role: Literal["primary", "backup"] | None = None
-    when: Literal["cassandra_in_use", "redis_tls", "always"] = "always"
+    when: Literal[
+        "cassandra_in_use", "redis_tls", "cassandra_snapshot", "cassandra_drop_keyspace", "always"
+    ] = "always"
     with_: dict[str, Any] = Field(default_factory=dict, alias="with")
 
 
@@ -44,7 +46,7 @@ class StateSpec(_Strict):
     seed_step: str | None
     scope: Scope = "site"
     gate: str | None = None
-    when: Literal["always", "to_start"] = "always"
+    when: Literal["always", "to_start", "cassandra_snapshot", "cassandra_drop_keyspace"] = "always"
     enables_redis: bool = False
     on_failure: Literal["stop", "rollback"] | None = None
     retry: Retry = Retry()

@@ -114,6 +114,30 @@ def plan(
 
 
 @app.command()
+def preflight(
+    site: SiteArg,
+    as_json: JsonOpt = False,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """Live, read-only checks: hosts and keys, ORS roles and versions, Redis Cluster health,
+    Cassandra, current options. Exit 0 when nothing blocks, 3 when something does."""
+    from ors_migrate.errors import EXIT_BLOCKED
+    from ors_migrate.preflight import render_table, run_preflight
+    from ors_migrate.site import load_site
+
+    ui = _ui(quiet=True)
+    findings = run_preflight(load_site(site), _state_dir(state_dir), ui)
+    blocking = [f for f in findings if f["severity"] == "error"]
+    if as_json:
+        _print_json({"site": str(site), "blocking": len(blocking), "findings": findings})
+    else:
+        render_table(findings, ui.console)
+        verdict = f"{len(blocking)} blocking problem(s)" if blocking else "nothing blocks the migration"
+        print(f"preflight: {verdict}", file=sys.stderr)
+    raise typer.Exit(EXIT_BLOCKED if blocking else 0)
+
+
+@app.command()
 def run(
     site: SiteArg,
     run_id: Annotated[

@@ -63,6 +63,8 @@ def _builtin_modules() -> list[str]:
         "ors_migrate.actions.option_actions",
         "ors_migrate.actions.checks",
         "ors_migrate.actions.operator",
+        "ors_migrate.actions.fips",
+        "ors_migrate.actions.cassandra_removal",
     ]
 
 

@@ -1,0 +1,950 @@
+"""FIPS mode for ORS (seed "Additional Configuration"): the file, environment and option edits of
+"Configuring FIPS for ORS on Linux" (ORS 8.1.401.13+) and "... on Windows" (ORS 8.1.401.11+), and
+the reverse for TLS without FIPS on Linux.
+
+ORS started by Local Control Agent inherits LCA's environment, so the variables go where LCA
+reads them: on Linux an environment file (`ors.fips.lca_env_file`, `KEY="value"` lines, the
+format of a systemd EnvironmentFile that a shell can also source); on Windows the machine-wide
+environment. Windows commands are PowerShell scripts, sent to Windows OpenSSH as
+`powershell.exe -EncodedCommand` so that they run the same whichever shell sshd starts; the plan
+shows each script as it runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import shlex
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ors_migrate.actions.base import Preview, Transport
+from ors_migrate.actions.registry import Action
+from ors_migrate.errors import CommandFailed, SiteError, VerificationFailed
+from ors_migrate.options import OptionChange, version_at_least
+
+if TYPE_CHECKING:
+    from ors_migrate.engine import RunContext
+    from ors_migrate.plan import PlannedAction, PlanningView
+    from ors_migrate.site import Site
+
+SCXML = "scxml"
+FIPS_ENABLED = "fips-enabled"
+OPENSSL_CONF = "OPENSSL_CONF"
+OPENSSL_MODULES = "OPENSSL_MODULES"
+LD_LIBRARY_PATH = "LD_LIBRARY_PATH"
+MIN_VERSION = {"linux": "8.1.401.13", "windows": "8.1.401.11"}
+COMMAND_TIMEOUT_S = 120.0
+PLATFORMS = ("linux", "windows")
+MODES = ("fips", "non-fips")
+
+# -------------------------------------------------------------------------- pure helpers
+
+
+def ps_quote(value: str) -> str:
+    """A PowerShell single-quoted literal: nothing inside is expanded. PowerShell also reads the
+    typographic single quotes as quote marks, so they are doubled like the plain one."""
+    return "'" + re.sub(r"(['\u2018\u2019\u201a\u201b])", r"\1\1", value) + "'"
+
+
+def powershell_invocation(script: str) -> str:
+    """The command line that runs `script` in Windows PowerShell whatever the SSH default shell
+    is (cmd or PowerShell): the script travels base64-encoded (UTF-16LE), never re-quoted."""
+    encoded = base64.b64encode(script.encode("utf-16-le")).decode("ascii")
+    return (
+        "powershell.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass "
+        f"-EncodedCommand {encoded}"
+    )
+
+
+def decode_invocation(command: str) -> str | None:
+    """The script inside a `powershell_invocation`, or None for any other command."""
+    match = re.search(r"-EncodedCommand (\S+)$", command)
+    if not match or not command.startswith("powershell.exe "):
+        return None
+    return base64.b64decode(match.group(1)).decode("utf-16-le")
+
+
+def windows_join(base: str, *parts: str) -> str:
+    return "\\".join([base.rstrip("\\/"), *parts])
+
+
+def openssl_cnf(fipsmodule_path: str) -> str:
+    """openssl.cnf as the seed gives it (fips-windows.2). OpenSSL reads a backslash in a config
+    value as an escape, so the included path must use forward slashes."""
+    return (
+        "config_diagnostics = 1\n"
+        "openssl_conf = openssl_init\n"
+        f".include {fipsmodule_path.replace(chr(92), '/')}\n"
+        "[openssl_init]\n"
+        "providers = provider_sect\n"
+        "[provider_sect]\n"
+        "fips = fips_sect\n"
+        "base = base_sect\n"
+        "[base_sect]\n"
+        "activate = 1\n"
+    )
+
+
+def parse_providers(output: str) -> dict[str, str]:
+    """`openssl list -providers` output as provider id -> status ("active", ...)."""
+    providers: dict[str, str] = {}
+    current: str | None = None
+    for line in output.splitlines():
+        text = line.strip()
+        if not text or text.endswith(":") and ":" not in text[:-1]:
+            continue
+        key, sep, value = text.partition(":")
+        if not sep:
+            current = text
+            providers[current] = ""
+        elif current is not None and key.strip() == "status":
+            providers[current] = value.strip()
+    return providers
+
+
+_ASSIGNMENT = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+_UNSAFE_VALUE = re.compile(r'["$`\\\n]')
+
+
+def _unquote(raw: str) -> str:
+    raw = raw.strip()
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "\"'":
+        return raw[1:-1]
+    return raw
+
+
+def parse_env_file(text: str) -> dict[str, str]:
+    """Variables of an environment file (`KEY=value`, `KEY="value"`, `export KEY=value`)."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        match = _ASSIGNMENT.match(line)
+        if match and not line.lstrip().startswith("#"):
+            values[match.group(1)] = _unquote(match.group(2))
+    return values
+
+
+def env_line(key: str, value: str) -> str:
+    if _UNSAFE_VALUE.search(value):
+        raise SiteError(
+            f"the value of {key} ({value!r}) contains a quote, $, backquote, backslash or line "
+            "break, which an environment file cannot carry the same way for systemd and a shell",
+            field="ors.fips",
+            rule="fips-env-value",
+        )
+    return f'{key}="{value}"'
+
+
+def update_env_file(text: str, changes: dict[str, str | None]) -> str:
+    """`text` with each variable set (first assignment replaced, later ones dropped, new ones
+    appended) or removed (None); comments and other lines kept in order."""
+    out: list[str] = []
+    done: set[str] = set()
+    for line in text.splitlines():
+        match = _ASSIGNMENT.match(line)
+        key = match.group(1) if match and not line.lstrip().startswith("#") else None
+        if key is None or key not in changes:
+            out.append(line)
+            continue
+        value = changes[key]
+        if value is not None and key not in done:
+            out.append(env_line(key, value))
+        done.add(key)
+    for key, value in changes.items():
+        if value is not None and key not in done:
+            out.append(env_line(key, value))
+    return "\n".join(out) + "\n" if out else ""
+
+
+def _path_entries(value: str | None) -> list[str]:
+    return [e for e in (value or "").split(":") if e]
+
+
+def fips_library_path(current: str | None, install_dir: str, security_pack: str | None) -> str:
+    """<ORS>/fips and <ORS>/lib64 first, the Security Pack folder out (fips-linux.2)."""
+    ours = [f"{install_dir}/fips", f"{install_dir}/lib64"]
+    rest = [e for e in _path_entries(current) if e not in ours and e != security_pack]
+    return ":".join(ours + rest)
+
+
+def non_fips_library_path(current: str | None, install_dir: str, security_pack: str) -> str:
+    """The Security Pack folder instead of <ORS>/fips (TLS without FIPS)."""
+    rest = [e for e in _path_entries(current) if e not in (f"{install_dir}/fips", security_pack)]
+    return ":".join([security_pack, *rest])
+
+
+# -------------------------------------------------------------------------- site paths
+
+
+@dataclass(frozen=True)
+class FipsPaths:
+    """Where the FIPS files and variables of one application live."""
+
+    app: str
+    host: str
+    platform: str
+    install_dir: str
+    env_file: str | None
+    config_dir: str | None
+    openssl: str
+
+    @property
+    def modules_dir(self) -> str:
+        if self.platform == "windows":
+            return windows_join(self.install_dir, "fips")
+        return f"{self.install_dir}/fips"
+
+    @property
+    def fipsmodule(self) -> str:
+        if self.platform == "windows":
+            assert self.config_dir
+            return windows_join(self.config_dir, "fipsmodule.cnf")
+        return f"{self.install_dir}/fipsmodule.cnf"
+
+    @property
+    def openssl_cnf(self) -> str:
+        if self.platform == "windows":
+            assert self.config_dir
+            return windows_join(self.config_dir, "openssl.cnf")
+        return f"{self.install_dir}/openssl.cnf"
+
+
+def fips_paths(site: Site, app_name: str) -> FipsPaths:
+    """Raises SiteError naming the missing setting."""
+    _, _, app = site.find_app(app_name)
+    platform = site.hosts[app.host].platform
+    fips = site.ors.fips
+    if not app.install_dir:
+        raise SiteError(
+            f"application {app_name} has no install_dir: FIPS mode works on files of the ORS "
+            "installation folder",
+            field=f"app {app_name}: install_dir",
+            rule="fips-install-dir",
+        )
+    values = {"host": app.host, "app": app.name, "install_dir": app.install_dir}
+    env_file = config_dir = None
+    if platform == "linux":
+        if not fips.lca_env_file:
+            raise SiteError(
+                "FIPS on Linux needs ors.fips.lca_env_file: the environment file LCA is started "
+                "with (ORS started by LCA inherits LCA's environment)",
+                field="ors.fips.lca_env_file",
+                rule="fips-env-file",
+            )
+        env_file = fips.lca_env_file.format(**values)
+        openssl = fips.openssl.format(**values)
+    else:
+        if not fips.windows_config_dir:
+            raise SiteError(
+                "FIPS on Windows needs ors.fips.windows_config_dir: the folder for "
+                "fipsmodule.cnf and openssl.cnf (the seed's example: C:\\GCTI\\ORS_FIPS_CFG)",
+                field="ors.fips.windows_config_dir",
+                rule="fips-config-dir",
+            )
+        config_dir = fips.windows_config_dir.format(**values)
+        openssl = windows_join(app.install_dir, "tools", "openssl.exe")
+    return FipsPaths(app.name, app.host, platform, app.install_dir, env_file, config_dir, openssl)
+
+
+def shared_setting_conflict(site: Site, app_name: str, where: str, value: str) -> None:
+    """LCA gives every ORS it starts the same environment: applications that share an
+    environment (same file, or same Windows host) must agree on the FIPS paths."""
+    mine = fips_paths(site, app_name)
+    for _, _, other in site.apps():
+        if other.name == app_name or other.host != mine.host or not other.install_dir:
+            continue
+        theirs = fips_paths(site, other.name)
+        if theirs.platform != mine.platform or theirs.env_file != mine.env_file:
+            continue
+        if theirs.install_dir != mine.install_dir:
+            raise SiteError(
+                f"applications {app_name} and {other.name} share {where} on host {mine.host} but "
+                f"are installed in different folders ({mine.install_dir}, {theirs.install_dir}); "
+                f"{value} can point to only one of them",
+                field=f"app {app_name}: install_dir",
+                rule="fips-shared-environment",
+            )
+
+
+# -------------------------------------------------------------------------- running commands
+
+
+def run_checked(transport: Transport, command: str) -> str:
+    result = transport.run(command, timeout=COMMAND_TIMEOUT_S)
+    if result.exit_code != 0:
+        raise CommandFailed(transport.name, command, result.exit_code, result.stderr)
+    return result.stdout
+
+
+def run_powershell(transport: Transport, script: str) -> str:
+    result = transport.run(powershell_invocation(script), timeout=COMMAND_TIMEOUT_S)
+    if result.exit_code != 0:
+        tail = result.stderr.strip() or result.stdout.strip() or "no output"
+        raise CommandFailed(
+            transport.name, f"PowerShell: {script.splitlines()[-1]}", result.exit_code, tail
+        )
+    return result.stdout
+
+
+def ps_script(*lines: str) -> str:
+    return "\n".join(
+        ["$ErrorActionPreference = 'Stop'", "$ProgressPreference = 'SilentlyContinue'", *lines]
+    )
+
+
+def installed_version(ctx: RunContext, app: str) -> str | None:
+    """The installed ORS version: the site's version command, else what the status reports."""
+    if ctx.site.services.version:
+        out = ctx.services.run("version", app).stdout.strip()
+        return out.split()[-1] if out else None
+    return ctx.services.status(app).version
+
+
+# -------------------------------------------------------------------------- actions
+
+
+class FipsAction(Action):
+    """An action for the applications of one platform; applications on the other platform are
+    left alone (the plan says so), so a mixed site can run both FIPS playbooks."""
+
+    scopes = frozenset({"app"})
+    platform: ClassVar[str | None] = None
+
+    @classmethod
+    def check_spec(cls, scope: str, spec: Any) -> str | None:
+        problem = super().check_spec(scope, spec)
+        if problem:
+            return problem
+        if cls.platform is None and spec.with_.get("platform") not in PLATFORMS:
+            return f"action '{cls.name}' needs 'with: {{platform: linux|windows}}'"
+        return None
+
+    def platform_of(self, step: PlannedAction) -> str:
+        return self.platform or str(step.args["platform"])
+
+    def applies(self, site: Site, step: PlannedAction) -> bool:
+        assert step.target.host
+        return site.hosts[step.target.host].platform == self.platform_of(step)
+
+    def skipped(self, step: PlannedAction) -> Preview:
+        return Preview(
+            f"nothing for {step.target.app}: host {step.target.host} is not a "
+            f"{self.platform_of(step)} host"
+        )
+
+    def transport(self, ctx: RunContext, step: PlannedAction) -> Transport:
+        assert step.target.host
+        return ctx.pool.for_host(step.target.host)
+
+    def preview(self, step: PlannedAction, view: PlanningView) -> Preview:
+        if not self.applies(view.site, step):
+            return self.skipped(step)
+        assert step.target.app
+        return self.describe(fips_paths(view.site, step.target.app), step, view)
+
+    def describe(self, paths: FipsPaths, step: PlannedAction, view: PlanningView) -> Preview:
+        raise NotImplementedError
+
+    def prepare(self, ctx: RunContext, step: PlannedAction) -> dict[str, Any]:
+        assert step.target.app
+        return {"app": step.target.app, "applies": self.applies(ctx.site, step)}
+
+    def paths(self, ctx: RunContext, intent: dict[str, Any]) -> FipsPaths:
+        return fips_paths(ctx.site, intent["app"])
+
+
+class CheckVersion(FipsAction):
+    """FIPS with the OpenSSL 3.x bundled with ORS: 8.1.401.13+ on Linux, 8.1.401.11+ on Windows."""
+
+    name = "fips.check_version"
+
+    def preview(self, step: PlannedAction, view: PlanningView) -> Preview:
+        platform = self.platform_of(step)
+        if not any(view.site.hosts[a.host].platform == platform for _, _, a in view.site.apps()):
+            raise SiteError(
+                f"no ORS application of this site runs on a {platform} host; this FIPS "
+                "playbook is for another platform",
+                field="hosts",
+                rule="fips-platform",
+            )
+        return super().preview(step, view)
+
+    def describe(self, paths: FipsPaths, step: PlannedAction, view: PlanningView) -> Preview:
+        from ors_migrate.actions.service import _service_preview
+
+        minimum = MIN_VERSION[paths.platform]
+        return Preview(
+            f"check {paths.app} runs ORS {minimum} or later (FIPS on {paths.platform})",
+            _service_preview(view, paths.app, ["version"] if view.site.services.version else []),
+        )
+
+    def apply(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> dict[str, Any]:
+        if not intent["applies"]:
+            return {"skipped": True}
+        platform = self.platform_of(step)
+        minimum = MIN_VERSION[platform]
+        installed = installed_version(ctx, intent["app"])
+        if installed is None or not version_at_least(installed, minimum):
+            raise VerificationFailed(
+                f"{intent['app']} runs ORS {installed or 'of an unknown version'}; FIPS mode on "
+                f"{platform} needs {minimum} or later (upgrade it first)"
+            )
+        return {"app": intent["app"], "installed": installed}
+
+
+class LinuxInstall(FipsAction):
+    """fips-linux.1: run fipsinstall.sh, which self-tests the FIPS module and writes
+    openssl.cnf and fipsmodule.cnf into the ORS installation folder."""
+
+    name = "fips.linux_install"
+    platform = "linux"
+    changes_world = True
+
+    @staticmethod
+    def command(paths: FipsPaths) -> str:
+        return f"cd {shlex.quote(paths.install_dir)} && ./fipsinstall.sh"
+
+    def describe(self, paths: FipsPaths, step: PlannedAction, view: PlanningView) -> Preview:
+        return Preview(
+            f"run fipsinstall.sh of {paths.app}: FIPS module self-test, then {paths.openssl_cnf} "
+            f"and {paths.fipsmodule} are written",
+            [f"[{paths.host}] {self.command(paths)}"],
+        )
+
+    def check(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> bool:
+        if not intent["applies"]:
+            return True
+        return self._missing(ctx, step, self.paths(ctx, intent)) == []
+
+    def _missing(self, ctx: RunContext, step: PlannedAction, paths: FipsPaths) -> list[str]:
+        transport = self.transport(ctx, step)
+        cnf = transport.read_file(paths.openssl_cnf)
+        missing = [] if cnf is not None else [paths.openssl_cnf]
+        if transport.read_file(paths.fipsmodule) is None:
+            missing.append(paths.fipsmodule)
+        elif cnf is not None and b"fipsmodule.cnf" not in cnf:
+            missing.append(f"an include of fipsmodule.cnf in {paths.openssl_cnf}")
+        return missing
+
+    def apply(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> dict[str, Any]:
+        if not intent["applies"]:
+            return {"skipped": True}
+        paths = self.paths(ctx, intent)
+        out = run_checked(self.transport(ctx, step), self.command(paths))
+        return {"app": paths.app, "output": out.strip()[-2000:]}
+
+    def verify(
+        self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]
+    ) -> dict[str, Any]:
+        if not intent["applies"]:
+            return {}
+        missing = self._missing(ctx, step, self.paths(ctx, intent))
+        if missing:
+            raise VerificationFailed(f"fipsinstall.sh did not produce {', '.join(missing)}")
+        return {}
+
+
+class LinuxEnvironment(FipsAction):
+    """fips-linux.2 (mode fips): OPENSSL_CONF, OPENSSL_MODULES and LD_LIBRARY_PATH in LCA's
+    environment file. Mode non-fips: the OPENSSL_* variables removed and the Security Pack folder
+    on LD_LIBRARY_PATH instead of <ORS>/fips, as the seed asks for TLS without FIPS."""
+
+    name = "fips.linux_environment"
+    platform = "linux"
+    changes_world = True
+
+    @classmethod
+    def check_spec(cls, scope: str, spec: Any) -> str | None:
+        problem = super().check_spec(scope, spec)
+        if problem is None and spec.with_.get("mode") not in MODES:
+            return f"action '{cls.name}' needs 'with: {{mode: fips|non-fips}}'"
+        return problem
+
+    @staticmethod
+    def desired(
+        site: Site, paths: FipsPaths, mode: str, current: dict[str, str]
+    ) -> dict[str, str | None]:
+        security_pack = site.ors.fips.security_pack_dir
+        now = current.get(LD_LIBRARY_PATH)
+        if mode == "fips":
+            return {
+                OPENSSL_CONF: paths.openssl_cnf,
+                OPENSSL_MODULES: paths.modules_dir,
+                LD_LIBRARY_PATH: fips_library_path(now, paths.install_dir, security_pack),
+            }
+        if not security_pack:
+            raise SiteError(
+                "TLS without FIPS needs ors.fips.security_pack_dir: LD_LIBRARY_PATH must include "
+                "the Genesys Security Pack folder instead of <ORS>/fips",
+                field="ors.fips.security_pack_dir",
+                rule="fips-security-pack",
+            )
+        return {
+            OPENSSL_CONF: None,
+            OPENSSL_MODULES: None,
+            LD_LIBRARY_PATH: non_fips_library_path(now, paths.install_dir, security_pack),
+        }
+
+    def describe(self, paths: FipsPaths, step: PlannedAction, view: PlanningView) -> Preview:
+        assert paths.env_file
+        shared_setting_conflict(
+            view.site, paths.app, f"the environment file {paths.env_file}", OPENSSL_CONF
+        )
+        wanted = self.desired(view.site, paths, step.args["mode"], {})
+        edits = [
+            f"{k} removed"
+            if v is None
+            else f'{k}="{v}"' + (" (+ the entries already there)" if k == LD_LIBRARY_PATH else "")
+            for k, v in wanted.items()
+        ]
+        return Preview(
+            f"in LCA's environment file {paths.env_file} on {paths.host} (a backup kept): "
+            + "; ".join(edits)
+        )
+
+    def _current(self, ctx: RunContext, step: PlannedAction, paths: FipsPaths) -> str:
+        assert paths.env_file
+        data = self.transport(ctx, step).read_file(paths.env_file)
+        return "" if data is None else data.decode("utf-8")
+
+    def prepare(self, ctx: RunContext, step: PlannedAction) -> dict[str, Any]:
+        intent = super().prepare(ctx, step)
+        if intent["applies"]:
+            paths = self.paths(ctx, intent)
+            shared_setting_conflict(
+                ctx.site, paths.app, f"the environment file {paths.env_file}", OPENSSL_CONF
+            )
+            before = parse_env_file(self._current(ctx, step, paths))
+            intent["env_file"] = paths.env_file
+            intent["before"] = {
+                k: before.get(k) for k in (OPENSSL_CONF, OPENSSL_MODULES, LD_LIBRARY_PATH)
+            }
+        intent["mode"] = step.args["mode"]
+        return intent
+
+    def _pending(
+        self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]
+    ) -> dict[str, str | None]:
+        paths = self.paths(ctx, intent)
+        current = parse_env_file(self._current(ctx, step, paths))
+        wanted = self.desired(ctx.site, paths, intent["mode"], current)
+        return {k: v for k, v in wanted.items() if current.get(k) != v}
+
+    def check(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> bool:
+        return not intent["applies"] or not self._pending(ctx, step, intent)
+
+    def apply(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> dict[str, Any]:
+        if not intent["applies"]:
+            return {"skipped": True}
+        paths = self.paths(ctx, intent)
+        assert paths.env_file
+        text = self._current(ctx, step, paths)
+        changes = self._pending(ctx, step, intent)
+        if changes:
+            backup = paths.env_file + ctx.site.options_backend.backup_suffix
+            self.transport(ctx, step).write_file_atomic(
+                paths.env_file,
+                update_env_file(text, changes).encode("utf-8"),
+                backup_path=backup if text else None,
+            )
+        return {"app": paths.app, "env_file": paths.env_file, "changed": changes}
+
+    def verify(
+        self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]
+    ) -> dict[str, Any]:
+        if intent["applies"] and self._pending(ctx, step, intent):
+            raise VerificationFailed(f"{intent['env_file']} does not read back as written")
+        return {}
+
+
+class WindowsInstall(FipsAction):
+    """fips-windows.1: `openssl fipsinstall` with the ORS-bundled openssl.exe and fips.dll."""
+
+    name = "fips.windows_install"
+    platform = "windows"
+    changes_world = True
+
+    @staticmethod
+    def script(paths: FipsPaths) -> str:
+        assert paths.config_dir
+        module = windows_join(paths.modules_dir, "fips.dll")
+        return ps_script(
+            f"New-Item -ItemType Directory -Force -Path {ps_quote(paths.config_dir)} | Out-Null",
+            f"& {ps_quote(paths.openssl)} fipsinstall -out {ps_quote(paths.fipsmodule)} "
+            f"-module {ps_quote(module)}",
+            "if ($LASTEXITCODE -ne 0) { exit $LASTEXITCODE }",
+        )
+
+    @staticmethod
+    def exists_script(path: str) -> str:
+        return ps_script(
+            f"if (Test-Path -LiteralPath {ps_quote(path)}) {{ 'present' }} else {{ 'absent' }}"
+        )
+
+    def describe(self, paths: FipsPaths, step: PlannedAction, view: PlanningView) -> Preview:
+        return Preview(
+            f"create {paths.fipsmodule} with the openssl.exe and fips.dll bundled with {paths.app}",
+            [f"[{paths.host}] {self.script(paths)}"],
+        )
+
+    def check(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> bool:
+        if not intent["applies"]:
+            return True
+        out = run_powershell(
+            self.transport(ctx, step), self.exists_script(self.paths(ctx, intent).fipsmodule)
+        )
+        return out.strip() == "present"
+
+    def apply(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> dict[str, Any]:
+        if not intent["applies"]:
+            return {"skipped": True}
+        paths = self.paths(ctx, intent)
+        out = run_powershell(self.transport(ctx, step), self.script(paths))
+        return {"app": paths.app, "fipsmodule": paths.fipsmodule, "output": out.strip()[-2000:]}
+
+    def verify(
+        self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]
+    ) -> dict[str, Any]:
+        if not self.check(ctx, step, intent):
+            raise VerificationFailed(f"{self.paths(ctx, intent).fipsmodule} was not created")
+        return {}
+
+
+class WindowsOpensslCnf(FipsAction):
+    """fips-windows.2: openssl.cnf that includes fipsmodule.cnf (forward slashes), written to a
+    temporary file and moved over the old one, which is kept as a backup."""
+
+    name = "fips.windows_openssl_cnf"
+    platform = "windows"
+    changes_world = True
+
+    @staticmethod
+    def script(paths: FipsPaths, backup_suffix: str) -> str:
+        content = openssl_cnf(paths.fipsmodule)
+        return ps_script(
+            f"$path = {ps_quote(paths.openssl_cnf)}",
+            f"$content = @'\n{content}'@",
+            "if (Test-Path -LiteralPath $path) { Copy-Item -LiteralPath $path "
+            f"-Destination ($path + {ps_quote(backup_suffix)}) -Force }}",
+            "[IO.File]::WriteAllText($path + '.tmp', $content)",
+            "Move-Item -LiteralPath ($path + '.tmp') -Destination $path -Force",
+        )
+
+    @staticmethod
+    def read_script(path: str) -> str:
+        return ps_script(
+            f"$path = {ps_quote(path)}",
+            "if (Test-Path -LiteralPath $path) { [IO.File]::ReadAllText($path) }",
+        )
+
+    def describe(self, paths: FipsPaths, step: PlannedAction, view: PlanningView) -> Preview:
+        suffix = view.site.options_backend.backup_suffix
+        return Preview(
+            f"write {paths.openssl_cnf} including {paths.fipsmodule.replace(chr(92), '/')}",
+            [f"[{paths.host}] {self.script(paths, suffix)}"],
+        )
+
+    def check(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> bool:
+        if not intent["applies"]:
+            return True
+        paths = self.paths(ctx, intent)
+        out = run_powershell(self.transport(ctx, step), self.read_script(paths.openssl_cnf))
+        return out.replace("\r\n", "\n").strip() == openssl_cnf(paths.fipsmodule).strip()
+
+    def apply(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> dict[str, Any]:
+        if not intent["applies"]:
+            return {"skipped": True}
+        paths = self.paths(ctx, intent)
+        suffix = ctx.site.options_backend.backup_suffix
+        run_powershell(self.transport(ctx, step), self.script(paths, suffix))
+        return {"app": paths.app, "openssl_cnf": paths.openssl_cnf}
+
+    def verify(
+        self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]
+    ) -> dict[str, Any]:
+        if not self.check(ctx, step, intent):
+            raise VerificationFailed(
+                f"{self.paths(ctx, intent).openssl_cnf} does not read back as written"
+            )
+        return {}
+
+
+class WindowsEnvironment(FipsAction):
+    """fips-windows.3 (OPENSSL_CONF) and fips-windows.4 (OPENSSL_MODULES), machine-wide so that
+    LCA and the ORS it starts see them."""
+
+    name = "fips.windows_environment"
+    platform = "windows"
+    changes_world = True
+
+    @classmethod
+    def check_spec(cls, scope: str, spec: Any) -> str | None:
+        problem = super().check_spec(scope, spec)
+        if problem is None and spec.with_.get("variable") not in (OPENSSL_CONF, OPENSSL_MODULES):
+            return f"action '{cls.name}' needs 'with: {{variable: OPENSSL_CONF|OPENSSL_MODULES}}'"
+        return problem
+
+    @staticmethod
+    def value(paths: FipsPaths, variable: str) -> str:
+        return paths.openssl_cnf if variable == OPENSSL_CONF else paths.modules_dir
+
+    @staticmethod
+    def script(variable: str, value: str) -> str:
+        return ps_script(
+            "[Environment]::SetEnvironmentVariable("
+            f"{ps_quote(variable)}, {ps_quote(value)}, 'Machine')"
+        )
+
+    @staticmethod
+    def read_script(variable: str) -> str:
+        return ps_script(f"[Environment]::GetEnvironmentVariable({ps_quote(variable)}, 'Machine')")
+
+    def describe(self, paths: FipsPaths, step: PlannedAction, view: PlanningView) -> Preview:
+        variable = step.args["variable"]
+        shared_setting_conflict(view.site, paths.app, "the machine environment", variable)
+        value = self.value(paths, variable)
+        return Preview(
+            f"set {variable}={value} machine-wide on {paths.host}",
+            [f"[{paths.host}] {self.script(variable, value)}"],
+        )
+
+    def prepare(self, ctx: RunContext, step: PlannedAction) -> dict[str, Any]:
+        intent = super().prepare(ctx, step)
+        intent["variable"] = step.args["variable"]
+        if intent["applies"]:
+            shared_setting_conflict(
+                ctx.site, intent["app"], "the machine environment", intent["variable"]
+            )
+            intent["before"] = self._read(ctx, step, intent["variable"])
+        return intent
+
+    def _read(self, ctx: RunContext, step: PlannedAction, variable: str) -> str:
+        return run_powershell(self.transport(ctx, step), self.read_script(variable)).strip()
+
+    def check(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> bool:
+        if not intent["applies"]:
+            return True
+        wanted = self.value(self.paths(ctx, intent), intent["variable"])
+        return self._read(ctx, step, intent["variable"]) == wanted
+
+    def apply(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> dict[str, Any]:
+        if not intent["applies"]:
+            return {"skipped": True}
+        value = self.value(self.paths(ctx, intent), intent["variable"])
+        run_powershell(self.transport(ctx, step), self.script(intent["variable"], value))
+        return {"app": intent["app"], "variable": intent["variable"], "value": value}
+
+    def verify(
+        self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]
+    ) -> dict[str, Any]:
+        if not self.check(ctx, step, intent):
+            raise VerificationFailed(
+                f"{intent['variable']} does not read back as written on {step.target.host}"
+            )
+        return {}
+
+
+class VerifyProviders(FipsAction):
+    """`openssl list -providers` with the environment ORS will get (fips-windows.5; on Linux the
+    same check, reading LCA's environment file): the fips provider must be active."""
+
+    name = "fips.verify_providers"
+
+    @staticmethod
+    def linux_command(paths: FipsPaths) -> str:
+        assert paths.env_file
+        return (
+            f"set -a && . {shlex.quote(paths.env_file)} && set +a && "
+            f"{shlex.quote(paths.openssl)} list -providers"
+        )
+
+    @staticmethod
+    def windows_script(paths: FipsPaths) -> str:
+        return ps_script(
+            *(
+                f"$env:{name} = [Environment]::GetEnvironmentVariable('{name}', 'Machine')"
+                for name in (OPENSSL_CONF, OPENSSL_MODULES)
+            ),
+            f"& {ps_quote(paths.openssl)} list -providers",
+            "exit $LASTEXITCODE",
+        )
+
+    def describe(self, paths: FipsPaths, step: PlannedAction, view: PlanningView) -> Preview:
+        if not view.site.ors.fips.verify_providers:
+            return Preview("skipped: ors.fips.verify_providers is false")
+        command = (
+            self.linux_command(paths) if paths.platform == "linux" else self.windows_script(paths)
+        )
+        return Preview(
+            f"check on {paths.host} that OpenSSL, with the environment ORS will get, lists the "
+            "fips provider as active",
+            [f"[{paths.host}] {command}"],
+        )
+
+    def apply(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> dict[str, Any]:
+        if not intent["applies"] or not ctx.site.ors.fips.verify_providers:
+            return {"skipped": True}
+        paths = self.paths(ctx, intent)
+        transport = self.transport(ctx, step)
+        if paths.platform == "linux":
+            out = run_checked(transport, self.linux_command(paths))
+        else:
+            out = run_powershell(transport, self.windows_script(paths))
+        providers = parse_providers(out)
+        if providers.get("fips") != "active":
+            raise VerificationFailed(
+                f"OpenSSL on {paths.host} does not list the fips provider as active for "
+                f"{paths.app} (providers: {providers or 'none'}); check {paths.openssl_cnf} and "
+                "the OPENSSL_CONF / OPENSSL_MODULES variables"
+            )
+        return {"app": paths.app, "providers": providers}
+
+
+class SetFipsOption(FipsAction):
+    """`[scxml] fips-enabled`: true for FIPS mode, false for TLS without FIPS."""
+
+    name = "fips.set_option"
+    changes_world = True
+
+    @classmethod
+    def check_spec(cls, scope: str, spec: Any) -> str | None:
+        problem = super().check_spec(scope, spec)
+        if problem is None and spec.with_.get("value") not in ("true", "false"):
+            return f"action '{cls.name}' needs 'with: {{value: \"true\"|\"false\"}}'"
+        return problem
+
+    def preview(self, step: PlannedAction, view: PlanningView) -> Preview:
+        if not self.applies(view.site, step):
+            return self.skipped(step)
+        assert step.target.app
+        old = view.option(step.target.app, SCXML, FIPS_ENABLED)
+        new = str(step.args["value"])
+        view.set_option(step.target.app, SCXML, FIPS_ENABLED, new)
+        row = {
+            "section": SCXML,
+            "option": FIPS_ENABLED,
+            "old": old,
+            "old_known": view.options_known(step.target.app),
+            "new": new,
+        }
+        backend = view.site.options_backend.kind
+        return Preview(
+            f"set [scxml] fips-enabled={new} on {step.target.app} via the {backend} backend",
+            [],
+            [row],
+        )
+
+    def prepare(self, ctx: RunContext, step: PlannedAction) -> dict[str, Any]:
+        intent = super().prepare(ctx, step)
+        if intent["applies"]:
+            ctx.capture_originals(intent["app"])
+            intent["before"] = ctx.option_store(intent["app"]).read().get((SCXML, FIPS_ENABLED))
+        return intent
+
+    def check(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> bool:
+        if not intent["applies"]:
+            return True
+        current = ctx.option_store(intent["app"]).read().get((SCXML, FIPS_ENABLED))
+        return current == str(step.args["value"])
+
+    def apply(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> dict[str, Any]:
+        if not intent["applies"]:
+            return {"skipped": True}
+        value = str(step.args["value"])
+        ctx.option_store(intent["app"]).write([(OptionChange(SCXML, FIPS_ENABLED, value), value)])
+        return {
+            "app": intent["app"],
+            "changes": [
+                {"section": SCXML, "option": FIPS_ENABLED, "old": intent["before"], "new": value}
+            ],
+        }
+
+    def verify(
+        self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]
+    ) -> dict[str, Any]:
+        if not self.check(ctx, step, intent):
+            raise VerificationFailed(
+                f"[scxml] fips-enabled of {intent['app']} does not read back as written"
+            )
+        return {}
+
+
+class RestartLca(FipsAction):
+    """LCA passes its own environment to the ORS it starts, and reads it at its start: it must
+    be restarted (once per host) before ORS is. With `ors.fips.lca_restart` the tool runs it;
+    otherwise the operator does it and confirms."""
+
+    name = "fips.lca_restart"
+    changes_world = True
+
+    @staticmethod
+    def first_app_on_host(site: Site, host: str, platform: str) -> str:
+        return next(
+            a.name
+            for _, _, a in site.apps()
+            if a.host == host and site.hosts[a.host].platform == platform
+        )
+
+    def _command(self, site: Site, paths: FipsPaths) -> str | None:
+        template = site.ors.fips.lca_restart
+        if template is None:
+            return None
+        values = {"host": paths.host, "env_file": paths.env_file or ""}
+        if paths.platform == "windows":
+            return template.format_map({k: ps_quote(v) for k, v in values.items()})
+        return template.format_map({k: shlex.quote(v) for k, v in values.items()})
+
+    def _instruction(self, paths: FipsPaths) -> str:
+        where = (
+            f"the environment file {paths.env_file}"
+            if paths.platform == "linux"
+            else "the machine environment (a Windows service sees new machine variables only "
+            "once the Service Control Manager has them: restart the host if LCA does not)"
+        )
+        return (
+            f"Restart Local Control Agent on host {paths.host} so that it reads {where}; ORS "
+            "applications pick the variables up at their own restart, which comes next."
+        )
+
+    def describe(self, paths: FipsPaths, step: PlannedAction, view: PlanningView) -> Preview:
+        first = self.first_app_on_host(view.site, paths.host, paths.platform)
+        if first != paths.app:
+            return Preview(f"nothing for {paths.app}: LCA on {paths.host} is restarted for {first}")
+        command = self._command(view.site, paths)
+        if command is None:
+            return Preview(f"operator step, confirmed by a person: {self._instruction(paths)}")
+        shown = ps_script(command) if paths.platform == "windows" else command
+        return Preview(
+            f"restart LCA on {paths.host} so that it reads the new environment",
+            [f"[{paths.host}] {shown}"],
+        )
+
+    def apply(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> dict[str, Any]:
+        if not intent["applies"]:
+            return {"skipped": True}
+        paths = self.paths(ctx, intent)
+        if self.first_app_on_host(ctx.site, paths.host, paths.platform) != paths.app:
+            return {"skipped": True, "host": paths.host}
+        command = self._command(ctx.site, paths)
+        if command is None:
+            ctx.ui.operator_step(self._instruction(paths), who=ctx.operator)
+            return {"host": paths.host, "confirmed_by": ctx.operator}
+        transport = self.transport(ctx, step)
+        if paths.platform == "windows":
+            run_powershell(transport, command)
+        else:
+            run_checked(transport, command)
+        return {"host": paths.host, "command": command}
+
+
+ACTIONS = [
+    CheckVersion,
+    LinuxInstall,
+    LinuxEnvironment,
+    WindowsInstall,
+    WindowsOpensslCnf,
+    WindowsEnvironment,
+    VerifyProviders,
+    SetFipsOption,
+    RestartLca,
+]

@@ -30,10 +30,11 @@ def make_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...,
     """Start labs on demand; every lab is brought down after the test and must leave nothing."""
     started: list[Path] = []
 
-    def make(clusters: int = 2, pairs_per_cluster: int = 2) -> LabLayout:
+    def make(clusters: int = 2, pairs_per_cluster: int = 2, secure: bool = False) -> LabLayout:
         root = tmp_path_factory.mktemp("lab")
         started.append(root)
-        return lab_up(root, LabShape(clusters=clusters, pairs_per_cluster=pairs_per_cluster))
+        shape = LabShape(clusters=clusters, pairs_per_cluster=pairs_per_cluster, secure=secure)
+        return lab_up(root, shape)
 
     yield make
     for root in started:
@@ -49,6 +50,6 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
     return subprocess.run(
         [sys.executable, "-m", "ors_migrate", *args],
         capture_output=True, text=True, timeout=timeout, cwd=REPO,
-        env={**os.environ, "NO_COLOR": "1", **(env or {})},
+        env={**os.environ, "NO_COLOR": "1", "ORS_MIGRATE_DEBUG": "1", **(env or {})},
         stdin=subprocess.DEVNULL if stdin is None else None, input=stdin,
     )

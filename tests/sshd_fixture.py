@@ -150,6 +150,7 @@ class SshServer:
 def _sshd_config(
     directory: Path, port: int, host_key: Path, authorized_keys: Path, user: str
 ) -> str:
+    permit_root = "prohibit-password" if user == "root" else "no"
     return "\n".join(
         [
             f"Port {port}",
@@ -163,7 +164,7 @@ def _sshd_config(
             "KbdInteractiveAuthentication no",
             "UsePAM no",
             "StrictModes no",
-            "PermitRootLogin no",
+            f"PermitRootLogin {permit_root}",
             "AllowTcpForwarding yes",
             "UseDNS no",
             "PrintMotd no",

@@ -73,19 +73,34 @@ def validate(
     playbook: PlaybookOpt = "migrate-to-redis",
     as_json: JsonOpt = False,
 ) -> None:
-    """Static checks of the site file and of the options the playbook would write. No network."""
+    """Static checks of the site file and of the options the playbook would write, against every
+    documented rule. No network. Exit 0 when valid (warnings allowed), 2 on any error."""
+    from ors_migrate.errors import InputError
     from ors_migrate.playbook import load_playbook
-    from ors_migrate.rules import check_site, render_findings
+    from ors_migrate.rules import check, errors_in, findings_from_error, render_findings
     from ors_migrate.runner import make_plan
     from ors_migrate.site import load_site
 
-    loaded = load_site(site)
-    make_plan(loaded, load_playbook(playbook), read_current=False)
-    findings = check_site(loaded)
-    errors = [f for f in findings if f.severity == "error"]
+    try:
+        loaded = load_site(site)
+        chosen = load_playbook(playbook)
+    except InputError as exc:
+        if not as_json:
+            raise
+        findings = findings_from_error(exc)
+    else:
+        findings = check(loaded, make_plan(loaded, chosen, read_current=False), chosen)
+    errors = errors_in(findings)
     if as_json:
         _print_json(
-            {"site": str(site), "valid": not errors, "findings": [f.as_dict() for f in findings]}
+            {
+                "site": str(site),
+                "playbook": playbook,
+                "valid": not errors,
+                "errors": len(errors),
+                "warnings": len(findings) - len(errors),
+                "findings": [f.as_dict() for f in findings],
+            }
         )
     else:
         typer.echo(render_findings(str(site), findings))
@@ -100,17 +115,44 @@ def plan(
         str, typer.Option("--format", "-f", help="text, json, markdown or mermaid.")
     ] = "text",
 ) -> None:
-    """The dry-run plan: every state in order, expanded to hosts, applications and commands."""
+    """The dry-run plan: every state in order, expanded to hosts, applications and commands,
+    with option diffs, gates and the rollback point; secrets as ***. A site that breaks a
+    documented rule gets its findings on stderr instead, and exit code 2."""
     from ors_migrate.errors import InputError
     from ors_migrate.playbook import load_playbook
     from ors_migrate.render import FORMATS, render_plan
+    from ors_migrate.rules import check, errors_in, render_findings
     from ors_migrate.runner import make_plan
     from ors_migrate.site import load_site
 
     if fmt not in FORMATS:
         raise InputError(f"--format must be one of {', '.join(FORMATS)}", rule="format")
     loaded = load_site(site)
-    typer.echo(render_plan(make_plan(loaded, load_playbook(playbook)), fmt))
+    chosen = load_playbook(playbook)
+    planned = make_plan(loaded, chosen)
+    findings = check(loaded, planned, chosen)
+    if findings:
+        typer.echo(render_findings(str(site), findings), err=True)
+    if errors_in(findings):
+        raise typer.Exit(EXIT_BAD_INPUT)
+    typer.echo(render_plan(planned, fmt))
+
+
+@app.command()
+def schema(
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the schema to this file instead of stdout."),
+    ] = None,
+) -> None:
+    """The site file's JSON Schema, for editors (yaml-language-server) and CI linters."""
+    from ors_migrate.site import site_json_schema
+
+    text = json.dumps(site_json_schema(), indent=2) + "\n"
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
 
 
 @app.command()

@@ -1,19 +1,32 @@
 """The site file: what the operator's estate looks like, validated strictly.
 
 Unknown keys are errors, secrets are references only, and every error names the file, line and
-field. Nothing here touches the network.
+field. Nothing here touches the network. `site_json_schema()` publishes the same model as JSON
+Schema for editors.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
 
 from ors_migrate.errors import SiteError
 from ors_migrate.yamlfile import LocatedDocument, load_yaml
@@ -21,12 +34,30 @@ from ors_migrate.yamlfile import LocatedDocument, load_yaml
 SECRET_REF = re.compile(r"^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+|prompt)$")
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9_.-]*):([0-9]{1,5})$")
+SECRET_FIELDS = frozenset({"password", "key_passphrase"})
+MAX_PROBLEMS_SHOWN = 10
 
-Name = Annotated[str, Field(pattern=NAME, max_length=128)]
+Name = Annotated[
+    str,
+    Field(
+        pattern=NAME,
+        max_length=128,
+        description="letters, digits, '_', '.', '-'; starts with a letter or digit",
+    ),
+]
 
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class LocatedValueError(ValueError):
+    """A cross-field problem found by a model validator, with the path (relative to the model)
+    of the key to blame, so the error can name its line."""
+
+    def __init__(self, message: str, loc: tuple[str | int, ...]) -> None:
+        super().__init__(message)
+        self.loc = loc
 
 
 def parse_host_port(value: str) -> tuple[str, int]:
@@ -40,6 +71,18 @@ def parse_host_port(value: str) -> tuple[str, int]:
     return match.group(1).strip("[]"), port
 
 
+def _host_port(value: str) -> str:
+    parse_host_port(value)
+    return value
+
+
+HostPort = Annotated[
+    str,
+    AfterValidator(_host_port),
+    WithJsonSchema({"type": "string", "pattern": HOST_PORT.pattern, "examples": ["redis-1:6379"]}),
+]
+
+
 class SecretRef(StrictModel):
     """A reference to a secret, never the secret itself: env:NAME, file:PATH or prompt."""
 
@@ -50,7 +93,7 @@ class SecretRef(StrictModel):
 
 
 def _secret(value: Any) -> Any:
-    if value is None or isinstance(value, SecretRef):
+    if isinstance(value, SecretRef):
         return value
     if not isinstance(value, str) or not SECRET_REF.match(value):
         raise ValueError(
@@ -59,24 +102,41 @@ def _secret(value: Any) -> Any:
     return SecretRef(ref=value)
 
 
+Secret = Annotated[
+    SecretRef,
+    BeforeValidator(_secret),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": SECRET_REF.pattern,
+            "description": "a reference: env:NAME, file:PATH or prompt; never the value",
+        }
+    ),
+]
+
+
 class SshSettings(StrictModel):
+    """How to reach a host over SSH; `~/.ssh/config` is honoured."""
+
     address: str | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
     user: str | None = None
     key_file: str | None = None
-    key_passphrase: SecretRef | None = None
+    key_passphrase: Secret | None = None
     known_hosts: str = "~/.ssh/known_hosts"
     ssh_config: str | None = "~/.ssh/config"
-    jump_host: str | None = None
+    jump_host: str | None = Field(
+        default=None, description="one ProxyJump hop: [user@]host[:port], looked up in ssh_config"
+    )
     accept_new_host_key: bool = False
     connect_timeout_s: float = Field(default=10.0, gt=0)
     command_timeout_s: float = Field(default=300.0, gt=0)
     keepalive_s: int = Field(default=15, ge=0)
 
-    _secret = field_validator("key_passphrase", mode="before")(_secret)
-
 
 class Host(StrictModel):
+    """A machine that runs ORS applications (or Cassandra's nodetool)."""
+
     transport: Literal["local", "ssh"] = "ssh"
     platform: Literal["linux", "windows"] = "linux"
     ssh: SshSettings | None = None
@@ -84,7 +144,9 @@ class Host(StrictModel):
     @model_validator(mode="after")
     def _ssh_only_for_ssh(self) -> Host:
         if self.transport == "local" and self.ssh is not None:
-            raise ValueError("'ssh' settings given for a host with transport 'local'")
+            raise LocatedValueError(
+                "'ssh' settings given for a host with transport 'local'", ("ssh",)
+            )
         return self
 
 
@@ -92,7 +154,9 @@ class OptionsBackend(StrictModel):
     """Where application options are read and written (SPEC 3.4)."""
 
     kind: Literal["ini-file", "command", "manual"] = "ini-file"
-    path: str | None = None
+    path: str | None = Field(
+        default=None, description="ini-file: path template; placeholders {app} {cluster} {pair}"
+    )
     backup_suffix: str = ".ors-migrate.bak"
     get_command: str | None = None
     set_command: str | None = None
@@ -100,11 +164,14 @@ class OptionsBackend(StrictModel):
     @model_validator(mode="after")
     def _fields_for_kind(self) -> OptionsBackend:
         if self.kind == "ini-file" and not self.path:
-            raise ValueError(
-                "the ini-file backend needs 'path' (placeholders: {app} {cluster} {pair})"
+            raise LocatedValueError(
+                "the ini-file backend needs 'path' (placeholders: {app} {cluster} {pair})",
+                ("kind",),
             )
         if self.kind == "command" and not (self.get_command and self.set_command):
-            raise ValueError("the command backend needs both 'get_command' and 'set_command'")
+            raise LocatedValueError(
+                "the command backend needs both 'get_command' and 'set_command'", ("kind",)
+            )
         return self
 
 
@@ -117,22 +184,28 @@ class Services(StrictModel):
     switchover: str
     version: str | None = None
     sessions: str | None = None
-    upgrade: str | None = None
+    upgrade: str | None = Field(
+        default=None, description="installs ORS {version} for {app}; without it, an operator step"
+    )
     ready_timeout_s: float = Field(default=120.0, gt=0)
     poll_interval_s: float = Field(default=0.5, gt=0)
 
 
 class App(StrictModel):
+    """One ORS Application object."""
+
     name: Name
-    host: str
-    role: Literal["primary", "backup"]
+    host: str = Field(description="a key of 'hosts'")
+    role: Literal["primary", "backup"] = Field(description="the role now; checked at run time")
     memory_mb: int | None = Field(default=None, gt=0)
-    version: str | None = None
+    version: str | None = Field(default=None, description="installed ORS version, e.g. 8.1.401.12")
     install_dir: str | None = None
     options_path: str | None = None
 
 
 class HaPair(StrictModel):
+    """A primary and its warm-standby backup."""
+
     name: Name
     apps: list[App]
 
@@ -140,8 +213,10 @@ class HaPair(StrictModel):
     def _one_primary_one_backup(self) -> HaPair:
         roles = sorted(a.role for a in self.apps)
         if roles != ["backup", "primary"]:
-            raise ValueError(
-                "an HA pair has exactly two applications: one with role primary, one with role backup"
+            raise LocatedValueError(
+                "an HA pair has exactly two applications: one with role primary, one with "
+                "role backup",
+                ("apps",),
             )
         return self
 
@@ -150,11 +225,15 @@ class HaPair(StrictModel):
 
 
 class OrsCluster(StrictModel):
+    """An ORS cluster; its name is the `ORS:<name>` key prefix in Redis."""
+
     name: Name
     ha_pairs: list[HaPair] = Field(min_length=1)
 
 
 class TlsSettings(StrictModel):
+    """TLS between ORS and Redis (not available for ORS on Windows)."""
+
     enabled: bool = False
     cert: str | None = None
     key: str | None = None
@@ -171,23 +250,22 @@ class MonitorSettings(StrictModel):
 
 
 class RedisSettings(StrictModel):
-    mode: Literal["cluster", "standalone", "sentinel"] = "cluster"
-    nodes: list[str] = Field(min_length=1)
+    """The Redis Cluster ORS will persist to."""
+
+    mode: Literal["cluster", "standalone", "sentinel"] = Field(
+        default="cluster", description="only 'cluster' is supported by ORS"
+    )
+    nodes: list[HostPort] = Field(min_length=1, description="host:port of the cluster's nodes")
     username: str | None = None
-    password: SecretRef | None = None
+    password: Secret | None = None
     tls: TlsSettings = TlsSettings()
     node_memory_mb: int | None = Field(default=None, gt=0)
+    aof: bool | None = Field(default=None, description="AOF persistence is on (recommended)")
+    replicas_per_master: int | None = Field(
+        default=None, ge=0, description="replicas of each master (at least 1 recommended)"
+    )
     connect_timeout_s: float = Field(default=5.0, gt=0)
     monitor: MonitorSettings = MonitorSettings()
-
-    _secret = field_validator("password", mode="before")(_secret)
-
-    @field_validator("nodes")
-    @classmethod
-    def _host_port(cls, nodes: list[str]) -> list[str]:
-        for node in nodes:
-            parse_host_port(node)
-        return nodes
 
     def endpoints(self) -> list[tuple[str, int]]:
         return [parse_host_port(n) for n in self.nodes]
@@ -207,26 +285,19 @@ class CassandraRemoval(StrictModel):
 
 
 class CassandraSettings(StrictModel):
+    """The Cassandra cluster ORS persists to before the migration."""
+
     in_use: bool = True
-    contact_points: list[str] = Field(default_factory=list)
+    contact_points: list[HostPort] = Field(default_factory=list)
     thrift_port: int = Field(default=9160, ge=1, le=65535)
     keyspace: str = "orchestration"
-    version: str | None = None
+    version: str | None = Field(default=None, description="e.g. 3.11.4; ORS needs 3.x or lower")
     username: str | None = None
-    password: SecretRef | None = None
-    nodetool_host: str | None = None
+    password: Secret | None = None
+    nodetool_host: str | None = Field(default=None, description="a key of 'hosts'")
     nodetool_command: str = "nodetool version"
     connect_timeout_s: float = Field(default=5.0, gt=0)
     removal: CassandraRemoval = CassandraRemoval()
-
-    _secret = field_validator("password", mode="before")(_secret)
-
-    @field_validator("contact_points")
-    @classmethod
-    def _host_port(cls, points: list[str]) -> list[str]:
-        for point in points:
-            parse_host_port(point)
-        return points
 
 
 class OptionRef(StrictModel):
@@ -248,16 +319,24 @@ class FipsSettings(StrictModel):
 
 
 class OrsSettings(StrictModel):
+    """Site-wide ORS settings."""
+
     min_version: str = "8.1.401.10"
-    target_version: str | None = None
+    target_version: str | None = Field(default=None, description="version the upgrade installs")
     sessionid_with_nodeid_section: str = "orchestration"
     extra_persistence_options: dict[str, str] = Field(default_factory=dict)
-    digital_persistence: OptionRef | None = None
+    digital_persistence: OptionRef | None = Field(
+        default=None,
+        description="the option that turns digital-session persistence off, e.g. "
+        "{section: persistence, option: enable-multimedia-persistence, value: 'false'}",
+    )
     fips_enabled: bool | None = None
     fips: FipsSettings = FipsSettings()
 
 
 class Site(StrictModel):
+    """An ors-migrate site file."""
+
     version: Literal[1] = 1
     name: Name
     hosts: dict[str, Host] = Field(min_length=1)
@@ -270,33 +349,35 @@ class Site(StrictModel):
 
     @model_validator(mode="after")
     def _references_and_uniqueness(self) -> Site:
-        seen_apps: set[str] = set()
-        seen_pairs: set[str] = set()
-        seen_clusters: set[str] = set()
-        for cluster in self.ors_clusters:
-            if cluster.name in seen_clusters:
-                raise ValueError(f"ORS cluster '{cluster.name}' is named twice")
-            seen_clusters.add(cluster.name)
-            for pair in cluster.ha_pairs:
-                if pair.name in seen_pairs:
-                    raise ValueError(f"HA pair '{pair.name}' is named twice")
-                seen_pairs.add(pair.name)
-                for app in pair.apps:
-                    if app.name in seen_apps:
-                        raise ValueError(f"application '{app.name}' is named twice")
-                    seen_apps.add(app.name)
+        seen: dict[str, set[str]] = {"ORS cluster": set(), "HA pair": set(), "application": set()}
+
+        def once(kind: str, name: str, loc: tuple[str | int, ...]) -> None:
+            if name in seen[kind]:
+                raise LocatedValueError(f"{kind} '{name}' is named twice", loc)
+            seen[kind].add(name)
+
+        for c, cluster in enumerate(self.ors_clusters):
+            once("ORS cluster", cluster.name, ("ors_clusters", c, "name"))
+            for p, pair in enumerate(cluster.ha_pairs):
+                once("HA pair", pair.name, ("ors_clusters", c, "ha_pairs", p, "name"))
+                for a, app in enumerate(pair.apps):
+                    loc = ("ors_clusters", c, "ha_pairs", p, "apps", a)
+                    once("application", app.name, (*loc, "name"))
                     if app.host not in self.hosts:
-                        raise ValueError(
-                            f"application '{app.name}' runs on host '{app.host}', "
-                            "which is not defined under 'hosts'"
+                        raise LocatedValueError(
+                            f"application '{app.name}' runs on host '{app.host}', which is not "
+                            f"defined under 'hosts' (defined: {', '.join(sorted(self.hosts))})",
+                            (*loc, "host"),
                         )
-        for name, host in self.hosts.items():
-            jump = host.ssh.jump_host if host.ssh else None
-            if jump is not None and jump == name:
-                raise ValueError(f"host '{name}' cannot be its own jump host")
+        nodetool = self.cassandra.nodetool_host if self.cassandra else None
+        if nodetool is not None and nodetool not in self.hosts:
+            raise LocatedValueError(
+                f"cassandra.nodetool_host '{nodetool}' is not defined under 'hosts'",
+                ("cassandra", "nodetool_host"),
+            )
         return self
 
-    # Navigation helpers used by the planner and the engine.
+    # Navigation helpers used by the planner, the rules and the engine.
     def pairs(self) -> Iterator[tuple[OrsCluster, HaPair]]:
         for cluster in self.ors_clusters:
             for pair in cluster.ha_pairs:
@@ -319,6 +400,15 @@ class Site(StrictModel):
                 return found
         raise KeyError(name)
 
+    def app_loc(self, name: str) -> tuple[str | int, ...]:
+        """The path of keys to an application in the site file, to name its line."""
+        for c, cluster in enumerate(self.ors_clusters):
+            for p, pair in enumerate(cluster.ha_pairs):
+                for a, app in enumerate(pair.apps):
+                    if app.name == name:
+                        return ("ors_clusters", c, "ha_pairs", p, "apps", a)
+        raise KeyError(name)
+
 
 @dataclass(frozen=True)
 class LoadedSite:
@@ -330,7 +420,8 @@ class LoadedSite:
     document: LocatedDocument
 
 
-def _field_path(loc: tuple[Any, ...]) -> str:
+def field_path(loc: tuple[str | int, ...]) -> str:
+    """`('redis', 'nodes', 1)` as `redis.nodes[1]`."""
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -347,26 +438,168 @@ def _clean_loc(loc: tuple[Any, ...]) -> tuple[str | int, ...]:
     )
 
 
-def site_error_from_validation(exc: ValidationError, document: LocatedDocument) -> SiteError:
-    """The first validation error, with its file, line and field."""
-    err = exc.errors(include_url=False)[0]
-    loc = _clean_loc(tuple(err["loc"]))
-    message = err["msg"].removeprefix("Value error, ")
+def _unwrap(annotation: Any) -> Any:
+    """The model or container inside Annotated[...] and X | None."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin in (Union, types.UnionType):
+            members = [a for a in get_args(annotation) if a is not type(None)]
+            if len(members) != 1:
+                return annotation
+            annotation = members[0]
+        else:
+            return annotation
+
+
+def _model_at(root: type[BaseModel], loc: tuple[str | int, ...]) -> type[BaseModel] | None:
+    """The model class that holds the keys at `loc`, if the path leads to one."""
+    current: Any = root
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return None
+            current = field.annotation
+        elif get_origin(current) in (list, dict):
+            current = get_args(current)[-1]
+        else:
+            return None
+    current = _unwrap(current)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unknown_key(root: type[BaseModel], loc: tuple[str | int, ...]) -> str:
+    key = str(loc[-1])
+    model = _model_at(root, loc[:-1])
+    if model is None:
+        return f"unknown key '{key}'"
+    known = list(model.model_fields)
+    close = difflib.get_close_matches(key, known, n=1)
+    if close:
+        return f"unknown key '{key}'; did you mean '{close[0]}'?"
+    return f"unknown key '{key}' (allowed here: {', '.join(known)})"
+
+
+EXPECTED = {
+    "int_parsing": "a whole number",
+    "int_type": "a whole number",
+    "int_from_float": "a whole number",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+    "string_type": "text",
+    "list_type": "a list (lines starting with '- ')",
+    "dict_type": "a mapping of keys to values",
+    "model_type": "a mapping of keys to values",
+    "model_attributes_type": "a mapping of keys to values",
+}
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe(err: ErrorDetails, loc: tuple[str | int, ...], root: type[BaseModel]) -> str:
+    """A message that says what is expected and what was found (never a secret's value)."""
     kind = err["type"]
+    msg = err["msg"].removeprefix("Value error, ")
+    reveal = not (loc and str(loc[-1]) in SECRET_FIELDS)
+    got = f", got {_shown(err.get('input'))}" if reveal else ""
     if kind == "extra_forbidden":
-        message = f"unknown key '{loc[-1]}'"
-    elif kind == "missing":
-        message = f"required field '{loc[-1]}' is missing"
-    more = len(exc.errors()) - 1
-    if more:
-        message += f" (and {more} more problem{'s' if more > 1 else ''})"
+        return _unknown_key(root, loc)
+    if kind in EXPECTED:
+        return f"expected {EXPECTED[kind]}{got}"
+    if kind == "string_pattern_mismatch" and err.get("ctx", {}).get("pattern") == NAME:
+        return f"names use letters, digits, '_', '.' and '-' and start with a letter or digit{got}"
+    if kind == "too_short":
+        return f"must list at least {err.get('ctx', {}).get('min_length', 1)} item(s)"
+    if kind == "value_error":
+        return msg
+    return msg.replace("Input should be", "must be") + got
+
+
+def _problem(err: ErrorDetails, document: LocatedDocument, root: type[BaseModel]) -> SiteError:
+    loc = _clean_loc(tuple(err["loc"]))
+    located = err.get("ctx", {}).get("error")
+    if isinstance(located, LocatedValueError):
+        loc = (*loc, *located.loc)
     return SiteError(
-        message,
+        _describe(err, loc, root),
         file=document.path,
         line=document.line_of(loc),
-        field=_field_path(loc) or None,
-        rule=f"schema.{kind}",
+        field=field_path(loc) or None,
+        rule=f"schema.{err['type']}",
     )
+
+
+def _missing_fields(errors: list[ErrorDetails], document: LocatedDocument) -> list[SiteError]:
+    """One problem per mapping that lacks required keys, naming them all."""
+    by_parent: dict[tuple[str | int, ...], list[str]] = {}
+    for err in errors:
+        if err["type"] == "missing":
+            loc = _clean_loc(tuple(err["loc"]))
+            by_parent.setdefault(loc[:-1], []).append(str(loc[-1]))
+    problems = []
+    for parent, names in by_parent.items():
+        listed = ", ".join(f"'{n}'" for n in names)
+        if len(names) == 1:
+            message, field = f"required field {listed} is missing", field_path((*parent, *names))
+        else:
+            message, field = f"required fields {listed} are missing", field_path(parent)
+        problems.append(
+            SiteError(
+                message,
+                file=document.path,
+                line=document.line_of(parent),
+                field=field or None,
+                rule="schema.missing",
+            )
+        )
+    return problems
+
+
+class SiteProblems(SiteError):
+    """Every schema problem of one file, each with its line and field, in file order. The
+    first one is the error's own file, line, field and rule."""
+
+    def __init__(self, problems: list[SiteError]) -> None:
+        self.problems = problems
+        first = problems[0]
+        super().__init__(
+            first.detail, file=first.file, line=first.line, field=first.field, rule=first.rule
+        )
+
+    def render(self) -> str:
+        shown = [p.render() for p in self.problems[:MAX_PROBLEMS_SHOWN]]
+        hidden = len(self.problems) - len(shown)
+        if hidden:
+            shown.append(f"... and {hidden} more problem{'s' if hidden > 1 else ''}")
+        return "\n".join(shown)
+
+
+def site_error_from_validation(
+    exc: ValidationError, document: LocatedDocument, root: type[BaseModel] | None = None
+) -> SiteError:
+    """Every validation error, each with its file, line and field (`root` names the keys an
+    unknown one may have meant; the site model by default)."""
+    errors = exc.errors(include_url=False)
+    problems = [_problem(e, document, root or Site) for e in errors if e["type"] != "missing"]
+    problems += _missing_fields(errors, document)
+    problems.sort(key=lambda p: p.line or 0)
+    return SiteProblems(problems) if len(problems) > 1 else problems[0]
 
 
 def load_site(path: str | Path) -> LoadedSite:
@@ -381,4 +614,10 @@ def load_site(path: str | Path) -> LoadedSite:
 
 
 def site_json_schema() -> dict[str, Any]:
-    return Site.model_json_schema()
+    """The site file's JSON Schema (draft 2020-12), for editors and CI linters."""
+    schema = Site.model_json_schema()
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "ors-migrate site file",
+        **{k: v for k, v in schema.items() if k != "title"},
+    }

@@ -13,17 +13,28 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ors_migrate.errors import InputError
 
 MAX_FILE_BYTES = 5 * 1024 * 1024
+MAX_NODES = 200_000
 
 
 class LocatedDocument:
     """A parsed YAML document and the way back from a path of keys to a line number."""
 
-    def __init__(self, path: str, root: Any) -> None:
+    def __init__(self, path: str, root: Any, error: type[InputError] = InputError) -> None:
         self.path = path
         self.root = root
+        self.error = error
 
     def data(self) -> Any:
-        return _plain(self.root)
+        """Plain dicts and lists; aliases are copied, so a self-referencing one is refused."""
+        try:
+            return _PlainCopy(MAX_NODES)(self.root)
+        except (RecursionError, _TooLarge):
+            raise self.error(
+                f"YAML aliases or nesting expand beyond {MAX_NODES} values "
+                "(is an anchor used inside itself?)",
+                file=self.path,
+                rule="yaml-size",
+            ) from None
 
     def line_of(self, loc: Sequence[str | int]) -> int | None:
         """1-based line of the deepest node of `loc` that exists in the document."""
@@ -41,12 +52,32 @@ class LocatedDocument:
         return line
 
 
-def _plain(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {str(k) if not isinstance(k, str) else k: _plain(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_plain(v) for v in node]
-    return node
+class _TooLarge(Exception):
+    pass
+
+
+class _PlainCopy:
+    """Copies a document into plain dicts and lists, refusing alias bombs: aliases are copied,
+    so a few lines of anchors could otherwise expand into millions of nodes."""
+
+    def __init__(self, max_nodes: int) -> None:
+        self.left = max_nodes
+
+    def __call__(self, node: Any) -> Any:
+        self.left -= 1
+        if self.left < 0:
+            raise _TooLarge
+        if isinstance(node, dict):
+            return {k if isinstance(k, str) else str(k): self(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [self(v) for v in node]
+        return node
+
+
+def _explain(problem: str) -> str:
+    if "'\\t'" in problem:
+        return f"{problem}; YAML does not allow tabs for indentation, indent with spaces"
+    return problem
 
 
 def load_yaml(path: str | Path, error: type[InputError], what: str) -> LocatedDocument:
@@ -69,11 +100,15 @@ def parse_yaml(raw: bytes, name: str, error: type[InputError], what: str) -> Loc
     if len(raw) > MAX_FILE_BYTES:
         raise error(f"{what} is larger than {MAX_FILE_BYTES} bytes", file=name, rule="file-size")
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise error(
-            f"{what} is not UTF-8 text (byte {exc.start})", file=name, line=line, rule="utf-8"
+            f"{what} is not UTF-8 text (undecodable byte at offset {exc.start}): "
+            "is it a binary file, or saved in another encoding?",
+            file=name,
+            line=line,
+            rule="utf-8",
         ) from None
     if "\x00" in text:
         line = text[: text.index("\x00")].count("\n") + 1
@@ -87,7 +122,7 @@ def parse_yaml(raw: bytes, name: str, error: type[InputError], what: str) -> Loc
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
-        problem = exc.problem or exc.context or "invalid YAML"
+        problem = _explain(exc.problem or exc.context or "invalid YAML")
         raise error(f"invalid YAML: {problem}", file=name, line=line, rule="yaml-syntax") from None
     except YAMLError as exc:
         raise error(f"invalid YAML: {exc}", file=name, rule="yaml-syntax") from None
@@ -102,4 +137,4 @@ def parse_yaml(raw: bytes, name: str, error: type[InputError], what: str) -> Loc
             line=1,
             rule="top-level-mapping",
         )
-    return LocatedDocument(name, root)
+    return LocatedDocument(name, root, error)

@@ -27,7 +27,10 @@ class _Strict(BaseModel):
 
 
 class Retry(_Strict):
-    attempts: int = Field(default=1, ge=1, le=20)
+    """Attempts for transient failures only (a timeout, a refused or reset connection); a failed
+    verification is never retried."""
+
+    attempts: int = Field(default=3, ge=1, le=20)
     backoff_s: float = Field(default=2.0, ge=0)
 
 

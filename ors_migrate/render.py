@@ -65,6 +65,11 @@ def as_text(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def _cell(value: object) -> str:
+    """A Markdown table cell: pipes escaped, one line."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
 def as_markdown(plan: Plan) -> str:
     lines = [
         f"# Plan: {plan.title}",
@@ -90,34 +95,49 @@ def as_markdown(plan: Plan) -> str:
         lines.append("| action | target | what | commands |")
         lines.append("|---|---|---|---|")
         for action in state.actions:
-            commands = "<br>".join(f"`{c}`" for c in action.preview.commands)
+            commands = "<br>".join(f"`{_cell(c)}`" for c in action.preview.commands)
             lines.append(
-                f"| `{action.action}` | {_target(action)} | "
-                f"{action.preview.description} | {commands} |"
+                f"| `{action.action}` | {_cell(_target(action))} | "
+                f"{_cell(action.preview.description)} | {commands} |"
             )
         changes = [(a, c) for a in state.actions for c in a.preview.option_changes]
         if changes:
             lines += ["", "| application | section | option | old | new |", "|---|---|---|---|---|"]
             for a, c in changes:
-                lines.append(
-                    f"| {a.target.app} | {c['section']} | {c['option']} | "
-                    f"{c['old'] if c['old'] is not None else '(unset)'} | {c['new']} |"
-                )
+                cells = (a.target.app, c["section"], c["option"], _old(c), c["new"])
+                lines.append("| " + " | ".join(_cell(v) for v in cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
+MERMAID_ENTITIES = str.maketrans({"<": "#lt;", ">": "#gt;", ":": "#58;", ";": "#59;"})
+
+
+def _mermaid_text(text: str) -> str:
+    """Mermaid reads `<...>` as HTML and `:` and `;` as syntax; use its entity codes."""
+    return text.translate(MERMAID_ENTITIES)
+
+
 def as_mermaid(plan: Plan) -> str:
+    """A state diagram: each state with its seed step, success and failure transitions, gates
+    and the rollback point as notes."""
     lines = ["stateDiagram-v2"]
     ids = [s.id.replace("-", "_") for s in plan.states]
+    rollback_point = plan.rollback_point()
     for state, sid in zip(plan.states, ids, strict=True):
-        lines.append(f"    {sid}: {state.seed_step or 'tool'} {state.title}")
+        label = _mermaid_text(f"{state.seed_step or 'tool'} {state.title}")
+        lines.append(f"    {sid}: {label}")
+        if state.gate:
+            lines.append(f"    note right of {sid}: GATE, operator approval")
+        if state.id == rollback_point:
+            lines.append(f"    note left of {sid}: ROLLBACK POINT")
     lines.append(f"    [*] --> {ids[0]}")
     enabled = False
     for state, (a, b) in zip(plan.states, zip(ids, ids[1:], strict=False), strict=False):
         enabled = enabled or state.enables_redis
         lines.append(f"    {a} --> {b}: ok")
         lines.append(f"    {a} --> {'rollback' if enabled else 'stopped'}: failed")
+    enabled = enabled or plan.states[-1].enables_redis
     lines.append(f"    {ids[-1]} --> [*]")
     lines.append(f"    {ids[-1]} --> {'rollback' if enabled else 'stopped'}: failed")
     if enabled:

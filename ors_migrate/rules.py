@@ -15,7 +15,6 @@ finding: the site file, or the playbook for findings about a state.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -30,7 +29,7 @@ from ors_migrate.options import (
     version_at_least,
     version_tuple,
 )
-from ors_migrate.site import LoadedSite, Site, field_path
+from ors_migrate.site import LoadedSite, Site, field_path, parse_host_port
 
 if TYPE_CHECKING:
     from ors_migrate.plan import Plan
@@ -49,7 +48,6 @@ MANAGED_PERSISTENCE_OPTIONS = frozenset(
     {TYPE, "redis-nodes", "username", "password"}
     | {f"tls-{o}" for o in ("enabled", "cert", "key", "cacert", "cacertdir", "sni")}
 )
-REDIS_NODES = re.compile(r"^[^;:\s]+:\d{1,5}(;[^;:\s]+:\d{1,5})*;?$")
 OPTION_SOURCES: dict[str, tuple[str, ...]] = {
     "redis-nodes": ("redis", "nodes"),
     "tls-enabled": ("redis", "tls", "enabled"),
@@ -399,6 +397,14 @@ def options_managed_by_tool(site: Site) -> Iterator[Problem]:
 # Option rules: the options one application will have when type=redis takes effect -----------
 
 
+def _host_port_list(value: str) -> bool:
+    nodes = value.removesuffix(";").split(";")
+    try:
+        return all(n == n.strip() and parse_host_port(n) for n in nodes)
+    except ValueError:
+        return False
+
+
 @_rule(OPTION_RULES, "redis.nodes-syntax", ERROR, "redis-nodes is host:port;host:port;...")
 def redis_nodes_syntax(options: OptionValues) -> Iterator[Problem]:
     value = options.get((PERSISTENCE, "redis-nodes"))
@@ -407,7 +413,7 @@ def redis_nodes_syntax(options: OptionValues) -> Iterator[Problem]:
         if options.get((PERSISTENCE, TYPE)) == REDIS:
             yield Problem("type=redis is set but redis-nodes is not: list the Redis nodes", loc)
         return
-    if not REDIS_NODES.match(value):
+    if not _host_port_list(value):
         yield Problem(
             f"redis-nodes '{value}' is not a list of host:port separated by ';' "
             "(for example redis-1:6379;redis-2:6379;redis-3:6379)",
@@ -651,13 +657,16 @@ def _locate(finding: Finding, loaded: LoadedSite, playbook: LoadedPlaybook | Non
     return replace(finding, file=playbook.path, line=line)
 
 
+def check_site(loaded: LoadedSite) -> list[Finding]:
+    """The site rules alone (no playbook), each finding with its line in the site file."""
+    found = [f for rule in SITE_RULES for f in rule(loaded.site)]
+    return [_locate(f, loaded, None) for f in found]
+
+
 def check(loaded: LoadedSite, plan: Plan, playbook: LoadedPlaybook | None = None) -> list[Finding]:
     """Every rule on the site, its options and its plan; each finding with its file and line."""
-    site = loaded.site
-    found = [f for rule in SITE_RULES for f in rule(site)]
-    found += check_options(plan)
-    found += [f for rule in PLAN_RULES for f in rule(site, plan)]
-    located = [_locate(f, loaded, playbook) for f in found]
+    found = check_options(plan) + [f for rule in PLAN_RULES for f in rule(loaded.site, plan)]
+    located = check_site(loaded) + [_locate(f, loaded, playbook) for f in found]
     return sorted(located, key=lambda f: (f.file != loaded.path, f.file or "", f.line or 0))
 
 

@@ -84,12 +84,11 @@ def validate(
     try:
         loaded = load_site(site)
         chosen = load_playbook(playbook)
+        findings = check(loaded, make_plan(loaded, chosen, read_current=False), chosen)
     except InputError as exc:
         if not as_json:
             raise
         findings = findings_from_error(exc)
-    else:
-        findings = check(loaded, make_plan(loaded, chosen, read_current=False), chosen)
     errors = errors_in(findings)
     if as_json:
         _print_json(

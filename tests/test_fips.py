@@ -219,6 +219,13 @@ class FakeWindowsHost:
         script = decode_invocation(command)
         if script is None:
             return self._service(command)
+        result = self._powershell(command, script)
+        if self.world.get("kill_after") and self.world["kill_after"] in script:
+            self.world["kill_after"] = None
+            raise KeyboardInterrupt
+        return result
+
+    def _powershell(self, command: str, script: str) -> CommandResult:
         machine = self.world["env"].setdefault(self.name, {})
         files = self.world["files"]
         if "fipsinstall" in script:
@@ -234,10 +241,11 @@ class FakeWindowsHost:
             path = re.search(r"\$path = '([^']+)'", script)
             assert path
             return self._ok(command, files.get((self.name, path.group(1)), ""))
-        elif "Test-Path" in script:
-            path = re.search(r"Test-Path -LiteralPath '([^']+)'", script)
+        elif "Get-FileHash" in script:
+            path = re.search(r"\$path = '([^']+)'", script)
             assert path
-            return self._ok(command, "present" if (self.name, path.group(1)) in files else "absent")
+            text = files.get((self.name, path.group(1)))
+            return self._ok(command, "absent" if text is None else f"{hash(text):X}")
         elif "SetEnvironmentVariable" in script:
             name, value = re.findall(r"'([^']*)'", script.split("SetEnvironmentVariable(")[1])[:2]
             machine[name] = value
@@ -297,7 +305,7 @@ def windows_world(version: str) -> dict[str, Any]:
 
 
 def run_on_fake_windows(
-    world: dict[str, Any], state_dir: Path, monkeypatch: pytest.MonkeyPatch
+    world: dict[str, Any], state_dir: Path, monkeypatch: pytest.MonkeyPatch, *, resume: bool = False
 ) -> Any:
     from ors_migrate.runner import Runner
 
@@ -306,11 +314,27 @@ def run_on_fake_windows(
     runner = Runner(state_dir, Ui(assume_yes=True, quiet=True))
     try:
         _, outcome = runner.start(
-            str(WINDOWS_SITE), "fips-windows", resume=False, run_id=None, auto_rollback=True
+            str(WINDOWS_SITE), "fips-windows", resume=resume, run_id=None, auto_rollback=True
         )
     finally:
         runner.close()
     return outcome
+
+
+def test_windows_run_interrupted_after_setting_a_variable_resumes_without_setting_it_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = windows_world("8.1.401.11")
+    world["kill_after"] = "SetEnvironmentVariable('OPENSSL_CONF'"
+
+    interrupted = run_on_fake_windows(world, tmp_path, monkeypatch)
+    assert interrupted.status == "interrupted"
+    resumed = run_on_fake_windows(world, tmp_path, monkeypatch, resume=True)
+
+    assert resumed.status == "succeeded", resumed.message
+    sent = [(host, decode_invocation(c) or "") for host, c in world["log"]]
+    sets = [host for host, script in sent if "SetEnvironmentVariable('OPENSSL_CONF'" in script]
+    assert sets == ["ors-win-01", "ors-win-02"]
 
 
 def test_windows_fips_refuses_ors_older_than_8_1_401_11(

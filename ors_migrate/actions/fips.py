@@ -13,6 +13,7 @@ shows each script as it runs.
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import shlex
 from dataclasses import dataclass
@@ -411,10 +412,25 @@ class LinuxInstall(FipsAction):
             [f"[{paths.host}] {self.command(paths)}"],
         )
 
+    def _fipsmodule_digest(self, ctx: RunContext, step: PlannedAction, paths: FipsPaths) -> str:
+        data = self.transport(ctx, step).read_file(paths.fipsmodule)
+        return "absent" if data is None else hashlib.sha256(data).hexdigest()
+
+    def prepare(self, ctx: RunContext, step: PlannedAction) -> dict[str, Any]:
+        intent = super().prepare(ctx, step)
+        if intent["applies"]:
+            paths = self.paths(ctx, intent)
+            intent["fipsmodule_before"] = self._fipsmodule_digest(ctx, step, paths)
+        return intent
+
     def check(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> bool:
+        """Done when fipsinstall.sh wrote a new fipsmodule.cnf since the intent: an old one may
+        carry the checksum of an older module. Running it again is harmless."""
         if not intent["applies"]:
             return True
-        return self._missing(ctx, step, self.paths(ctx, intent)) == []
+        paths = self.paths(ctx, intent)
+        fresh = self._fipsmodule_digest(ctx, step, paths) != intent["fipsmodule_before"]
+        return fresh and self._missing(ctx, step, paths) == []
 
     def _missing(self, ctx: RunContext, step: PlannedAction, paths: FipsPaths) -> list[str]:
         transport = self.transport(ctx, step)
@@ -542,11 +558,17 @@ class LinuxEnvironment(FipsAction):
         changes = self._pending(ctx, step, intent)
         if changes:
             backup = paths.env_file + ctx.site.options_backend.backup_suffix
-            self.transport(ctx, step).write_file_atomic(
-                paths.env_file,
-                update_env_file(text, changes).encode("utf-8"),
-                backup_path=backup if text else None,
-            )
+            try:
+                self.transport(ctx, step).write_file_atomic(
+                    paths.env_file,
+                    update_env_file(text, changes).encode("utf-8"),
+                    backup_path=backup if text else None,
+                )
+            except OSError as exc:
+                raise VerificationFailed(
+                    f"cannot write LCA's environment file {paths.env_file} on {paths.host}: "
+                    f"{exc.strerror or exc}; check ors.fips.lca_env_file and its folder"
+                ) from None
         return {"app": paths.app, "env_file": paths.env_file, "changed": changes}
 
     def verify(
@@ -576,9 +598,11 @@ class WindowsInstall(FipsAction):
         )
 
     @staticmethod
-    def exists_script(path: str) -> str:
+    def digest_script(path: str) -> str:
         return ps_script(
-            f"if (Test-Path -LiteralPath {ps_quote(path)}) {{ 'present' }} else {{ 'absent' }}"
+            f"$path = {ps_quote(path)}",
+            "if (Test-Path -LiteralPath $path) "
+            "{ (Get-FileHash -Algorithm SHA256 -LiteralPath $path).Hash } else { 'absent' }",
         )
 
     def describe(self, paths: FipsPaths, step: PlannedAction, view: PlanningView) -> Preview:
@@ -587,13 +611,21 @@ class WindowsInstall(FipsAction):
             [f"[{paths.host}] {self.script(paths)}"],
         )
 
+    def _digest(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> str:
+        script = self.digest_script(self.paths(ctx, intent).fipsmodule)
+        return run_powershell(self.transport(ctx, step), script).strip()
+
+    def prepare(self, ctx: RunContext, step: PlannedAction) -> dict[str, Any]:
+        intent = super().prepare(ctx, step)
+        if intent["applies"]:
+            intent["fipsmodule_before"] = self._digest(ctx, step, intent)
+        return intent
+
     def check(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> bool:
+        """Done when fipsmodule.cnf was (re)written since the intent; running again is harmless."""
         if not intent["applies"]:
             return True
-        out = run_powershell(
-            self.transport(ctx, step), self.exists_script(self.paths(ctx, intent).fipsmodule)
-        )
-        return out.strip() == "present"
+        return self._digest(ctx, step, intent) not in ("absent", intent["fipsmodule_before"])
 
     def apply(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> dict[str, Any]:
         if not intent["applies"]:
@@ -605,7 +637,7 @@ class WindowsInstall(FipsAction):
     def verify(
         self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]
     ) -> dict[str, Any]:
-        if not self.check(ctx, step, intent):
+        if intent["applies"] and self._digest(ctx, step, intent) == "absent":
             raise VerificationFailed(f"{self.paths(ctx, intent).fipsmodule} was not created")
         return {}
 

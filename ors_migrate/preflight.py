@@ -98,7 +98,8 @@ def _pairs(ctx: Any) -> ProbeResults:
                         CheckResult(
                             "ors.version",
                             "warning",
-                            f"{name} runs {version}; the run upgrades it (prepare.3) before Redis is enabled",
+                            f"{name} runs {version}; the run upgrades it (prepare.3) "
+                            "before Redis is enabled",
                         )
                     )
                 else:
@@ -106,8 +107,8 @@ def _pairs(ctx: Any) -> ProbeResults:
                         CheckResult(
                             "ors.version",
                             "warning",
-                            f"{name} runs {version}, below {site.ors.min_version}; the run will ask an "
-                            "operator to upgrade it (prepare.3)",
+                            f"{name} runs {version}, below {site.ors.min_version}; "
+                            "the run will ask an operator to upgrade it (prepare.3)",
                             f"install ORS {site.ors.min_version} or later, or set services.upgrade",
                         )
                     )
@@ -131,7 +132,8 @@ def _options(ctx: Any) -> ProbeResults:
                 CheckResult(
                     "options.readable",
                     "warning",
-                    "the manual option backend cannot read options; the run will show each change to make",
+                    "the manual option backend cannot read options; "
+                    "the run will show each change to make",
                 ),
             )
         ]

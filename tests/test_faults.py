@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 import sshd_fixture
 from conftest import REPO, cli
+
 from ors_migrate.lab.layout import LabLayout, read_pid
 from ors_migrate.lab.redis_cluster import RedisClusterLab
 

@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import json
 
+from conftest import cli
 from redis.cluster import RedisCluster
 
-from conftest import cli
 from ors_migrate.lab.redis_cluster import RedisClusterLab
 
 SEED_ORDER = [
-    "prepare.1", "prepare.2", "prepare.3", "prepare.4", "prepare.5", "prepare.6",
-    "enable.1", "enable.2", "enable.3", "enable.4", "enable.5",
+    "prepare.1",
+    "prepare.2",
+    "prepare.3",
+    "prepare.4",
+    "prepare.5",
+    "prepare.6",
+    "enable.1",
+    "enable.2",
+    "enable.3",
+    "enable.4",
+    "enable.5",
 ]
 
 
@@ -55,7 +64,7 @@ def test_full_migration_moves_every_application_to_redis_as_documented(make_lab,
     promotions = [p for p in status["switchovers"] if p["from"]]
     assert len(promotions) == 3 * len(pairs)
     first_redis = [p for p in promotions if p["store"] == "redis"][: len(pairs)]
-    second_redis = [p for p in promotions if p["store"] == "redis"][len(pairs):]
+    second_redis = [p for p in promotions if p["store"] == "redis"][len(pairs) :]
     # enable.1: the new primaries read Redis, the old ones wrote Cassandra: nothing restored.
     assert all(p["restored"] == 0 and p["lost"] == p["in_progress"] > 0 for p in first_redis)
     # enable.4: both read and write Redis: sessions in progress are restored.
@@ -64,7 +73,9 @@ def test_full_migration_moves_every_application_to_redis_as_documented(make_lab,
 
     runs = json.loads(cli("runs", "--json", "--state-dir", str(state_dir)).stdout)
     assert [r["status"] for r in runs] == ["succeeded"]
-    one = json.loads(cli("status", runs[0]["run_id"], "--json", "--state-dir", str(state_dir)).stdout)
+    one = json.loads(
+        cli("status", runs[0]["run_id"], "--json", "--state-dir", str(state_dir)).stdout
+    )
     assert one["status"] == "succeeded" and one["playbook"] == "migrate-to-redis"
 
     # Redis itself holds ORS data for each ORS cluster, every key with a TTL.
@@ -73,8 +84,11 @@ def test_full_migration_moves_every_application_to_redis_as_documented(make_lab,
     client = RedisCluster(host=host, port=int(port))
     try:
         for cluster in config["clusters"]:
-            keys = list(client.scan_iter(match=f"ORS:{cluster}:*", count=500,
-                                         target_nodes=RedisCluster.PRIMARIES))
+            keys = list(
+                client.scan_iter(
+                    match=f"ORS:{cluster}:*", count=500, target_nodes=RedisCluster.PRIMARIES
+                )
+            )
             assert keys, f"no keys under ORS:{cluster}"
             ttls = [client.ttl(k) for k in keys[:50]]
             assert all(t > 0 for t in ttls), ttls

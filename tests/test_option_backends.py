@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pexpect
-
 from conftest import REPO, cli
+
 from ors_migrate.actions.options_file import read_options
 
 CFGTOOL = Path(__file__).parent / "fixtures" / "cfgtool.py"
@@ -27,11 +27,14 @@ def _switch_backend(site: Path, backend: str) -> None:
 def test_command_backend_runs_the_whole_migration_with_values_on_stdin_only(make_lab, tmp_path):
     lab = make_lab(clusters=1, pairs_per_cluster=1)
     tool = f"{sys.executable} {CFGTOOL} {lab.root}"
-    _switch_backend(lab.site, (
-        "options_backend:\n  kind: command\n"
-        f"  get_command: {json.dumps(tool + ' get {app}')}\n"
-        f"  set_command: {json.dumps(tool + ' set {app}')}\n"
-    ))
+    _switch_backend(
+        lab.site,
+        (
+            "options_backend:\n  kind: command\n"
+            f"  get_command: {json.dumps(tool + ' get {app}')}\n"
+            f"  set_command: {json.dumps(tool + ' set {app}')}\n"
+        ),
+    )
     result = cli("run", str(lab.site), "--yes", "--state-dir", str(tmp_path / "state"))
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -59,7 +62,9 @@ states:
 """
 
 
-def test_manual_backend_asks_the_operator_per_application_and_records_the_answers(make_lab, tmp_path):
+def test_manual_backend_asks_the_operator_per_application_and_records_the_answers(
+    make_lab, tmp_path
+):
     lab = make_lab(clusters=1, pairs_per_cluster=1)
     _switch_backend(lab.site, "options_backend:\n  kind: manual\n")
     playbook = tmp_path / "configure-only.yaml"
@@ -67,9 +72,22 @@ def test_manual_backend_asks_the_operator_per_application_and_records_the_answer
     state_dir = tmp_path / "state"
     env = {**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "NO_COLOR": "1", "TERM": "xterm"}
     child = pexpect.spawn(
-        sys.executable, ["-m", "ors_migrate", "run", str(lab.site), "--playbook", str(playbook),
-                         "--state-dir", str(state_dir)],
-        cwd=str(REPO), env=env, encoding="utf-8", timeout=60, dimensions=(50, 200),
+        sys.executable,
+        [
+            "-m",
+            "ors_migrate",
+            "run",
+            str(lab.site),
+            "--playbook",
+            str(playbook),
+            "--state-dir",
+            str(state_dir),
+        ],
+        cwd=str(REPO),
+        env=env,
+        encoding="utf-8",
+        timeout=60,
+        dimensions=(50, 200),
     )
     apps = sorted(json.loads(lab.config.read_text())["apps"])
     seen = []
@@ -94,7 +112,14 @@ def test_manual_backend_asks_the_operator_per_application_and_records_the_answer
         assert ("persistence", "redis-nodes") not in options
 
     # --yes cannot stand in for a person's confirmation of a manual step.
-    unattended = cli("run", str(lab.site), "--playbook", str(playbook), "--yes",
-                     "--state-dir", str(tmp_path / "state2"))
+    unattended = cli(
+        "run",
+        str(lab.site),
+        "--playbook",
+        str(playbook),
+        "--yes",
+        "--state-dir",
+        str(tmp_path / "state2"),
+    )
     assert unattended.returncode == 130
     assert "must be done by a person" in unattended.stderr

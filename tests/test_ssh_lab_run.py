@@ -11,9 +11,9 @@ import threading
 from pathlib import Path
 
 import pytest
-
 import sshd_fixture
 from conftest import cli
+
 from ors_migrate.lab.cassandra_sessions import CassandraSessionStore
 from ors_migrate.lab.cql_standin import CqlStandIn
 
@@ -49,8 +49,9 @@ class CommandLineSampler:
         self._thread.join()
 
 
-def _over_ssh(site: Path, server: sshd_fixture.SshServer, key: Path, known_hosts: Path,
-              cql_port: int) -> None:
+def _over_ssh(
+    site: Path, server: sshd_fixture.SshServer, key: Path, known_hosts: Path, cql_port: int
+) -> None:
     text = site.read_text()
     text = text.replace(
         "  lab:\n    transport: local\n    platform: linux\n",
@@ -59,8 +60,11 @@ def _over_ssh(site: Path, server: sshd_fixture.SshServer, key: Path, known_hosts
         f"      key_file: {key}\n      key_passphrase: env:ORS_TEST_SSH_PASSPHRASE\n"
         f"      known_hosts: {known_hosts}\n      ssh_config: null\n",
     )
-    text = re.sub(r"(cassandra:\n  in_use: true\n  contact_points:\n    - )127\.0\.0\.1:\d+",
-                  rf"\g<1>127.0.0.1:{cql_port}", text)
+    text = re.sub(
+        r"(cassandra:\n  in_use: true\n  contact_points:\n    - )127\.0\.0\.1:\d+",
+        rf"\g<1>127.0.0.1:{cql_port}",
+        text,
+    )
     text += "  username: ors\n  password: env:ORS_TEST_CASSANDRA_PASSWORD\n"
     site.write_text(text)
 
@@ -73,19 +77,26 @@ def test_migration_over_ssh_with_tls_redis_and_secrets_leaks_no_secret(make_lab,
     key = sshd_fixture.generate_key(tmp_path / "id_ors", passphrase=SSH_PASSPHRASE)
     authorized = tmp_path / "authorized_keys"
     authorized.write_text(key.public + "\n")
-    server = sshd_fixture.start_sshd(tmp_path / "sshd", name="ors-host",
-                                     authorized_keys=authorized, user="root")
+    server = sshd_fixture.start_sshd(
+        tmp_path / "sshd", name="ors-host", authorized_keys=authorized, user="root"
+    )
     cassandra = CqlStandIn(username="ors", password=CASSANDRA_PASSWORD).start()
     try:
-        store = CassandraSessionStore([f"127.0.0.1:{cassandra.port}"], "orchestration",
-                                      username="ors", password=CASSANDRA_PASSWORD)
+        store = CassandraSessionStore(
+            [f"127.0.0.1:{cassandra.port}"],
+            "orchestration",
+            username="ors",
+            password=CASSANDRA_PASSWORD,
+        )
         store.ensure_schema()
         store.close()
         known_hosts = tmp_path / "known_hosts"
         known_hosts.write_text(server.known_hosts_line() + "\n")
         _over_ssh(lab.site, server, key.path, known_hosts, cassandra.port)
-        env = {"ORS_TEST_SSH_PASSPHRASE": SSH_PASSPHRASE,
-               "ORS_TEST_CASSANDRA_PASSWORD": CASSANDRA_PASSWORD}
+        env = {
+            "ORS_TEST_SSH_PASSPHRASE": SSH_PASSPHRASE,
+            "ORS_TEST_CASSANDRA_PASSWORD": CASSANDRA_PASSWORD,
+        }
         state_dir = tmp_path / "state"
         mark = server.log_mark()
 

@@ -65,11 +65,17 @@ class CommandOptions:
         self.app = app_name
         self.transport = transport
         self.backend = ctx.site.options_backend
-        self.values = {"app": app_name, "cluster": cluster.name, "pair": pair.name,
-                       "host": app.host}
+        self.values = {
+            "app": app_name,
+            "cluster": cluster.name,
+            "pair": pair.name,
+            "host": app.host,
+        }
         self.originals_dir = ctx.journal.state_dir / "originals"
 
-    def _run(self, template: str, *, stdin: str | None = None, extra: dict[str, str] | None = None) -> str:
+    def _run(
+        self, template: str, *, stdin: str | None = None, extra: dict[str, str] | None = None
+    ) -> str:
         command = render(template, {**self.values, **(extra or {})})
         result = self.transport.run(command, stdin=stdin)
         if result.exit_code != 0:
@@ -156,8 +162,10 @@ class ManualOptions:
         return values
 
     def instructions(self, changes: list[tuple[OptionChange, str | None]]) -> str:
-        lines = [f"In Genesys Administrator, open the Application object '{self.app}', "
-                 "Options tab, and make these changes, then save:"]
+        lines = [
+            f"In Genesys Administrator, open the Application object '{self.app}', "
+            "Options tab, and make these changes, then save:"
+        ]
         password_ref = self.ctx.site.redis.password
         for change, value in changes:
             where = f"section [{change.section}], option '{change.option}'"

@@ -242,7 +242,11 @@ def lab_up(directory: Path, shape: LabShape = LabShape()) -> LabLayout:
         acl = {REDIS_ORS_USER: _new_redis_password(layout)} if shape.secure else None
         try:
             redis = RedisClusterLab(
-                layout.root, masters=3, replicas_per_master=1, aof=True, tls=shape.secure,
+                layout.root,
+                masters=3,
+                replicas_per_master=1,
+                aof=True,
+                tls=shape.secure,
                 acl_users=acl,
             ).start()
         except OrsMigrateError:
@@ -261,8 +265,11 @@ def lab_up(directory: Path, shape: LabShape = LabShape()) -> LabLayout:
         config = _lab_config(layout, shape, redis.nodes, cassandra)
         if redis.tls_files is not None:
             tls = redis.tls_files
-            config["redis_tls"] = {"cacert": str(tls.cacert), "cert": str(tls.cert),
-                                   "key": str(tls.key)}
+            config["redis_tls"] = {
+                "cacert": str(tls.cacert),
+                "cert": str(tls.cert),
+                "key": str(tls.key),
+            }
         write_json_atomic(layout.config, config)
         for app in config["apps"]:
             layout.app_dir(app).mkdir(parents=True, exist_ok=True)

@@ -572,7 +572,8 @@ def one_store_per_cluster(site: Site, plan: Plan) -> Iterator[Problem]:
     yield from _enable_states_cover_clusters(site, plan)
     writes = option_writes(plan)
     for cluster in site.ors_clusters:
-        on_redis, elsewhere = [], []
+        on_redis: list[str] = []
+        elsewhere: list[str] = []
         for pair in cluster.ha_pairs:
             for app in pair.apps:
                 types = [w.new for w in writes.get(app.name, []) if w.key == (PERSISTENCE, TYPE)]

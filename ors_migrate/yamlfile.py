@@ -121,9 +121,9 @@ def parse_yaml(raw: bytes, name: str, error: type[InputError], what: str) -> Loc
         root = yaml.load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
+        where = mark.line + 1 if mark is not None else None
         problem = _explain(exc.problem or exc.context or "invalid YAML")
-        raise error(f"invalid YAML: {problem}", file=name, line=line, rule="yaml-syntax") from None
+        raise error(f"invalid YAML: {problem}", file=name, line=where, rule="yaml-syntax") from None
     except YAMLError as exc:
         raise error(f"invalid YAML: {exc}", file=name, rule="yaml-syntax") from None
     except (ValueError, TypeError, RecursionError) as exc:

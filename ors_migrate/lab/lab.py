@@ -186,6 +186,10 @@ def _site_yaml(layout: LabLayout, config: dict[str, Any]) -> str:
         "  min_version: 8.1.401.10",
         f"  target_version: {UPGRADE_VERSION}",
         "  sessionid_with_nodeid_section: orchestration",
+        "  digital_persistence:",
+        "    section: persistence",
+        "    option: enable-multimedia-persistence",
+        '    value: "false"',
         "ors_clusters:",
     ]
     for cluster, pairs in config["clusters"].items():
@@ -202,6 +206,7 @@ def _site_yaml(layout: LabLayout, config: dict[str, Any]) -> str:
                 ]
     lines += ["redis:", "  nodes:"]
     lines += [f"    - {node}" for node in config["redis_nodes"]]
+    lines += ["  aof: true", "  replicas_per_master: 1"]
     if config.get("redis_tls"):
         tls = config["redis_tls"]
         lines += [

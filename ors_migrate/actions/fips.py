@@ -904,7 +904,8 @@ class SetFipsOption(FipsAction):
 class RestartLca(FipsAction):
     """LCA passes its own environment to the ORS it starts, and reads it at its start: it must
     be restarted (once per host) before ORS is. With `ors.fips.lca_restart` the tool runs it;
-    otherwise the operator does it and confirms."""
+    otherwise the operator does it and confirms. Nothing tells afterwards whether LCA restarted,
+    so a run interrupted during this step restarts LCA again on resume, which is harmless."""
 
     name = "fips.lca_restart"
     changes_world = True

@@ -400,6 +400,15 @@ class Site(StrictModel):
                 return found
         raise KeyError(name)
 
+    def options_path(self, app_name: str) -> str:
+        """Where the ini-file backend finds an application's options: its own `options_path`,
+        or the backend's template filled in ({app} {cluster} {pair} {host})."""
+        cluster, pair, app = self.find_app(app_name)
+        if app.options_path:
+            return app.options_path
+        template = self.options_backend.path or ""
+        return template.format(app=app.name, cluster=cluster.name, pair=pair.name, host=app.host)
+
     def app_loc(self, name: str) -> tuple[str | int, ...]:
         """The path of keys to an application in the site file, to name its line."""
         for c, cluster in enumerate(self.ors_clusters):

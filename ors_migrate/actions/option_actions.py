@@ -40,6 +40,29 @@ def planned_changes(
     return disable_changes(original_type)
 
 
+def backend_commands(site: Site, app_name: str) -> list[str]:
+    """What the backend will do for one application, exactly, for the plan."""
+    from ors_migrate.actions.service import render
+
+    backend = site.options_backend
+    cluster, pair, app = site.find_app(app_name)
+    values = {"app": app.name, "cluster": cluster.name, "pair": pair.name, "host": app.host}
+    if backend.kind == "ini-file":
+        path = site.options_path(app_name)
+        return [
+            f"[{app.host}] edit {path} in place: copy to {path}{backend.backup_suffix}, "
+            "write a temporary file beside it, rename it over the original"
+        ]
+    if backend.kind == "command":
+        assert backend.get_command and backend.set_command
+        return [
+            f"[{app.host}] {render(backend.get_command, values)}",
+            f"[{app.host}] {render(backend.set_command, {**values, 'changes_file': '<temp file>'})}"
+            " (changes as JSON on stdin or in the temp file, never on the command line)",
+        ]
+    return [f"operator: Genesys Administrator, Application '{app.name}', Options tab"]
+
+
 class SetOptions(Action):
     name = "options.set"
     scopes = frozenset({"app", "ha_pair"})
@@ -80,12 +103,13 @@ class SetOptions(Action):
             if change_set != "disable":
                 view.set_option(step.target.app, change.section, change.option, change.new)
         backend = view.site.options_backend.kind
+        commands = backend_commands(view.site, step.target.app)
         what = {
             "preparation": "configure Redis persistence options (type unchanged)",
             "enable": "set [persistence] type=redis",
             "disable": "set [persistence] type back to its value before the run",
         }[change_set]
-        return Preview(f"{what} on {step.target.app} via the {backend} backend", [], rows)
+        return Preview(f"{what} on {step.target.app} via the {backend} backend", commands, rows)
 
     def _app(self, ctx: RunContext, step: PlannedAction) -> str:
         if step.target.role_resolved_at_run_time:

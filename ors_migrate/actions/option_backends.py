@@ -37,14 +37,6 @@ class OptionStore(Protocol):
     def restore_original(self, run_id: str) -> bool: ...
 
 
-def options_path(ctx: RunContext, app_name: str) -> str:
-    cluster, pair, app = ctx.site.find_app(app_name)
-    if app.options_path:
-        return app.options_path
-    template = ctx.site.options_backend.path or ""
-    return template.format(app=app.name, cluster=cluster.name, pair=pair.name, host=app.host)
-
-
 def _changes_document(app: str, changes: list[tuple[OptionChange, str | None]]) -> dict[str, Any]:
     return {
         "app": app,
@@ -213,4 +205,4 @@ def open_store(ctx: RunContext, app_name: str) -> OptionStore:
     transport = ctx.pool.for_host(app.host)
     if backend.kind == "command":
         return CommandOptions(ctx, app_name, transport)
-    return IniFileOptions(transport, options_path(ctx, app_name), backend.backup_suffix)
+    return IniFileOptions(transport, ctx.site.options_path(app_name), backend.backup_suffix)

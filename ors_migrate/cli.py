@@ -356,6 +356,36 @@ def demo(
     raise typer.Exit(run_demo(keep=keep, pairs_per_cluster=pairs_per_cluster))
 
 
+@app.command()
+def init(
+    site: Annotated[Path, typer.Argument(help="The site file to write.")] = Path("site.yaml"),
+    from_site: Annotated[
+        Path | None,
+        typer.Option("--from", help="Start from this site file: its values are the defaults."),
+    ] = None,
+    answers: Annotated[
+        Path | None,
+        typer.Option("--answers", help="Answer every question from this YAML file (no prompts)."),
+    ] = None,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="KEY=VALUE: one answer (no prompts); repeatable."),
+    ] = None,
+    save_answers: Annotated[
+        Path | None,
+        typer.Option("--save-answers", help="Also write the answers given, for --answers."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite SITE if it exists.")] = False,
+) -> None:
+    """Write a site file: asks, in a terminal, for ORS clusters, HA pairs, hosts, transport,
+    option backend, service commands, Redis, TLS and Cassandra; or reads the answers from
+    --answers/--set. Passwords are references (env:NAME, file:PATH, prompt), never values."""
+    from ors_migrate.wizard import InitRequest, run_init
+
+    request = InitRequest(site, from_site, answers, sets or [], save_answers, force)
+    raise typer.Exit(run_init(request))
+
+
 def main() -> None:
     if os.environ.get("NO_COLOR"):
         os.environ.setdefault("TERM", "dumb")

@@ -275,6 +275,7 @@ def status(
     state_dir: StateDirOpt = None,
 ) -> None:
     """Where one run stands: status, current state, states done."""
+    from ors_migrate.report import status_screen
     from ors_migrate.runner import Runner
 
     runner = Runner(_state_dir(state_dir), _ui(quiet=True))
@@ -282,6 +283,7 @@ def status(
         record = runner.find_run(run_id)
         summary = runner.run_summary(record)
         events = runner.journal.events(record.run_id)
+        screen = status_screen(runner.journal, record, summary["status"])
     finally:
         runner.close()
     done = [e.state_id for e in events if e.kind == "state_ended" and e.phase == "forward"]
@@ -294,8 +296,7 @@ def status(
     if as_json:
         _print_json(summary)
         return
-    for key, value in summary.items():
-        typer.echo(f"{key:>22}: {value}")
+    typer.echo(screen, nl=False)
 
 
 @lab_app.command("up")
@@ -384,6 +385,39 @@ def init(
 
     request = InitRequest(site, from_site, answers, sets or [], save_answers, force)
     raise typer.Exit(run_init(request))
+
+
+@app.command()
+def report(
+    run_id: Annotated[str | None, typer.Argument(help="Run id (default: the latest).")] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="markdown, html, json or text (one screen).")
+    ] = "markdown",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file, not stdout.")
+    ] = None,
+    state_dir: StateDirOpt = None,
+) -> None:
+    """The audit record of a run: site, plan hash, operators, timeline with durations, option
+    changes, gate decisions, checks, Redis CPU and memory, outcome. No secret in it."""
+    from ors_migrate.errors import InputError
+    from ors_migrate.report import FORMATS, build_report, render_report
+    from ors_migrate.runner import Runner
+
+    if fmt not in FORMATS:
+        raise InputError(f"--format must be one of {', '.join(FORMATS)}", rule="format")
+    runner = Runner(_state_dir(state_dir), _ui(quiet=True))
+    try:
+        text = render_report(build_report(runner.journal, runner.find_run(run_id)), fmt)
+    finally:
+        runner.close()
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    from ors_migrate.wizard import write_atomically
+
+    write_atomically(output, text, force=True)
+    print(f"wrote {output}", file=sys.stderr)
 
 
 def main() -> None:

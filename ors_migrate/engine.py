@@ -1,24 +1,23 @@
 """The state machine: runs a plan state by state, journaling intent before and result after
-every action, reconciling interrupted actions through `check()`, and rolling back when a
-verification fails after Redis has been enabled."""
+every action, reconciling interrupted actions through `check()`, retrying transient failures
+with backoff, and rolling back when a verification fails after Redis has been enabled."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ors_migrate.actions.base import CheckResult
 from ors_migrate.actions.registry import Action, get_action
-from ors_migrate.actions.service import ServiceControl
+from ors_migrate.actions.service import AppStatus, ServiceControl
 from ors_migrate.actions.transports import TransportPool
 from ors_migrate.errors import (
     GateStopped,
     OrsMigrateError,
     ResumeRefused,
     TransportError,
-    VerificationFailed,
 )
 from ors_migrate.journal import Event, Journal
 from ors_migrate.options import PERSISTENCE
@@ -29,6 +28,9 @@ from ors_migrate.ui import Ui
 
 FORWARD = "forward"
 ROLLBACK = "rollback"
+ROLLBACK_EVENTS = ("rollback_started", "rollback_requested")
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -51,6 +53,11 @@ class RunContext:
         self.services = ServiceControl(self.site, self.pool)
         self.origin_run_id = self.origin_run_id or self.run_id
         self._stores: dict[str, Any] = {}
+
+    def attach(self, run_id: str) -> None:
+        """Name the run once the journal has created it (the live world is read before)."""
+        self.run_id = run_id
+        self.origin_run_id = run_id
 
     @property
     def site(self) -> Site:
@@ -90,9 +97,36 @@ class RunContext:
         ]
         self.journal.save_originals(self.origin_run_id, app_name, values)
 
+    def record(
+        self,
+        kind: str,
+        *,
+        state_id: str | None = None,
+        action_key: str | None = None,
+        payload: dict[str, Any] | None = None,
+    ) -> None:
+        """Journal an event of this run, with every secret value resolved so far masked."""
+        self.journal.record(
+            self.run_id,
+            kind,
+            phase=self.phase,
+            state_id=state_id,
+            action_key=action_key,
+            payload=self.masked(payload or {}),
+        )
+
+    def masked(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.secrets.mask(value)
+        if isinstance(value, dict):
+            return {k: self.masked(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.masked(v) for v in value]
+        return value
+
     def record_checks(self, results: list[CheckResult]) -> None:
         for result in results:
-            self.journal.record(self.run_id, "check", phase=self.phase, payload=result.as_dict())
+            self.record("check", payload=result.as_dict())
             if result.severity == "warning":
                 self.ui.warn(f"{result.message}" + (f" (fix: {result.fix})" if result.fix else ""))
 
@@ -100,8 +134,28 @@ class RunContext:
         self.pool.close_all()
 
 
+class ActionCrashed(OrsMigrateError):
+    """An action raised an error it does not describe; its state fails with the details."""
+
+
+def as_run_error(exc: Exception, step: PlannedAction) -> OrsMigrateError:
+    """Any exception of an action as an error the engine handles: a refused or reset connection
+    and a timeout are transient transport errors, anything undescribed is a crash."""
+    if isinstance(exc, OrsMigrateError):
+        return exc
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return TransportError(f"{step.key}: {type(exc).__name__}: {exc}")
+    return ActionCrashed(f"{step.key} failed unexpectedly: {type(exc).__name__}: {exc}")
+
+
 def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: a timeout, a refused connection. Never a failed verification."""
     return isinstance(exc, TransportError) and exc.transient
+
+
+def backoff_delay(state: PlannedState, attempt: int) -> float:
+    """Seconds to wait after failed attempt number `attempt` (1, 2, ...): doubling each time."""
+    return state.retry_backoff_s * 2 ** (attempt - 1)
 
 
 @dataclass
@@ -119,12 +173,14 @@ class Engine:
         *,
         auto_rollback: bool = True,
         rollback_plan: Callable[[], Plan] | None = None,
+        rollback_flags: frozenset[str] = frozenset(),
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.ctx = ctx
         self.plan = plan
         self.auto_rollback = auto_rollback
         self.rollback_plan = rollback_plan
+        self.rollback_flags = rollback_flags
         self.sleep = sleep
 
     @property
@@ -143,9 +199,9 @@ class Engine:
 
     # Running a phase
     def run(self) -> Outcome:
-        phase = self.journal.get_run(self.ctx.run_id)
-        if phase is not None and phase.phase == ROLLBACK:
-            return self.run_rollback(reason="resuming the rollback")
+        record = self.journal.get_run(self.ctx.run_id)
+        if record is not None and record.phase == ROLLBACK:
+            return self.run_rollback(reason="resuming the rollback", resumed=True)
         try:
             self._run_states(self.plan, FORWARD)
         except GateStopped as exc:
@@ -159,8 +215,8 @@ class Engine:
         return Outcome("succeeded", "the migration completed", 0)
 
     def _failed(self, exc: OrsMigrateError) -> Outcome:
-        state = self.journal.get_run(self.ctx.run_id)
-        current = state.current_state if state else None
+        record = self.journal.get_run(self.ctx.run_id)
+        current = record.current_state if record else None
         planned = next((s for s in self.plan.states if s.id == current), None)
         policy = planned.on_failure if planned and planned.on_failure else None
         if policy is None:
@@ -176,20 +232,26 @@ class Engine:
         self.journal.set_status(self.ctx.run_id, "failed", outcome=message)
         return Outcome("failed", message + hint, 1)
 
-    def run_rollback(self, *, reason: str) -> Outcome:
+    def run_rollback(self, *, reason: str, resumed: bool = False) -> Outcome:
+        """The rollback playbook, journaled in the rollback phase of the same run. A repeated
+        request (for example `rollback --to start` after a rollback) runs only what is not done."""
         if self.rollback_plan is None:
             self.journal.set_status(self.ctx.run_id, "failed", outcome=reason)
             return Outcome("failed", reason + " (no rollback playbook)", 1)
         plan = self.rollback_plan()
-        if self.journal.get_run(self.ctx.run_id).phase != ROLLBACK:  # type: ignore[union-attr]
-            self.journal.record(
-                self.ctx.run_id,
-                "rollback_started",
-                phase=ROLLBACK,
-                payload={"reason": reason, "plan_hash": plan.plan_hash},
-            )
-            self.journal.set_status(self.ctx.run_id, "running", phase=ROLLBACK)
+        record = self.journal.get_run(self.ctx.run_id)
+        first = record is None or record.phase != ROLLBACK
         self.ctx.phase = ROLLBACK
+        if first or not resumed:
+            self.ctx.record(
+                "rollback_started" if first else "rollback_requested",
+                payload={
+                    "reason": reason,
+                    "plan_hash": plan.plan_hash,
+                    "flags": sorted(self.rollback_flags),
+                },
+            )
+        self.journal.set_status(self.ctx.run_id, "running", phase=ROLLBACK)
         self.ctx.ui.warn(f"rolling back: {reason}")
         try:
             self._run_states(plan, ROLLBACK)
@@ -197,7 +259,10 @@ class Engine:
             self.journal.set_status(self.ctx.run_id, "paused")
             return Outcome("paused", str(exc), exc.exit_code)
         except OrsMigrateError as exc:
-            message = f"the rollback itself failed: {exc}; fix the cause and run `ors-migrate rollback` again"
+            message = (
+                f"the rollback itself failed: {exc}; fix the cause and run "
+                "`ors-migrate rollback` again"
+            )
             self.journal.set_status(self.ctx.run_id, "failed", outcome=message)
             return Outcome("failed", message, 1)
         self.journal.set_status(self.ctx.run_id, "rolled_back", outcome=reason)
@@ -211,25 +276,18 @@ class Engine:
         for index, state in enumerate(plan.states, start=1):
             if state.id in finished:
                 continue
-            self.journal.set_current_state(self.ctx.run_id, state.id, phase)
             self.journal.set_status(self.ctx.run_id, "running", current_state=state.id, phase=phase)
             self.ctx.ui.state_started(index, total, state.id, state.title, state.seed_step)
             if not any(e.kind == "state_started" and e.state_id == state.id for e in events):
-                self.journal.record(
-                    self.ctx.run_id,
-                    "state_started",
-                    phase=phase,
-                    state_id=state.id,
-                    payload={"seed_step": state.seed_step},
+                self.ctx.record(
+                    "state_started", state_id=state.id, payload={"seed_step": state.seed_step}
                 )
             self._gate(state, phase, events)
             started = time.monotonic()
             for step in state.actions:
-                self._run_action(state, step, phase, events)
-            self.journal.record(
-                self.ctx.run_id,
+                self._run_action(state, step, events)
+            self.ctx.record(
                 "state_ended",
-                phase=phase,
                 state_id=state.id,
                 payload={"seconds": round(time.monotonic() - started, 3)},
             )
@@ -247,10 +305,8 @@ class Engine:
             return
         summary = [state.gate, *gate_summary(self.plan if phase == FORWARD else None, state)]
         decision = self.ctx.ui.gate(state.title, summary)
-        self.journal.record(
-            self.ctx.run_id,
+        self.ctx.record(
             "gate_decision",
-            phase=phase,
             state_id=state.id,
             payload={
                 "decision": decision,
@@ -267,70 +323,107 @@ class Engine:
                 f"operator {self.ctx.operator} chose to roll back at gate '{state.id}'"
             )
 
-    def _run_action(
-        self, state: PlannedState, step: PlannedAction, phase: str, events: list[Event]
-    ) -> None:
+    # Running one action
+    def _run_action(self, state: PlannedState, step: PlannedAction, events: list[Event]) -> None:
+        """Intent, apply and verify, result. An action whose intent the journal holds without a
+        result was interrupted: its `check()` decides whether it already took effect, and it is
+        applied again (with the same intent) only when it did not."""
         mine = [e for e in events if e.action_key == step.key]
         if any(e.kind == "action_ended" for e in mine):
             return
         action = get_action(step.action)
-        intents = [e for e in mine if e.kind == "action_intent"]
+        intents = [e.payload for e in mine if e.kind == "action_intent"]
         started = time.monotonic()
         note = ""
-        if intents and action.changes_world:
-            intent = intents[-1].payload
-            done = self._with_retries(state, lambda: action.check(self.ctx, step, intent))
-            self.journal.record(
-                self.ctx.run_id,
-                "action_reconciled",
-                phase=phase,
-                state_id=state.id,
-                action_key=step.key,
-                payload={"already_done": done, "intent": intent},
-            )
-            if done:
-                observed = {"reconciled": True, **intent}
-                self._ended(state, step, phase, observed, started)
-                return
-            note = "resumed after an interruption"
-        else:
-            intent = self._with_retries(state, lambda: action.prepare(self.ctx, step))
-            self.journal.record(
-                self.ctx.run_id,
-                "action_intent",
-                phase=phase,
-                state_id=state.id,
-                action_key=step.key,
-                payload=intent,
-            )
         try:
-            observed = self._apply(state, step, action, intent)
+            if intents and action.changes_world:
+                intent = intents[-1]
+                if self._reconcile(state, step, action, intent):
+                    self._ended(state, step, {"reconciled": True, **intent}, started)
+                    return
+                note = "resumed after an interruption"
+            else:
+                intent = self._attempts(state, step, lambda _: action.prepare(self.ctx, step))
+                self.ctx.record(
+                    "action_intent", state_id=state.id, action_key=step.key, payload=intent
+                )
+            observed = self._attempts(
+                state, step, lambda attempt: self._apply(step, action, intent, attempt)
+            )
         except OrsMigrateError as exc:
-            self.journal.record(
-                self.ctx.run_id,
+            self.ctx.record(
                 "action_failed",
-                phase=phase,
                 state_id=state.id,
                 action_key=step.key,
-                payload={"error": self.ctx.secrets.mask(str(exc)), "kind": type(exc).__name__},
+                payload={"error": str(exc), "kind": type(exc).__name__},
             )
             raise
-        self._ended(state, step, phase, observed, started, note)
+        self._ended(state, step, observed, started, note)
+
+    def _reconcile(
+        self, state: PlannedState, step: PlannedAction, action: Action, intent: dict[str, Any]
+    ) -> bool:
+        done = bool(self._attempts(state, step, lambda _: action.check(self.ctx, step, intent)))
+        self.ctx.record(
+            "action_reconciled",
+            state_id=state.id,
+            action_key=step.key,
+            payload={"already_done": done, "intent": intent},
+        )
+        return done
+
+    def _apply(
+        self, step: PlannedAction, action: Action, intent: dict[str, Any], attempt: int
+    ) -> dict[str, Any]:
+        """One attempt. A retry first asks `check()`: the failed attempt may have taken effect."""
+        if attempt > 1 and action.changes_world and action.check(self.ctx, step, intent):
+            observed: dict[str, Any] = {"reconciled": True}
+        else:
+            observed = action.apply(self.ctx, step, intent)
+        observed.update(action.verify(self.ctx, step, intent))
+        return observed
+
+    def _attempts(self, state: PlannedState, step: PlannedAction, fn: Callable[[int], T]) -> T:
+        """`fn(attempt)` until it succeeds, retrying transient failures with backoff up to the
+        state's retry policy; anything else (a failed verification above all) fails at once."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return fn(attempt)
+            except Exception as raw:
+                exc = as_run_error(raw, step)
+                if not is_transient(exc) or attempt >= state.retry_attempts:
+                    if exc is raw:
+                        raise
+                    raise exc from raw
+                self._retry_later(state, step, exc, attempt)
+
+    def _retry_later(
+        self, state: PlannedState, step: PlannedAction, exc: OrsMigrateError, attempt: int
+    ) -> None:
+        delay = backoff_delay(state, attempt)
+        message = self.ctx.secrets.mask(str(exc))
+        self.ctx.ui.warn(f"{step.key}: transient failure ({message}); retry in {delay:g} s")
+        self.ctx.record(
+            "action_retry",
+            state_id=state.id,
+            action_key=step.key,
+            payload={"error": message, "attempt": attempt, "delay_s": delay},
+        )
+        self.sleep(delay)
 
     def _ended(
         self,
         state: PlannedState,
         step: PlannedAction,
-        phase: str,
         observed: dict[str, Any],
         started: float,
         note: str = "",
     ) -> None:
         seconds = time.monotonic() - started
-        self.journal.record(
-            self.ctx.run_id,
+        self.ctx.record(
             "action_ended",
-            phase=phase,
             state_id=state.id,
             action_key=step.key,
             payload={"observed": observed, "seconds": round(seconds, 3)},
@@ -339,55 +432,8 @@ class Engine:
             step.key,
             step.preview.description,
             seconds,
-            note or ("already done" if observed.get("reconciled") else ""),
+            note or ("already done before the interruption" if observed.get("reconciled") else ""),
         )
-
-    def _apply(
-        self, state: PlannedState, step: PlannedAction, action: Action, intent: dict[str, Any]
-    ) -> dict[str, Any]:
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                if attempt > 1 and action.changes_world and action.check(self.ctx, step, intent):
-                    observed = {"reconciled": True}
-                else:
-                    observed = action.apply(self.ctx, step, intent)
-                observed.update(action.verify(self.ctx, step, intent))
-                return observed
-            except VerificationFailed:
-                raise
-            except OrsMigrateError as exc:
-                if not is_transient(exc) or attempt >= state.retry_attempts:
-                    raise
-                self._retry_note(step, exc, attempt, state)
-
-    def _with_retries(self, state: PlannedState, fn: Callable[[], Any]) -> Any:
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return fn()
-            except OrsMigrateError as exc:
-                if not is_transient(exc) or attempt >= state.retry_attempts:
-                    raise
-                self.ctx.ui.warn(f"transient failure, retrying: {exc}")
-                self.sleep(state.retry_backoff_s * 2 ** (attempt - 1))
-
-    def _retry_note(
-        self, step: PlannedAction, exc: OrsMigrateError, attempt: int, state: PlannedState
-    ) -> None:
-        delay = state.retry_backoff_s * 2 ** (attempt - 1)
-        self.ctx.ui.warn(f"{step.key}: transient failure ({exc}); retry {attempt} in {delay:g} s")
-        self.journal.record(
-            self.ctx.run_id,
-            "action_retry",
-            phase=self.ctx.phase,
-            state_id=None,
-            action_key=step.key,
-            payload={"error": self.ctx.secrets.mask(str(exc)), "attempt": attempt},
-        )
-        self.sleep(delay)
 
 
 class _RollbackRequested(OrsMigrateError):
@@ -405,6 +451,7 @@ def gate_summary(plan: Plan | None, state: PlannedState) -> list[str]:
     return lines
 
 
+# The live topology on resume
 def expected_primaries(
     journal: Journal, run_id: str, initial: dict[str, str]
 ) -> dict[str, set[str]]:
@@ -426,19 +473,41 @@ def expected_primaries(
     return expected
 
 
+def settled_pair_status(ctx: RunContext, pair_name: str) -> dict[str, AppStatus]:
+    """The pair's roles once it has exactly one primary, waiting up to the site's ready timeout
+    for a switchover or restart that is still in flight to finish."""
+    services = ctx.site.services
+    deadline = time.monotonic() + services.ready_timeout_s
+    while True:
+        statuses = ctx.services.pair_status(pair_name)
+        primaries = [n for n, s in statuses.items() if s.role == "primary"]
+        if len(primaries) == 1 or time.monotonic() >= deadline:
+            return statuses
+        time.sleep(services.poll_interval_s)
+
+
+def live_primaries(ctx: RunContext) -> dict[str, str]:
+    """The primary of every HA pair, read from the live world; VerificationFailed when a pair
+    has no single primary."""
+    return {
+        pair.name: ctx.services.app_in_role(pair.name, "primary") for _, pair in ctx.site.pairs()
+    }
+
+
 def check_live_topology(ctx: RunContext, initial: dict[str, str]) -> None:
     """Refuse to resume when the live primaries cannot be explained by the journal."""
     expected = expected_primaries(ctx.journal, ctx.run_id, initial)
     problems = []
     for _, pair in ctx.site.pairs():
-        statuses = ctx.services.pair_status(pair.name)
+        statuses = settled_pair_status(ctx, pair.name)
         primaries = {n for n, s in statuses.items() if s.role == "primary"}
         allowed = expected.get(pair.name, set())
         if len(primaries) != 1 or not primaries <= allowed:
             seen = ", ".join(f"{n}={s.role}" for n, s in statuses.items())
+            want = " or ".join(sorted(allowed)) or "a primary recorded at the start"
             problems.append(
-                f"HA pair {pair.name}: the journal expects {' or '.join(sorted(allowed))} as "
-                f"primary, the live roles are {seen}"
+                f"HA pair {pair.name}: the journal expects {want} as primary, "
+                f"the live roles are {seen}"
             )
     if problems:
         raise ResumeRefused(

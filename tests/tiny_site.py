@@ -1,0 +1,108 @@
+"""A site made of files and one-line shell commands, for engine, journal and run tests that need
+no lab: each application's role is a file, its options an INI file, and the Management Layer is
+`cat` and `echo`. One ORS cluster with one HA pair (ors-a primary, ors-b backup)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+APPS = ("ors-a", "ors-b")
+OPTIONS = (
+    "; options of {app}\n"
+    "[orchestration]\n"
+    "max-sessions=10000\n"
+    "\n"
+    "[persistence]\n"
+    "; Cassandra session persistence, in use before the migration\n"
+    "type=cassandra\n"
+)
+
+
+@dataclass(frozen=True)
+class TinySite:
+    root: Path
+
+    @property
+    def path(self) -> Path:
+        return self.root / "site.yaml"
+
+    def role_file(self, app: str) -> Path:
+        return self.root / "roles" / app
+
+    def options(self, app: str) -> Path:
+        return self.root / "apps" / f"{app}.ini"
+
+    def role(self, app: str) -> str:
+        return self.role_file(app).read_text().strip()
+
+    def set_role(self, app: str, role: str) -> None:
+        self.role_file(app).write_text(role + "\n")
+
+    def write_playbook(self, name: str, text: str) -> Path:
+        path = self.root / f"{name}.yaml"
+        path.write_text(text)
+        return path
+
+
+def make_tiny_site(
+    root: Path,
+    *,
+    upgrade: str = "true",
+    version: str = "8.1.401.12",
+    extra_options: dict[str, str] | None = None,
+    redis_password: str | None = None,
+) -> TinySite:
+    """Write the site file, role files and option files under `root`. `redis_password` names
+    an environment variable (the site refers to it as env:NAME)."""
+    site = TinySite(root)
+    for folder in ("roles", "apps"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for app, role in zip(APPS, ("primary", "backup"), strict=True):
+        site.set_role(app, role)
+        site.options(app).write_text(OPTIONS.format(app=app))
+    roles = shlex.quote(str(root / "roles"))
+    services = {
+        "start": f"echo backup > {roles}/{{app}}",
+        "stop": f"echo down > {roles}/{{app}}",
+        "status": f"cat {roles}/{{app}}",
+        "switchover": f"echo backup > {roles}/{{primary}} && echo primary > {roles}/{{backup}}",
+        "version": f"echo {version}",
+        "upgrade": upgrade,
+        "ready_timeout_s": 5,
+        "poll_interval_s": 0.05,
+    }
+    lines = [
+        "version: 1",
+        "name: tiny",
+        "hosts:",
+        "  here:",
+        "    transport: local",
+        "options_backend:",
+        "  kind: ini-file",
+        f"  path: {json.dumps(str(root / 'apps') + '/{app}.ini')}",
+        "services:",
+        *[f"  {key}: {json.dumps(value)}" for key, value in services.items()],
+        "ors:",
+        "  min_version: 8.1.401.10",
+    ]
+    if extra_options:
+        lines.append("  extra_persistence_options:")
+        lines += [f"    {k}: {json.dumps(v)}" for k, v in extra_options.items()]
+    lines += [
+        "ors_clusters:",
+        "  - name: TINY",
+        "    ha_pairs:",
+        "      - name: pair-1",
+        "        apps:",
+        "          - {name: ors-a, host: here, role: primary}",
+        "          - {name: ors-b, host: here, role: backup}",
+        "redis:",
+        "  nodes: [127.0.0.1:7001, 127.0.0.1:7002, 127.0.0.1:7003]",
+    ]
+    if redis_password:
+        lines.append(f"  password: env:{redis_password}")
+    site.path.write_text("\n".join(lines) + "\n")
+    return site

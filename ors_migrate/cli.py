@@ -184,7 +184,16 @@ def run(
     run_id: Annotated[
         str | None, typer.Argument(help="With --resume: the run to continue.")
     ] = None,
-    playbook: PlaybookOpt = "migrate-to-redis",
+    playbook: Annotated[
+        str | None,
+        typer.Option(
+            "--playbook",
+            "-p",
+            help="Bundled playbook name or a YAML path (default: migrate-to-redis; with "
+            "--resume, the playbook the run started with).",
+            show_default=False,
+        ),
+    ] = None,
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Approve every gate (unattended).")
     ] = False,

@@ -12,10 +12,11 @@ import json
 import os
 import socket
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,8 @@ CREATE TABLE IF NOT EXISTS runs (
     hostname TEXT NOT NULL,
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
-    outcome TEXT
+    outcome TEXT,
+    playbook_path TEXT
 );
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -103,6 +105,7 @@ class RunRecord:
     created_at: str
     updated_at: str
     outcome: str | None
+    playbook_path: str | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -110,6 +113,7 @@ class RunRecord:
             "site": self.site_name,
             "site_path": self.site_path,
             "playbook": self.playbook,
+            "playbook_path": self.playbook_path,
             "status": self.status,
             "phase": self.phase,
             "current_state": self.current_state,
@@ -120,6 +124,9 @@ class RunRecord:
             "updated_at": self.updated_at,
             "outcome": self.outcome,
         }
+
+
+RUN_COLUMNS = ", ".join(f.name for f in fields(RunRecord))
 
 
 @dataclass(frozen=True)
@@ -145,11 +152,24 @@ class Journal:
         self.path = state_dir / "journal.sqlite3"
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-            self.db.execute("PRAGMA journal_mode=WAL")
+            mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
+            self._upgrade_schema()
         except sqlite3.Error as exc:
             raise OrsMigrateError(f"cannot open the run journal {self.path}: {exc}") from None
+        if str(mode).lower() != "wal":
+            self.db.close()
+            raise OrsMigrateError(
+                f"the run journal {self.path} cannot use write-ahead logging (journal mode "
+                f"{mode}); keep the state directory on a local file system (--state-dir)"
+            )
+
+    def _upgrade_schema(self) -> None:
+        """Journals written by earlier versions lack the newer columns: add them."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(runs)")}
+        if "playbook_path" not in columns:
+            self.db.execute("ALTER TABLE runs ADD COLUMN playbook_path TEXT")
 
     def close(self) -> None:
         self.db.close()
@@ -178,12 +198,13 @@ class Journal:
         playbook_digest: str,
         plan_hash: str,
         plan_json: str,
+        playbook_path: str | None = None,
     ) -> str:
         run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         stamp = now()
         with self._tx() as db:
             db.execute(
-                "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     run_id,
                     site_name,
@@ -201,17 +222,20 @@ class Journal:
                     stamp,
                     stamp,
                     None,
+                    playbook_path,
                 ),
             )
             self._event(db, run_id, "run_created", "forward", None, None, {"plan_hash": plan_hash})
         return run_id
 
     def get_run(self, run_id: str) -> RunRecord | None:
-        row = self.db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        row = self.db.execute(
+            f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
         return RunRecord(*row) if row else None
 
     def runs(self, site_name: str | None = None) -> list[RunRecord]:
-        query = "SELECT * FROM runs"
+        query = f"SELECT {RUN_COLUMNS} FROM runs"
         args: tuple[Any, ...] = ()
         if site_name:
             query += " WHERE site_name = ?"
@@ -245,23 +269,6 @@ class Journal:
                 current_state,
                 None,
                 {"outcome": outcome} if outcome else {},
-            )
-
-    def set_current_state(self, run_id: str, state_id: str, phase: str) -> None:
-        with self._tx() as db:
-            db.execute(
-                "UPDATE runs SET current_state = ?, phase = ?, updated_at = ? WHERE run_id = ?",
-                (state_id, phase, now(), run_id),
-            )
-
-    def replace_plan(
-        self, run_id: str, plan_hash: str, plan_json: str, site_digest: str, playbook_digest: str
-    ) -> None:
-        with self._tx() as db:
-            db.execute(
-                "UPDATE runs SET plan_hash = ?, plan_json = ?, site_digest = ?,"
-                " playbook_digest = ?, updated_at = ? WHERE run_id = ?",
-                (plan_hash, plan_json, site_digest, playbook_digest, now(), run_id),
             )
 
     # Events
@@ -368,8 +375,11 @@ class Journal:
 
 
 class RunLock:
-    """One run per site: an flock (released by the kernel when the holder dies) and an info file
-    naming the holder."""
+    """One run per site: an flock on `locks/SITE.lock` (released by the kernel when the holder
+    dies, so a killed run never needs a manual unlock) and an info file naming the holder: host,
+    user, pid, run id and start time."""
+
+    GRACE_S = 1.0
 
     def __init__(self, state_dir: Path, site_name: str) -> None:
         from filelock import FileLock
@@ -378,42 +388,78 @@ class RunLock:
         lock_dir.mkdir(parents=True, exist_ok=True)
         self.lock_path = lock_dir / f"{site_name}.lock"
         self.info_path = lock_dir / f"{site_name}.holder.json"
-        self._lock = FileLock(str(self.lock_path), timeout=0)
+        # Never the "soft" fallback of filelock: a lock file that outlives a killed holder would
+        # need a manual unlock.
+        self._lock = FileLock(str(self.lock_path), timeout=0, fallback_to_soft=False)
         self.site_name = site_name
 
     def acquire(self, run_id: str | None) -> None:
+        """Take the lock or raise RunLocked naming the holder. When the info file names no live
+        holder, the lock may be changing hands: wait a moment before giving up."""
         from filelock import Timeout
 
-        try:
-            self._lock.acquire()
-        except Timeout:
-            raise RunLocked(self._held_message()) from None
-        info = {
-            "host": socket.gethostname(),
-            "user": operator_name(),
-            "pid": os.getpid(),
-            "run_id": run_id,
-            "started_at": now(),
-        }
-        tmp = self.info_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info))
-        os.replace(tmp, self.info_path)
+        deadline = time.monotonic() + self.GRACE_S
+        while True:
+            try:
+                self._lock.acquire()
+                break
+            except Timeout:
+                if self.live_holder() is not None or time.monotonic() >= deadline:
+                    raise RunLocked(self._held_message()) from None
+                time.sleep(0.05)
+        self._write_info(
+            {
+                "host": socket.gethostname(),
+                "user": operator_name(),
+                "pid": os.getpid(),
+                "pid_started": process_started(os.getpid()),
+                "run_id": run_id,
+                "started_at": now(),
+            }
+        )
 
     def set_run(self, run_id: str) -> None:
         info = self.holder() or {}
         info["run_id"] = run_id
+        self._write_info(info)
+
+    def _write_info(self, info: dict[str, Any]) -> None:
         tmp = self.info_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(info))
         os.replace(tmp, self.info_path)
 
     def holder(self) -> dict[str, Any] | None:
+        """What the info file says, whether or not its process still lives."""
         try:
-            return json.loads(self.info_path.read_text())
+            info = json.loads(self.info_path.read_text())
         except (OSError, ValueError):
             return None
+        return info if isinstance(info, dict) else None
+
+    def live_holder(self) -> dict[str, Any] | None:
+        """The holder named by the info file if it still holds the lock. On this host that is
+        its process being alive (the same process: its pid and start time); elsewhere (a state
+        directory shared between hosts) only the lock itself can tell."""
+        info = self.holder()
+        if info is None:
+            return None
+        if info.get("host") == socket.gethostname():
+            return info if _alive_since(info.get("pid"), info.get("pid_started")) else None
+        return info if self._held_elsewhere() else None
+
+    def _held_elsewhere(self) -> bool:
+        from filelock import FileLock, Timeout
+
+        probe = FileLock(str(self.lock_path), timeout=0, fallback_to_soft=False)
+        try:
+            probe.acquire()
+        except Timeout:
+            return True
+        probe.release()
+        return False
 
     def _held_message(self) -> str:
-        info = self.holder()
+        info = self.live_holder()
         if not info:
             return f"another run holds the lock for site '{self.site_name}' ({self.lock_path})"
         return (
@@ -426,3 +472,31 @@ class RunLock:
         if self._lock.is_locked:
             self.info_path.unlink(missing_ok=True)
             self._lock.release()
+
+
+def _alive_since(pid: Any, started: Any) -> bool:
+    """Whether process `pid` runs and is the one that started at `started` (where /proc can
+    tell), so that a pid reused by another process is not mistaken for the holder."""
+    if not isinstance(pid, int):
+        return False
+    seen = process_started(pid)
+    if seen is not None:
+        return seen == started
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def process_started(pid: int) -> str | None:
+    """When a running process started, in clock ticks since boot, from /proc; "dead" for a
+    zombie; None when there is no such process or no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields_after_name = fh.read().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return "dead" if fields_after_name[0] in ("Z", "X") else fields_after_name[19]

@@ -1,16 +1,30 @@
-"""The composition root of a run: site + playbook -> plan -> journal, lock and engine."""
+"""The composition root of a run: site + playbook -> plan -> journal, lock and engine.
+
+Starting, resuming and rolling back all go through here: the site's lock is taken first, a
+resume is refused when the plan or the live topology no longer match the journal, and a run
+interrupted by a signal is recorded as such.
+"""
 
 from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ors_migrate.engine import ROLLBACK, Engine, Outcome, RunContext, check_live_topology
-from ors_migrate.errors import EXIT_INTERRUPTED, InputError, OrsMigrateError, ResumeRefused
+from ors_migrate.engine import (
+    ROLLBACK,
+    ROLLBACK_EVENTS,
+    Engine,
+    Outcome,
+    RunContext,
+    check_live_topology,
+    live_primaries,
+    settled_pair_status,
+)
+from ors_migrate.errors import EXIT_INTERRUPTED, InputError, ResumeRefused
 from ors_migrate.journal import Journal, RunLock, RunRecord, operator_name
 from ors_migrate.plan import OptionValues, Plan, build_plan
 from ors_migrate.playbook import LoadedPlaybook, load_playbook
@@ -18,7 +32,10 @@ from ors_migrate.secrets import Secrets
 from ors_migrate.site import App, LoadedSite, load_site
 from ors_migrate.ui import Ui
 
+DEFAULT_PLAYBOOK = "migrate-to-redis"
 UNFINISHED = ("running", "paused", "interrupted", "failed")
+STATE_FIELDS = ("title", "seed_step", "scope", "gate", "enables_redis", "on_failure", "retry")
+TARGET_FIELDS = ("cluster", "ha_pair", "app", "host", "role")
 
 
 def local_option_reader(loaded: LoadedSite) -> Any:
@@ -55,56 +72,134 @@ def make_plan(
     return build_plan(loaded, playbook, current_options=reader, flags=flags)
 
 
+# What changed in a plan
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _option_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    def values(action: dict[str, Any]) -> dict[tuple[str, str], Any]:
+        return {(c["section"], c["option"]): c["new"] for c in action["option_changes"]}
+
+    before, after = values(old), values(new)
+    found = []
+    for section, option in sorted(after.keys() - before.keys()):
+        found.append(f"now also sets [{section}] {option}={after[(section, option)]}")
+    for section, option in sorted(before.keys() - after.keys()):
+        found.append(f"no longer sets [{section}] {option}")
+    for key in sorted(before.keys() & after.keys()):
+        if before[key] != after[key]:
+            found.append(f"sets [{key[0]}] {key[1]}={after[key]} instead of {before[key]}")
+    return found
+
+
+def _action_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """How one planned action differs, in the operator's terms."""
+    found = []
+    if old["action"] != new["action"]:
+        found.append(f"does {new['action']} instead of {old['action']}")
+    before = " ".join(str(old.get(k)) for k in TARGET_FIELDS)
+    after = " ".join(str(new.get(k)) for k in TARGET_FIELDS)
+    if before != after:
+        found.append(f"targets {new.get('app') or new.get('ha_pair')} on {new.get('host')}")
+    for name in sorted(set(old["args"]) | set(new["args"])):
+        if old["args"].get(name) != new["args"].get(name):
+            found.append(
+                f"argument {name} is {_short(new['args'].get(name))} instead of "
+                f"{_short(old['args'].get(name))}"
+            )
+    found += _option_changes(old, new)
+    if old["commands"] != new["commands"]:
+        found.append("runs other commands")
+    if not found and old != new:
+        found.append("is described differently")
+    return found
+
+
+def _state_changes(sid: str, old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str]]:
+    """(what changed, where) pairs for one state present in both plans."""
+    found = [
+        (f"state {sid}: {name} is {_short(new.get(name))} instead of {_short(old.get(name))}", "")
+        for name in STATE_FIELDS
+        if old.get(name) != new.get(name)
+    ]
+    old_actions = {a["key"]: a for a in old["actions"]}
+    new_actions = {a["key"]: a for a in new["actions"]}
+    for key in old_actions.keys() - new_actions.keys():
+        found.append((f"state {sid} no longer has action {key}", ""))
+    for key in new_actions.keys() - old_actions.keys():
+        found.append((f"state {sid} has a new action {key}", ""))
+    for key in [k for k in new_actions if k in old_actions]:
+        where = key.split("/")[1] if key.count("/") >= 2 else key
+        for change in _action_changes(old_actions[key], new_actions[key]):
+            found.append((f"{sid}: {change}", where))
+    return found
+
+
+def _grouped(found: list[tuple[str, str]]) -> list[str]:
+    """One line per kind of change, naming where it happens: the same option added to every
+    application reads as one change, not one per application."""
+    places: dict[str, list[str]] = {}
+    for what, where in found:
+        places.setdefault(what, [])
+        if where and where not in places[what]:
+            places[what].append(where)
+    lines = []
+    for what, where in places.items():
+        if len(where) > 3:
+            lines.append(f"{what} (on {', '.join(where[:3])} and {len(where) - 3} more)")
+        elif where:
+            lines.append(f"{what} (on {', '.join(where)})")
+        else:
+            lines.append(what)
+    return lines
+
+
 def describe_plan_change(old_json: str, new: Plan) -> str:
     """What differs between the plan a run started with and the plan the files give now."""
     old = json.loads(old_json)
     old_states = {s["id"]: s for s in old["states"]}
-    new_states = {s.id: s for s in new.states}
-    changes = []
-    for sid in old_states.keys() - new_states.keys():
-        changes.append(f"state {sid} was removed")
-    for sid in new_states.keys() - old_states.keys():
-        changes.append(f"state {sid} was added")
-    for sid in old_states.keys() & new_states.keys():
-        old_keys = {a["key"]: a for a in old_states[sid]["actions"]}
-        new_keys = {a.key: a.as_dict(with_old=False) for a in new_states[sid].actions}
-        gone = sorted(old_keys.keys() - new_keys.keys())
-        added = sorted(new_keys.keys() - old_keys.keys())
-        if gone:
-            changes.append(f"state {sid} no longer has {', '.join(gone)}")
-        if added:
-            changes.append(f"state {sid} now also has {', '.join(added)}")
-        for key in sorted(old_keys.keys() & new_keys.keys()):
-            before = {k: v for k, v in old_keys[key].items() if k != "option_changes"}
-            after = {k: v for k, v in new_keys[key].items() if k != "option_changes"}
-            old_changes = [
-                {k: v for k, v in c.items() if k != "old"} for c in old_keys[key]["option_changes"]
-            ]
-            if before != after or old_changes != new_keys[key]["option_changes"]:
-                changes.append(f"action {key} changed")
-        if not gone and not added:
-            before_state = {k: v for k, v in old_states[sid].items() if k != "actions"}
-            after_state = {k: v for k, v in new_states[sid].as_dict().items() if k != "actions"}
-            if before_state != after_state:
-                changes.append(
-                    f"state {sid} changed ({', '.join(sorted(k for k in before_state if before_state[k] != after_state.get(k)))})"
-                )
-    return (
-        "; ".join(changes[:8]) + (f" (and {len(changes) - 8} more)" if len(changes) > 8 else "")
-        or "the plan hash differs"
-    )
+    new_states = {s.id: s.as_dict(with_old=False) for s in new.states}
+    found: list[tuple[str, str]] = []
+    if old.get("rollback_playbook") != new.rollback_playbook:
+        found.append((f"the rollback playbook is {new.rollback_playbook}", ""))
+    found += [(f"state {sid} was removed", "") for sid in old_states if sid not in new_states]
+    found += [(f"state {sid} was added", "") for sid in new_states if sid not in old_states]
+    for sid in [s for s in new_states if s in old_states]:
+        found += _state_changes(sid, old_states[sid], new_states[sid])
+    lines = _grouped(found)
+    if not lines:
+        return "the plan hash differs"
+    more = f" (and {len(lines) - 8} more)" if len(lines) > 8 else ""
+    return "; ".join(lines[:8]) + more
+
+
+def changed_files(run: RunRecord, loaded: LoadedSite, playbook: LoadedPlaybook) -> str:
+    files = []
+    if run.site_digest != loaded.digest:
+        files.append(f"the site file {loaded.path}")
+    if run.playbook_digest != playbook.digest:
+        files.append(f"the playbook {playbook.path}")
+    if not files:
+        return "the plan"
+    return " and ".join(files)
 
 
 @contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
+def _signals_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a service manager, `kill`) and SIGHUP (a lost terminal or SSH session) stop the
+    run the way Ctrl-C does: recorded as interrupted, resumable."""
+
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 class Runner:
@@ -116,16 +211,14 @@ class Runner:
     def close(self) -> None:
         self.journal.close()
 
+    # Where runs stand
     def display_status(self, run: RunRecord) -> str:
-        """A run marked running whose lock nobody holds was interrupted (killed, lost power)."""
+        """A run marked running whose holder is gone was interrupted (killed, lost power)."""
         if run.status != "running":
             return run.status
-        lock = RunLock(self.state_dir, run.site_name)
-        try:
-            lock.acquire(None)
-        except OrsMigrateError:
+        holder = RunLock(self.state_dir, run.site_name).live_holder()
+        if holder is not None and holder.get("run_id") == run.run_id:
             return "running"
-        lock.release()
         return "interrupted"
 
     def run_summary(self, run: RunRecord) -> dict[str, Any]:
@@ -143,96 +236,153 @@ class Runner:
             raise InputError(f"no runs{where} in {self.state_dir}", rule="run-exists")
         return candidates[-1]
 
+    # Composition
+    def _context(self, loaded: LoadedSite, run_id: str) -> RunContext:
+        return RunContext(loaded, run_id, self.journal, self.ui, Secrets(), operator_name())
+
     def _rollback_plan_factory(
-        self, loaded: LoadedSite, name: str | None, flags: frozenset[str] = frozenset()
-    ) -> Any:
+        self, loaded: LoadedSite, name: str | None, flags: frozenset[str]
+    ) -> Callable[[], Plan] | None:
         if name is None:
             return None
         playbook = load_playbook(name)
         return lambda: make_plan(loaded, playbook, read_current=False, flags=flags)
 
-    def _context(self, loaded: LoadedSite, run_id: str) -> RunContext:
-        return RunContext(loaded, run_id, self.journal, self.ui, Secrets(), operator_name())
+    def _rollback_events(self, run_id: str) -> list[dict[str, Any]]:
+        return [e.payload for e in self.journal.events(run_id) if e.kind in ROLLBACK_EVENTS]
+
+    def _rollback_flags(self, run_id: str) -> frozenset[str]:
+        """Options of every rollback requested so far (`to_start`), so that resuming a rollback
+        finishes all that was asked of it."""
+        return frozenset(f for p in self._rollback_events(run_id) for f in p.get("flags", []))
 
     def _execute(
-        self, engine: Engine, ctx: RunContext, lock: RunLock, *, rollback_only: bool = False
+        self, engine: Engine, lock: RunLock, rollback_reason: str | None = None
     ) -> Outcome:
         try:
-            with _terminate_as_interrupt():
-                if rollback_only:
-                    return engine.run_rollback(reason=f"requested by {ctx.operator}")
+            with _signals_as_interrupt():
+                if rollback_reason is not None:
+                    return engine.run_rollback(reason=rollback_reason)
                 return engine.run()
         except KeyboardInterrupt:
-            self.journal.set_status(ctx.run_id, "interrupted")
+            self.journal.set_status(engine.ctx.run_id, "interrupted")
             return Outcome("interrupted", "interrupted; continue with --resume", EXIT_INTERRUPTED)
         finally:
-            ctx.close()
+            engine.ctx.close()
             lock.release()
 
+    # Starting and resuming
     def start(
         self,
         site_path: str,
-        playbook_name: str,
+        playbook_name: str | None,
         *,
         resume: bool,
         run_id: str | None,
         auto_rollback: bool,
     ) -> tuple[str, Outcome]:
+        """A new run, or with `resume` the site's latest (or the named) unfinished run. Without
+        a playbook name a resume uses the playbook its run started with."""
         loaded = load_site(site_path)
-        playbook = load_playbook(playbook_name)
-        plan = make_plan(loaded, playbook)
         lock = RunLock(self.state_dir, loaded.site.name)
         lock.acquire(run_id)
         try:
             if resume:
-                run = self._resumable(loaded, run_id, plan)
-                run_id = run.run_id
+                engine = self._resumed(loaded, playbook_name, run_id, auto_rollback)
             else:
-                self._refuse_unfinished(loaded.site.name)
-                run_id = self.journal.create_run(
-                    site_name=loaded.site.name,
-                    site_path=loaded.path,
-                    site_digest=loaded.digest,
-                    playbook=playbook.spec.name,
-                    playbook_digest=playbook.digest,
-                    plan_hash=plan.plan_hash,
-                    plan_json=json.dumps(plan.as_dict()),
-                )
-            lock.set_run(run_id)
-            ctx = self._context(loaded, run_id)
+                engine = self._new(loaded, playbook_name or DEFAULT_PLAYBOOK, auto_rollback)
+            lock.set_run(engine.ctx.run_id)
         except BaseException:
             lock.release()
             raise
+        return engine.ctx.run_id, self._execute(engine, lock)
+
+    def _new(self, loaded: LoadedSite, playbook_name: str, auto_rollback: bool) -> Engine:
+        playbook = load_playbook(playbook_name)
+        plan = make_plan(loaded, playbook)
+        self._refuse_unfinished(loaded.site.name)
+        ctx = self._context(loaded, "")
         try:
-            if resume:
-                self.ui.info(f"resuming run {run_id}")
-                check_live_topology(ctx, self._initial_primaries(run_id))
-            else:
-                self.ui.info(f"run {run_id}: {plan.title} ({len(plan.states)} states)")
-                primaries = {
-                    pair.name: ctx.services.app_in_role(pair.name, "primary")
-                    for _, pair in loaded.site.pairs()
-                }
-                self.journal.record(
-                    run_id, "topology", phase="forward", payload={"primaries": primaries}
-                )
+            primaries = live_primaries(ctx)
+            run_id = self.journal.create_run(
+                site_name=loaded.site.name,
+                site_path=loaded.path,
+                site_digest=loaded.digest,
+                playbook=playbook.spec.name,
+                playbook_digest=playbook.digest,
+                plan_hash=plan.plan_hash,
+                plan_json=json.dumps(plan.as_dict()),
+                playbook_path=playbook.path,
+            )
+            ctx.attach(run_id)
+            ctx.record("topology", payload={"primaries": primaries})
         except BaseException:
             ctx.close()
-            lock.release()
             raise
-        engine = Engine(
-            ctx,
-            plan,
-            auto_rollback=auto_rollback,
-            rollback_plan=self._rollback_plan_factory(loaded, plan.rollback_playbook),
-        )
-        return run_id, self._execute(engine, ctx, lock)
+        self.ui.info(f"run {run_id}: {plan.title} ({len(plan.states)} states)")
+        factory = self._rollback_plan_factory(loaded, plan.rollback_playbook, frozenset())
+        return Engine(ctx, plan, auto_rollback=auto_rollback, rollback_plan=factory)
 
-    def _initial_primaries(self, run_id: str) -> dict[str, str]:
-        for event in self.journal.events(run_id):
+    def _resumed(
+        self,
+        loaded: LoadedSite,
+        playbook_name: str | None,
+        run_id: str | None,
+        auto_rollback: bool,
+    ) -> Engine:
+        run = self._resumable(loaded, run_id)
+        playbook = load_playbook(playbook_name or run.playbook_path or run.playbook)
+        plan = make_plan(loaded, playbook)
+        if run.plan_hash != plan.plan_hash:
+            raise ResumeRefused(
+                f"run {run.run_id} cannot be resumed: {changed_files(run, loaded, playbook)} "
+                f"changed since it started, and with it the plan: "
+                f"{describe_plan_change(run.plan_json, plan)}. Restore the site file and "
+                f"playbook it started with, or roll it back (`ors-migrate rollback {run.run_id}`)."
+            )
+        flags = self._rollback_flags(run.run_id)
+        factory = self._rollback_plan_factory(loaded, plan.rollback_playbook, flags)
+        if run.phase == ROLLBACK:
+            self._refuse_changed_rollback(run, factory)
+        ctx = self._context(loaded, run.run_id)
+        try:
+            self.ui.info(f"resuming run {run.run_id}")
+            check_live_topology(ctx, self._initial_primaries(ctx))
+        except BaseException:
+            ctx.close()
+            raise
+        return Engine(
+            ctx, plan, auto_rollback=auto_rollback, rollback_plan=factory, rollback_flags=flags
+        )
+
+    def _resumable(self, loaded: LoadedSite, run_id: str | None) -> RunRecord:
+        run = self.find_run(run_id, loaded.site.name)
+        if run.site_name != loaded.site.name:
+            raise ResumeRefused(
+                f"run {run.run_id} belongs to site {run.site_name}, not {loaded.site.name}"
+            )
+        status = self.display_status(run)
+        if status not in UNFINISHED:
+            raise ResumeRefused(f"run {run.run_id} is {status}; there is nothing to resume")
+        return run
+
+    def _refuse_changed_rollback(self, run: RunRecord, factory: Callable[[], Plan] | None) -> None:
+        recorded = [p.get("plan_hash") for p in self._rollback_events(run.run_id)]
+        if factory is not None and recorded and recorded[-1] != factory().plan_hash:
+            raise ResumeRefused(
+                f"run {run.run_id} cannot be resumed: its rollback plan changed since the "
+                "rollback started; restore the rollback playbook and site file it started with"
+            )
+
+    def _initial_primaries(self, ctx: RunContext) -> dict[str, str]:
+        """The primaries recorded when the run started. A run killed before it recorded them
+        had not run any action yet: the live primaries are its starting point."""
+        for event in self.journal.events(ctx.run_id):
             if event.kind == "topology":
                 return dict(event.payload.get("primaries", {}))
-        return {}
+        primaries = live_primaries(ctx)
+        ctx.record("topology", payload={"primaries": primaries})
+        return primaries
 
     def _refuse_unfinished(self, site_name: str) -> None:
         for run in self.journal.runs(site_name):
@@ -244,34 +394,26 @@ class Runner:
                     "`rollback` before starting a new run"
                 )
 
-    def _resumable(self, loaded: LoadedSite, run_id: str | None, plan: Plan) -> RunRecord:
-        run = self.find_run(run_id, loaded.site.name)
-        status = self.display_status(run)
-        if status not in UNFINISHED:
-            raise ResumeRefused(f"run {run.run_id} is {status}; there is nothing to resume")
-        if run.site_name != loaded.site.name:
-            raise ResumeRefused(
-                f"run {run.run_id} belongs to site {run.site_name}, not {loaded.site.name}"
-            )
-        if run.plan_hash != plan.plan_hash:
-            raise ResumeRefused(
-                f"run {run.run_id} cannot be resumed: its plan changed since it started "
-                f"({describe_plan_change(run.plan_json, plan)}). Restore the site file and "
-                "playbook it started with, or roll it back."
-            )
-        return run
-
+    # Rolling back on demand
     def rollback(self, run_id: str | None, *, to_start: bool) -> tuple[str, Outcome]:
+        """The rollback playbook for a run, from wherever it stands. Options asked for by an
+        earlier, unfinished rollback request are kept."""
         run = self.find_run(run_id)
         loaded = load_site(run.site_path)
-        forward = load_playbook(run.playbook)
-        name = forward.spec.rollback_playbook or "rollback"
-        flags = frozenset({"to_start"}) if to_start else frozenset()
         lock = RunLock(self.state_dir, run.site_name)
         lock.acquire(run.run_id)
-        ctx = self._context(loaded, run.run_id)
-        plan = make_plan(loaded, forward, read_current=False)
-        engine = Engine(ctx, plan, rollback_plan=self._rollback_plan_factory(loaded, name, flags))
-        if run.phase == ROLLBACK and run.status == "rolled_back":
-            self.journal.set_status(run.run_id, "running", phase=ROLLBACK)
-        return run.run_id, self._execute(engine, ctx, lock, rollback_only=True)
+        try:
+            forward = load_playbook(run.playbook_path or run.playbook)
+            flags = self._rollback_flags(run.run_id) | ({"to_start"} if to_start else set())
+            name = forward.spec.rollback_playbook or "rollback"
+            factory = self._rollback_plan_factory(loaded, name, frozenset(flags))
+            plan = make_plan(loaded, forward, read_current=False)
+            ctx = self._context(loaded, run.run_id)
+            engine = Engine(ctx, plan, rollback_plan=factory, rollback_flags=frozenset(flags))
+            lock.set_run(run.run_id)
+            for _, pair in loaded.site.pairs():
+                settled_pair_status(ctx, pair.name)
+        except BaseException:
+            lock.release()
+            raise
+        return run.run_id, self._execute(engine, lock, f"requested by {ctx.operator}")

@@ -1,0 +1,115 @@
+"""The run journal (SPEC 3.5): SQLite in WAL mode with synchronous=FULL, the original option
+values captured before the first edit of each application, and no secret in it."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from conftest import cli
+from tiny_site import APPS, make_tiny_site
+
+from ors_migrate.journal import Journal
+
+EDITS = """
+name: edits
+title: Edit options twice
+states:
+  - id: enable-first
+    title: type=redis before anything else
+    seed_step: enable.1
+    scope: app
+    actions:
+      - do: options.set
+        with: {set: enable}
+  - id: prepare-after
+    title: then the preparation options
+    seed_step: prepare.4
+    scope: app
+    actions:
+      - do: options.set
+        with: {set: preparation}
+"""
+
+
+def test_journal_uses_write_ahead_logging_and_full_synchronous_commits(tmp_path):
+    journal = Journal(tmp_path / "state")
+    try:
+        assert journal.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert journal.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        journal.close()
+    other = sqlite3.connect(tmp_path / "state" / "journal.sqlite3")
+    try:
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        other.close()
+
+
+def test_state_directory_is_private_to_the_operator(tmp_path):
+    Journal(tmp_path / "state").close()
+    assert (tmp_path / "state").stat().st_mode & 0o077 == 0
+
+
+def _run(site_path: Path, playbook: Path, state_dir: Path, **env: str) -> str:
+    done = cli(
+        "run",
+        str(site_path),
+        "--playbook",
+        str(playbook),
+        "--yes",
+        "--state-dir",
+        str(state_dir),
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    journal = Journal(state_dir)
+    try:
+        return journal.runs()[-1].run_id
+    finally:
+        journal.close()
+
+
+def test_originals_are_captured_before_the_first_edit_of_each_application(tmp_path):
+    site = make_tiny_site(tmp_path / "site")
+    before = {app: site.options(app).read_bytes() for app in APPS}
+
+    run_id = _run(site.path, site.write_playbook("edits", EDITS), tmp_path / "state")
+
+    assert all(b"type=redis" in site.options(app).read_bytes() for app in APPS)
+    journal = Journal(tmp_path / "state")
+    try:
+        originals = {(o["app"], o["section"], o["option"]): o for o in journal.originals(run_id)}
+        for app in APPS:
+            # Captured before enable-first wrote type=redis, and not overwritten by the second
+            # edit of the same application.
+            assert originals[(app, "persistence", "type")]["value"] == "cassandra"
+            assert originals[(app, "persistence", "redis-nodes")]["present"] is False
+            kept = site.options(app).with_name(f"{app}.ini.{run_id}.orig").read_bytes()
+            assert kept == before[app]
+    finally:
+        journal.close()
+
+
+def test_secrets_never_enter_the_journal(tmp_path):
+    secret = "s3cret-Redis-pass-4711"
+    site = make_tiny_site(tmp_path / "site", redis_password="TINY_REDIS_PASSWORD")
+
+    run_id = _run(
+        site.path,
+        site.write_playbook("edits", EDITS),
+        tmp_path / "state",
+        TINY_REDIS_PASSWORD=secret,
+    )
+
+    assert f"password={secret}" in site.options("ors-a").read_text()
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "state").glob("journal.sqlite3*"))
+    assert secret.encode() not in stored
+    journal = Journal(tmp_path / "state")
+    try:
+        password = [o for o in journal.originals(run_id) if o["option"] == "password"]
+        assert password and all(o["secret"] for o in password)
+        texts = [str(e.payload) for e in journal.events(run_id)]
+        assert any("***" in t for t in texts) and not any(secret in t for t in texts)
+    finally:
+        journal.close()

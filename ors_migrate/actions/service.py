@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ors_migrate.plan import PlannedAction, PlanningView
 
 ROLES = ("primary", "backup", "down")
+SWITCHOVER_SETTLE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -164,11 +165,21 @@ class ServiceControl:
         return self.wait_for_role(app_name, ("backup",), other_instance=before.instance)
 
     def switchover(self, pair_name: str, old_primary: str, new_primary: str) -> AppStatus:
-        status = self.status(new_primary)
-        if status.role != "backup":
+        """Make `new_primary` the primary. When it already is (a switchover requested before an
+        interruption took effect since), the command is not sent again: a second one would
+        switch the pair back."""
+        statuses = self.pair_status(pair_name)
+        new, old = statuses[new_primary], statuses[old_primary]
+        if new.role == "primary" and old.role == "backup":
+            return new
+        if new.role != "backup":
             raise VerificationFailed(
-                f"cannot switch {pair_name} over to {new_primary}: it is {status.role}, not a "
+                f"cannot switch {pair_name} over to {new_primary}: it is {new.role}, not a "
                 "running backup"
+            )
+        if old.role != "primary":
+            raise VerificationFailed(
+                f"cannot switch {pair_name} over from {old_primary}: it is {old.role}, not primary"
             )
         self.run("switchover", old_primary, primary=old_primary, backup=new_primary)
         promoted = self.wait_for_role(new_primary, ("primary",))
@@ -267,20 +278,29 @@ class Switchover(Action):
         return {"pair": step.target.ha_pair, "old_primary": old, "new_primary": new}
 
     def check(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> bool:
-        deadline = time.monotonic() + ctx.site.services.ready_timeout_s
+        """Whether the interrupted switchover took effect. One the Management Layer accepted
+        may still be under way, so decide only once the pair has shown the same single primary
+        for a settle window."""
+        services = ctx.site.services
+        settle_s = max(SWITCHOVER_SETTLE_S, 4 * services.poll_interval_s)
+        deadline = time.monotonic() + services.ready_timeout_s
+        last: list[str] | None = None
+        since = time.monotonic()
         while True:
             statuses = ctx.services.pair_status(intent["pair"])
-            primaries = [n for n, s in statuses.items() if s.role == "primary"]
-            if primaries == [intent["new_primary"]]:
-                return True
-            if primaries == [intent["old_primary"]]:
-                return False
-            if time.monotonic() >= deadline:
+            primaries = sorted(n for n, s in statuses.items() if s.role == "primary")
+            now = time.monotonic()
+            if primaries != last:
+                last, since = primaries, now
+            elif len(primaries) == 1 and now - since >= settle_s:
+                if primaries[0] in (intent["new_primary"], intent["old_primary"]):
+                    return primaries[0] == intent["new_primary"]
+            if now >= deadline:
                 seen = ", ".join(f"{n}={s.role}" for n, s in statuses.items())
                 raise VerificationFailed(
                     f"cannot tell whether the switchover of {intent['pair']} happened: {seen}"
                 )
-            time.sleep(ctx.site.services.poll_interval_s)
+            time.sleep(services.poll_interval_s)
 
     def apply(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> dict[str, Any]:
         promoted = ctx.services.switchover(

@@ -1,31 +1,124 @@
-"""What the operator sees and answers: progress lines, gates, operator steps, the monitoring
-window. Without a terminal and without --yes, anything that needs an answer stops the run at
-once with a message instead of waiting for input."""
+"""What the operator sees and answers: progress, gates, operator steps, the monitoring window.
+
+On a terminal, states show a live spinner with elapsed time, the Redis monitoring window a live
+table of CPU and memory per node, and a gate a one-screen summary (what is done, what comes next,
+on which hosts, what is at risk) before it asks approve / stop / roll back. Without a terminal the
+same facts are printed as plain lines, and anything that needs an answer stops the run at once
+(`TerminalRequired`, exit 2) instead of waiting for input that cannot come.
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from ors_migrate.errors import GateStopped
+from ors_migrate.errors import EXIT_BAD_INPUT, GateStopped, OrsMigrateError
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+    from rich.progress import Progress, TaskID
+
+    from ors_migrate.engine import RunContext
+    from ors_migrate.plan import Plan, PlannedState
 
 Decision = str  # "approve" | "stop" | "rollback"
+DECISIONS = ("approve", "stop", "rollback")
+
+
+class TerminalRequired(GateStopped):
+    """An answer is needed and there is no terminal to ask on. The run pauses where it is
+    (resumable) and the command exits 2, as for any input the command line lacks."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+@dataclass(frozen=True)
+class SessionCount:
+    """Sessions in progress on one primary, from the site's `sessions` command."""
+
+    ha_pair: str
+    app: str
+    host: str
+    active: int | None
+    error: str | None = None
+
+
+@dataclass
+class GateView:
+    """Everything a gate shows before it asks."""
+
+    title: str
+    state_id: str
+    seed_step: str | None
+    position: str
+    risk: str | None
+    done: list[str] = field(default_factory=list)
+    next_actions: list[str] = field(default_factory=list)
+    hosts: list[str] = field(default_factory=list)
+    sessions: list[SessionCount] = field(default_factory=list)
+
+    def sessions_at_risk(self) -> int:
+        return sum(s.active or 0 for s in self.sessions)
+
+
+@dataclass
+class _StateSeen:
+    index: int
+    total: int
+    state_id: str
+    seed: str | None
+    title: str
+    started: float
+    actions_done: int = 0
+
+
+@dataclass
+class _NodeLoad:
+    cpu: float | None = None
+    memory_percent: float | None = None
+    used_mb: float | None = None
+    cpu_peak: float = 0.0
+    samples: int = 0
+    error: str | None = None
 
 
 class Ui:
-    def __init__(self, *, assume_yes: bool = False, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        assume_yes: bool = False,
+        quiet: bool = False,
+        interactive: bool | None = None,
+        console: Console | None = None,
+    ) -> None:
         from rich.console import Console
 
         self.assume_yes = assume_yes
         self.quiet = quiet
         no_color = bool(os.environ.get("NO_COLOR"))
-        self.console = Console(stderr=True, no_color=no_color, highlight=False, soft_wrap=True)
-        self.interactive = sys.stdin.isatty() and sys.stderr.isatty()
+        self.console = console or Console(
+            stderr=True, no_color=no_color, highlight=False, soft_wrap=True
+        )
+        if interactive is None:
+            interactive = sys.stdin.isatty() and sys.stderr.isatty()
+        self.interactive = interactive
+        self._seen: list[_StateSeen] = []
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        self._closes_at_exit = False
 
+    @property
+    def live(self) -> bool:
+        """Live displays (spinners, tables) only on a terminal and when not quiet."""
+        return self.console.is_terminal and not self.quiet
+
+    # Lines
     def info(self, message: str) -> None:
         if not self.quiet:
             self.console.print(message, markup=False)
@@ -34,37 +127,105 @@ class Ui:
         self.console.print(f"warning: {message}", style="yellow", markup=False)
 
     def state_started(
-        self, index: int, total: int, state_id: str, title: str, seed: str | None
+        self,
+        index: int,
+        total: int,
+        state_id: str,
+        title: str,
+        seed: str | None,
+        actions: int | None = None,
     ) -> None:
-        if not self.quiet:
-            self.console.print(
-                f"[{index}/{total}] {state_id} ({seed or 'tool step'}): {title}",
-                style="bold",
-                markup=False,
-            )
+        """`actions`, when given, turns the state's spinner into a bar of actions done."""
+        self._seen.append(_StateSeen(index, total, state_id, seed, title, time.monotonic()))
+        if self.quiet:
+            return
+        self.console.print(
+            f"[{index}/{total}] {state_id} ({seed or 'tool step'}): {title}",
+            style="bold",
+            markup=False,
+        )
+        self._show_activity(f"{state_id}: working", actions)
 
     def action_done(self, key: str, description: str, seconds: float, note: str = "") -> None:
-        if not self.quiet:
-            extra = f" ({note})" if note else ""
-            self.console.print(f"    ok  {description}  [{seconds:.1f} s]{extra}", markup=False)
+        if self._seen:
+            self._seen[-1].actions_done += 1
+        if self.quiet:
+            return
+        extra = f" ({note})" if note else ""
+        self.console.print(f"    ok  {description}  [{seconds:.1f} s]{extra}", markup=False)
+        if self._progress is not None and self._task is not None:
+            self._progress.advance(self._task)
 
+    # Live activity: one spinner per state, paused while something else owns the screen
+    def _show_activity(self, description: str, total: int | None) -> None:
+        if not self.live:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._stop_activity()
+        if not self._closes_at_exit:
+            atexit.register(self.close)  # a live display left running hides the cursor
+            self._closes_at_exit = True
+        columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}")]
+        if total:
+            columns += [BarColumn(), MofNCompleteColumn()]
+        columns.append(TimeElapsedColumn())
+        self._progress = Progress(*columns, console=self.console, transient=True)
+        self._task = self._progress.add_task(description, total=total)
+        self._progress.start()
+
+    def _stop_activity(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        self._progress = None
+        self._task = None
+
+    @contextmanager
+    def _screen(self) -> Iterator[None]:
+        """Hand the screen to a prompt or another live display, then take the spinner back."""
+        progress = self._progress
+        if progress is not None:
+            progress.stop()
+        try:
+            yield
+        finally:
+            if progress is not None and progress is self._progress:
+                progress.start()
+
+    def close(self) -> None:
+        self._stop_activity()
+
+    # Answers
     def _need_terminal(self, what: str) -> None:
         if not self.interactive:
-            raise GateStopped(
-                f"{what} needs an operator's answer, but there is no terminal; "
-                "run it from a terminal, or pass --yes to approve every gate"
+            raise TerminalRequired(
+                f"{what} needs an operator's answer, but there is no terminal; continue from a "
+                "terminal with `ors-migrate run SITE --resume`, or pass --yes to approve every "
+                "gate"
             )
 
-    def gate(self, title: str, summary: list[str]) -> Decision:
-        """Ask approve / stop / rollback. --yes approves."""
+    def gate(self, title: str, summary: list[str], view: GateView | None = None) -> Decision:
+        """Show what is done, what comes next and what is at risk; ask approve / stop /
+        rollback. --yes approves. `view`, when the engine builds one (`build_gate_view`),
+        replaces the plain summary lines with live facts such as session counts."""
         if self.assume_yes:
             return "approve"
         self._need_terminal(f"gate '{title}'")
+        shown = view or self._view_from_summary(title, summary)
+        with self._screen():
+            self.console.print(render_gate(shown))
+            return self._ask_decision()
+
+    def _ask_decision(self) -> Decision:
         import questionary
 
-        self.console.print(f"\nGate: {title}", style="bold yellow", markup=False)
-        for line in summary:
-            self.console.print(f"  {line}", markup=False)
         answer = questionary.select(
             "How do you want to proceed?",
             choices=[
@@ -73,39 +234,347 @@ class Ui:
                 questionary.Choice("roll back: disable Redis everywhere", value="rollback"),
             ],
         ).ask()
-        return str(answer) if answer else "stop"
+        return str(answer) if answer in DECISIONS else "stop"
+
+    def _view_from_summary(self, title: str, summary: list[str]) -> GateView:
+        current = self._seen[-1] if self._seen else None
+        view = GateView(
+            title=title,
+            state_id=current.state_id if current else "",
+            seed_step=current.seed if current else None,
+            position=f"state {current.index} of {current.total}" if current else "",
+            risk=summary[0] if summary else None,
+            done=self._done_here(),
+        )
+        # The engine's lines: "next: ...", "hosts: a, b", then "  - <action>" lines.
+        for line in summary[1:]:
+            if line.startswith("hosts: "):
+                view.hosts = line.removeprefix("hosts: ").split(", ")
+            elif line and not line.startswith("next: "):
+                view.next_actions.append(line.strip().removeprefix("- "))
+        return view
+
+    def _done_here(self) -> list[str]:
+        """States finished in this process (every state before the current one)."""
+        if not self._seen:
+            return []
+        finished = self._seen[:-1]
+        lines = []
+        first = self._seen[0].index
+        if first > 1:
+            lines.append(f"states 1-{first - 1} were done before this resume")
+        for seen in finished:
+            lines.append(f"{seen.seed or 'tool step':<10} {seen.state_id}")
+        return lines
 
     def operator_step(self, text: str, *, who: str) -> None:
-        """Show a manual instruction and wait until the operator confirms it is done."""
-        self.console.print(f"\nOperator step: {text}", style="bold cyan", markup=False)
-        if self.assume_yes:
+        """Show a manual instruction and wait until the operator confirms it is done. --yes
+        approves gates, not manual work: the person at the terminal still confirms, and an
+        unattended run stops here (exit 130, like a stop at a gate; resumable)."""
+        if self.assume_yes and not self.interactive:
+            self.console.print(f"\nOperator step: {text}", style="bold cyan", markup=False)
             raise GateStopped(
-                "this step must be done by a person and cannot be approved by --yes; "
-                "do it, then resume from a terminal"
+                "this step must be done by a person and cannot be approved by --yes; do it, "
+                "then resume from a terminal"
             )
         self._need_terminal("an operator step")
         import questionary
 
-        if not questionary.confirm(f"{who}, is it done?", default=False).ask():
+        with self._screen():
+            self.console.print(f"\nOperator step: {text}", style="bold cyan", markup=False)
+            confirmed = questionary.confirm(f"{who}, is it done?", default=False).ask()
+        if not confirmed:
             raise GateStopped("operator step not confirmed; the run is paused")
 
+    # Waiting and monitoring
     @contextmanager
     def monitor(self, window_s: float) -> Iterator[Callable[[dict[str, Any]], None]]:
-        """Progress for a monitoring window; yields the per-sample callback."""
+        """Progress for a monitoring window; yields the per-sample callback. On a terminal: a
+        live table of CPU and memory per node; otherwise one line per sampling round."""
+        nodes: dict[str, _NodeLoad] = {}
         started = time.monotonic()
+        if not self.live:
+            with self._monitor_lines(window_s, nodes, started) as on_sample:
+                yield on_sample
+            return
+        from rich.live import Live
+
+        with self._screen(), Live(console=self.console, transient=True) as live:
+
+            def on_sample(sample: dict[str, Any]) -> None:
+                _record_sample(nodes, sample)
+                live.update(_monitor_table(nodes, time.monotonic() - started, window_s))
+
+            yield on_sample
+        if nodes:
+            self.console.print(_monitor_table(nodes, time.monotonic() - started, window_s))
+
+    @contextmanager
+    def _monitor_lines(
+        self, window_s: float, nodes: dict[str, _NodeLoad], started: float
+    ) -> Iterator[Callable[[dict[str, Any]], None]]:
+        pending: set[str] = set()
+
+        def flush() -> None:
+            if pending and not self.quiet:
+                elapsed = time.monotonic() - started
+                self.console.print(
+                    f"    monitor {elapsed:4.1f}/{window_s:g} s  "
+                    + "  ".join(_node_text(n, nodes[n]) for n in sorted(pending)),
+                    markup=False,
+                )
+            pending.clear()
 
         def on_sample(sample: dict[str, Any]) -> None:
-            if self.quiet:
-                return
-            elapsed = time.monotonic() - started
-            node = sample.get("node", "?")
-            cpu = sample.get("cpu_percent")
-            mem = sample.get("memory_percent")
-            cpu_text = "-" if cpu is None else f"{cpu:.1f}%"
-            mem_text = "-" if mem is None else f"{mem:.1f}%"
-            self.console.print(
-                f"    monitor {elapsed:4.1f}/{window_s:g} s  {node}  cpu {cpu_text}  mem {mem_text}",
-                markup=False,
-            )
+            node = str(sample.get("node", "?"))
+            if node in pending:
+                flush()
+            _record_sample(nodes, sample)
+            pending.add(node)
 
         yield on_sample
+        flush()
+
+    def wait_for_quiet(
+        self,
+        what: str,
+        probe: Callable[[], int | None],
+        *,
+        below: int,
+        wait_s: float,
+        interval_s: float = 1.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> dict[str, Any]:
+        """Before a switchover: poll the sessions in progress until fewer than `below`, or
+        `wait_s` has passed. Returns what was seen, for the journal; never raises for a busy
+        primary (switching anyway is the operator's documented choice)."""
+        started = time.monotonic()
+        counts: list[int | None] = []
+        with self._waiting(f"{what}: waiting for fewer than {below} sessions", wait_s) as tick:
+            while True:
+                count = probe()
+                counts.append(count)
+                elapsed = time.monotonic() - started
+                quiet = count is not None and count < below
+                tick(elapsed, count)
+                if quiet or elapsed >= wait_s:
+                    break
+                sleep(min(interval_s, max(0.0, wait_s - elapsed)))
+        return {
+            "below": below,
+            "wait_s": wait_s,
+            "waited_s": round(time.monotonic() - started, 3),
+            "sessions_at_switchover": counts[-1],
+            "quiet": quiet,
+            "polls": len(counts),
+        }
+
+    @contextmanager
+    def _waiting(
+        self, description: str, total_s: float
+    ) -> Iterator[Callable[[float, int | None], None]]:
+        if not self.live:
+
+            def line(elapsed: float, count: int | None) -> None:
+                if not self.quiet:
+                    shown = "unknown" if count is None else str(count)
+                    self.console.print(
+                        f"    {description}: {shown} now ({elapsed:.0f}/{total_s:g} s)",
+                        markup=False,
+                    )
+
+            yield line
+            return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with (
+            self._screen(),
+            Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[count]} in progress"),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            ) as progress,
+        ):
+            task = progress.add_task(description, total=total_s, count="?")
+
+            def bar(elapsed: float, count: int | None) -> None:
+                progress.update(task, completed=elapsed, count="?" if count is None else count)
+
+            yield bar
+
+
+def _record_sample(nodes: dict[str, _NodeLoad], sample: dict[str, Any]) -> None:
+    load = nodes.setdefault(str(sample.get("node", "?")), _NodeLoad())
+    load.samples += 1
+    load.error = sample.get("error")
+    if load.error:
+        return
+    load.cpu = sample.get("cpu_percent")
+    load.memory_percent = sample.get("memory_percent")
+    used = sample.get("used_memory")
+    load.used_mb = None if used is None else used / 1048576
+    load.cpu_peak = max(load.cpu_peak, load.cpu or 0.0)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}%"
+
+
+def _node_text(node: str, load: _NodeLoad) -> str:
+    if load.error:
+        return f"{node} error"
+    return f"{node} cpu {_percent(load.cpu)} mem {_percent(load.memory_percent)}"
+
+
+def _monitor_table(nodes: dict[str, _NodeLoad], elapsed: float, window_s: float) -> Any:
+    from rich.table import Table
+
+    table = Table(
+        title=f"Redis nodes, {min(elapsed, window_s):.0f} of {window_s:g} s", title_justify="left"
+    )
+    for column in ("node", "cpu", "cpu peak", "memory", "used MB", "samples"):
+        table.add_column(column, justify="left" if column == "node" else "right")
+    for node in sorted(nodes):
+        load = nodes[node]
+        if load.error:
+            table.add_row(node, "error", "", "", "", str(load.samples), style="red")
+            continue
+        used = "-" if load.used_mb is None else f"{load.used_mb:.1f}"
+        table.add_row(
+            node,
+            _percent(load.cpu),
+            _percent(load.cpu_peak),
+            _percent(load.memory_percent),
+            used,
+            str(load.samples),
+        )
+    return table
+
+
+def render_gate(view: GateView) -> RenderableType:
+    """The gate's one screen: done so far, next, hosts, at risk, sessions in progress."""
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    where = f"{view.state_id} ({view.seed_step or 'tool step'})"
+    if view.position:
+        where += f", {view.position}"
+    grid.add_row("Next", Text(where))
+    for line in view.next_actions:
+        grid.add_row("", Text(line))
+    if view.hosts:
+        grid.add_row("Hosts", Text(", ".join(view.hosts)))
+    grid.add_row("Done so far", Text("\n".join(view.done) or "nothing yet in this run"))
+    if view.risk:
+        grid.add_row(Text("At risk", style="bold red"), Text(view.risk, style="yellow"))
+    parts: list[Any] = [grid]
+    if view.sessions:
+        parts.append(_sessions_table(view))
+    return Panel(Group(*parts), title=Text(f"Gate: {view.title}"), border_style="yellow")
+
+
+def _sessions_table(view: GateView) -> Any:
+    from rich.table import Table
+
+    table = Table(
+        title=f"Sessions in progress on the primaries now: {view.sessions_at_risk()}",
+        title_justify="left",
+    )
+    for column in ("HA pair", "primary", "host", "sessions in progress"):
+        table.add_column(column, justify="right" if column.startswith("sessions") else "left")
+    for s in view.sessions:
+        count = str(s.active) if s.active is not None else f"unknown ({s.error})"
+        table.add_row(s.ha_pair, s.app, s.host, count)
+    return table
+
+
+def gate_lines(view: GateView) -> list[str]:
+    """The gate as plain lines (for logs and tests)."""
+    lines = [f"Gate: {view.title}", f"next: {view.state_id} ({view.seed_step or 'tool step'})"]
+    lines += [f"  {a}" for a in view.next_actions]
+    if view.hosts:
+        lines.append("hosts: " + ", ".join(view.hosts))
+    lines += [f"done: {d}" for d in view.done]
+    if view.risk:
+        lines.append(f"at risk: {view.risk}")
+    lines += [
+        f"sessions in progress on {s.app} (primary of {s.ha_pair}, host {s.host}): "
+        + (str(s.active) if s.active is not None else f"unknown ({s.error})")
+        for s in view.sessions
+    ]
+    return lines
+
+
+# Building a gate from the run: the engine calls this where it has the context and the plan.
+def build_gate_view(ctx: RunContext, plan: Plan, state: PlannedState) -> GateView:
+    """The gate of `state` from the journal (what is done) and the live world (who is primary
+    now and how many sessions each primary has in progress)."""
+    index = next((n for n, s in enumerate(plan.states, start=1) if s.id == state.id), 0)
+    pairs = list(dict.fromkeys(a.target.ha_pair for a in state.actions if a.target.ha_pair))
+    return GateView(
+        title=state.title,
+        state_id=state.id,
+        seed_step=state.seed_step,
+        position=f"state {index} of {len(plan.states)}",
+        risk=state.gate,
+        done=done_from_journal(ctx.journal.events(ctx.run_id)),
+        next_actions=[a.preview.description for a in state.actions],
+        hosts=sorted({a.target.host for a in state.actions if a.target.host}),
+        sessions=session_counts(ctx, pairs),
+    )
+
+
+def done_from_journal(events: list[Any]) -> list[str]:
+    """States ended, gate decisions and switchovers, oldest first."""
+    seeds: dict[str, str | None] = {}
+    lines = []
+    for event in events:
+        if event.kind == "state_started":
+            seeds[event.state_id] = event.payload.get("seed_step")
+        elif event.kind == "state_ended":
+            seed = seeds.get(event.state_id) or "tool step"
+            seconds = float(event.payload.get("seconds", 0.0))
+            rollback = " (rollback)" if event.phase == "rollback" else ""
+            lines.append(f"{seed:<10} {event.state_id}{rollback}  {seconds:.1f} s")
+        elif event.kind == "gate_decision":
+            who = event.payload.get("by", "?")
+            how = " (--yes)" if event.payload.get("assumed") else ""
+            lines.append(f"gate {event.state_id}: {event.payload.get('decision')} by {who}{how}")
+    return lines
+
+
+def session_counts(ctx: RunContext, pairs: list[str]) -> list[SessionCount]:
+    """Each pair's live primary and its sessions in progress; empty when the site has no
+    `sessions` command. A command that fails gives an unknown count, never a failed gate."""
+    if not ctx.site.services.sessions:
+        return []
+    counts = []
+    for pair in pairs:
+        try:
+            primary = ctx.services.app_in_role(pair, "primary")
+        except OrsMigrateError as exc:
+            counts.append(SessionCount(pair, "?", "?", None, str(exc)))
+            continue
+        host = ctx.site.find_app(primary)[2].host
+        counts.append(_count_on(ctx, pair, primary, host))
+    return counts
+
+
+def _count_on(ctx: RunContext, pair: str, primary: str, host: str) -> SessionCount:
+    try:
+        result = ctx.services.run("sessions", primary, check=False)
+    except OrsMigrateError as exc:
+        return SessionCount(pair, primary, host, None, str(exc))
+    words = result.stdout.split()
+    if result.exit_code != 0 or not words or not words[0].isdigit():
+        reason = f"`sessions` exited {result.exit_code}: {result.stdout.strip()[:60]!r}"
+        return SessionCount(pair, primary, host, None, reason)
+    return SessionCount(pair, primary, host, int(words[0]))

@@ -20,6 +20,7 @@ from ors_migrate.site import SECRET_REF
 FORMATS = ("markdown", "html", "json", "text")
 SECRET_KEY = re.compile(r"pass(word|phrase)|secret|token|credential", re.IGNORECASE)
 MASK = "***"
+GATE_COLUMNS = ("at", "state_id", "decision", "by", "approved_by_yes", "sessions_in_progress")
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
@@ -200,6 +201,7 @@ def gate_decisions(events: list[Event]) -> list[dict[str, Any]]:
             "decision": e.payload.get("decision"),
             "by": e.payload.get("by"),
             "approved_by_yes": bool(e.payload.get("assumed")),
+            "sessions_in_progress": e.payload.get("sessions_in_progress"),
         }
         for e in events
         if e.kind == "gate_decision"
@@ -373,7 +375,7 @@ def as_markdown(report: dict[str, Any]) -> str:
         ]
     out += _md_table(
         "Gate decisions",
-        ("at", "state_id", "decision", "by", "approved_by_yes"),
+        GATE_COLUMNS,
         report["gate_decisions"],
     )
     out += _md_table(
@@ -494,9 +496,7 @@ def as_html(report: dict[str, Any]) -> str:
         _html_timeline(report["timeline"]),
         "</section>",
         '<section id="gates"><h2>Gate decisions</h2>',
-        _html_rows(
-            report["gate_decisions"], ("at", "state_id", "decision", "by", "approved_by_yes")
-        ),
+        _html_rows(report["gate_decisions"], GATE_COLUMNS),
         "</section>",
         '<section id="options"><h2>Option changes</h2>',
         _html_rows(report["option_changes"], ("at", "app", "section", "option", "old", "new")),

@@ -514,16 +514,18 @@ def gate_lines(view: GateView) -> list[str]:
 
 
 # Building a gate from the run: the engine calls this where it has the context and the plan.
-def build_gate_view(ctx: RunContext, plan: Plan, state: PlannedState) -> GateView:
+def build_gate_view(ctx: RunContext, plan: Plan | None, state: PlannedState) -> GateView:
     """The gate of `state` from the journal (what is done) and the live world (who is primary
-    now and how many sessions each primary has in progress)."""
-    index = next((n for n, s in enumerate(plan.states, start=1) if s.id == state.id), 0)
+    now and how many sessions each primary has in progress). `plan`, when given, places the
+    state in it."""
+    states = plan.states if plan else []
+    index = next((n for n, s in enumerate(states, start=1) if s.id == state.id), 0)
     pairs = list(dict.fromkeys(a.target.ha_pair for a in state.actions if a.target.ha_pair))
     return GateView(
         title=state.title,
         state_id=state.id,
         seed_step=state.seed_step,
-        position=f"state {index} of {len(plan.states)}",
+        position=f"state {index} of {len(states)}" if index else "",
         risk=state.gate,
         done=done_from_journal(ctx.journal.events(ctx.run_id)),
         next_actions=[a.preview.description for a in state.actions],

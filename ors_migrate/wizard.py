@@ -546,9 +546,10 @@ def _ca_given(cacertdir: str) -> str | None:
 
 
 def _cert_and_key(cert: str, key: str) -> str | None:
-    if bool(cert) != bool(key):
-        given, missing = ("tls-cert", "tls-key") if cert else ("tls-key", "tls-cert")
-        return f"tls-cert and tls-key go together: {given} is given, so give {missing} too"
+    if cert and not key:
+        return "tls-cert and tls-key go together: tls-cert is given, so give tls-key too"
+    if key and not cert:
+        return "tls-cert and tls-key go together: no tls-cert was given, so leave tls-key empty"
     return None
 
 

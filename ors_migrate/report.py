@@ -164,12 +164,20 @@ def _on_action_failed(row: dict[str, Any], event: Event, planned: dict[str, Any]
     row["status"] = "failed"
 
 
+def _on_gate_decision(row: dict[str, Any], event: Event, planned: dict[str, Any]) -> None:
+    row["status"] = {
+        "stop": "stopped at its gate",
+        "rollback": "rolled back at its gate",
+    }.get(event.payload.get("decision"), "started, not ended")
+
+
 STATE_EVENTS = {
     "state_started": _on_state_started,
     "state_ended": _on_state_ended,
     "action_intent": _on_action_intent,
     "action_ended": _on_action_ended,
     "action_failed": _on_action_failed,
+    "gate_decision": _on_gate_decision,
 }
 
 

@@ -109,6 +109,8 @@ def test_gates_in_a_terminal_stop_then_resume_approve_and_roll_back(make_lab, tm
     choose(child, ROLL_BACK)
     assert finish(child) == 1
     assert status_of(state_dir, run_id)["status"] == "rolled_back"
+    screen = cli("status", run_id, "--state-dir", str(state_dir)).stdout
+    assert "enable-redis-on-new-backups  rolled back at its gate" in screen
     assert decisions_of(state_dir, run_id) == [
         ("enable-redis-on-backups", "stop", me),
         ("enable-redis-on-backups", "approve", me),

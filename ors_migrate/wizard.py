@@ -857,6 +857,11 @@ def run_init(request: InitRequest) -> int:
         source = str(request.answers_file or "--set")
         prompter: Prompter = AnswersPrompter(_answers_from(request), source)
     elif sys.stdin.isatty() and sys.stdout.isatty():
+        print(
+            f"Describing the site for {request.site}. Each answer is checked as you give it; "
+            "nothing is written before the last one; Ctrl-C leaves without writing.",
+            file=sys.stderr,
+        )
         prompter = TerminalPrompter()
     else:
         print(

@@ -347,7 +347,8 @@ class Ui:
     ) -> dict[str, Any]:
         """Before a switchover: poll the sessions in progress until fewer than `below`, or
         `wait_s` has passed. Returns what was seen, for the journal; never raises for a busy
-        primary (switching anyway is the operator's documented choice)."""
+        primary (switching anyway is the operator's documented choice). `sessions_when_due` is
+        what an immediate switchover would have put at risk."""
         started = time.monotonic()
         counts: list[int | None] = []
         with self._waiting(f"{what}: waiting for fewer than {below} sessions", wait_s) as tick:
@@ -364,6 +365,7 @@ class Ui:
             "below": below,
             "wait_s": wait_s,
             "waited_s": round(time.monotonic() - started, 3),
+            "sessions_when_due": counts[0],
             "sessions_at_switchover": counts[-1],
             "quiet": quiet,
             "polls": len(counts),

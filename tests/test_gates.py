@@ -203,6 +203,7 @@ def test_waiting_for_a_quiet_moment_stops_as_soon_as_sessions_drop_below_the_thr
     )
 
     assert seen["quiet"] and seen["sessions_at_switchover"] == 8 and seen["polls"] == 3
+    assert seen["sessions_when_due"] == 40
     assert slept == [2, 2]
 
 

@@ -201,7 +201,7 @@ class Engine:
     def run(self) -> Outcome:
         record = self.journal.get_run(self.ctx.run_id)
         if record is not None and record.phase == ROLLBACK:
-            return self.run_rollback(reason="resuming the rollback", resumed=True)
+            return self.run_rollback(reason=self._rollback_reason(), resumed=True)
         try:
             self._run_states(self.plan, FORWARD)
         except GateStopped as exc:
@@ -221,7 +221,7 @@ class Engine:
         policy = planned.on_failure if planned and planned.on_failure else None
         if policy is None:
             policy = "rollback" if self.redis_enabled() else "stop"
-        message = f"state {current} failed: {exc}"
+        message = self.ctx.secrets.mask(f"state {current} failed: {exc}")
         if policy == "rollback" and self.auto_rollback and self.rollback_plan is not None:
             return self.run_rollback(reason=message)
         hint = (
@@ -231,6 +231,11 @@ class Engine:
         )
         self.journal.set_status(self.ctx.run_id, "failed", outcome=message)
         return Outcome("failed", message + hint, 1)
+
+    def _rollback_reason(self) -> str:
+        """Why the rollback that is being resumed started."""
+        started = [e for e in self._events(ROLLBACK) if e.kind == "rollback_started"]
+        return str(started[0].payload.get("reason")) if started else "an earlier rollback"
 
     def run_rollback(self, *, reason: str, resumed: bool = False) -> Outcome:
         """The rollback playbook, journaled in the rollback phase of the same run. A repeated
@@ -252,14 +257,14 @@ class Engine:
                 },
             )
         self.journal.set_status(self.ctx.run_id, "running", phase=ROLLBACK)
-        self.ctx.ui.warn(f"rolling back: {reason}")
+        self.ctx.ui.warn(f"{'resuming the rollback' if resumed else 'rolling back'}: {reason}")
         try:
             self._run_states(plan, ROLLBACK)
         except GateStopped as exc:
             self.journal.set_status(self.ctx.run_id, "paused")
             return Outcome("paused", str(exc), exc.exit_code)
         except OrsMigrateError as exc:
-            message = (
+            message = self.ctx.secrets.mask(
                 f"the rollback itself failed: {exc}; fix the cause and run "
                 "`ors-migrate rollback` again"
             )

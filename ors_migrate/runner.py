@@ -403,17 +403,25 @@ class Runner:
         lock = RunLock(self.state_dir, run.site_name)
         lock.acquire(run.run_id)
         try:
-            forward = load_playbook(run.playbook_path or run.playbook)
-            flags = self._rollback_flags(run.run_id) | ({"to_start"} if to_start else set())
-            name = forward.spec.rollback_playbook or "rollback"
-            factory = self._rollback_plan_factory(loaded, name, frozenset(flags))
-            plan = make_plan(loaded, forward, read_current=False)
-            ctx = self._context(loaded, run.run_id)
-            engine = Engine(ctx, plan, rollback_plan=factory, rollback_flags=frozenset(flags))
+            engine = self._rollback_engine(run, loaded, to_start)
             lock.set_run(run.run_id)
-            for _, pair in loaded.site.pairs():
-                settled_pair_status(ctx, pair.name)
         except BaseException:
             lock.release()
             raise
-        return run.run_id, self._execute(engine, lock, f"requested by {ctx.operator}")
+        reason = f"requested by {engine.ctx.operator}"
+        return run.run_id, self._execute(engine, lock, reason)
+
+    def _rollback_engine(self, run: RunRecord, loaded: LoadedSite, to_start: bool) -> Engine:
+        forward = load_playbook(run.playbook_path or run.playbook)
+        flags = self._rollback_flags(run.run_id) | ({"to_start"} if to_start else set())
+        name = forward.spec.rollback_playbook or "rollback"
+        factory = self._rollback_plan_factory(loaded, name, frozenset(flags))
+        plan = make_plan(loaded, forward, read_current=False)
+        ctx = self._context(loaded, run.run_id)
+        try:
+            for _, pair in loaded.site.pairs():
+                settled_pair_status(ctx, pair.name)
+        except BaseException:
+            ctx.close()
+            raise
+        return Engine(ctx, plan, rollback_plan=factory, rollback_flags=frozenset(flags))

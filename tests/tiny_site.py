@@ -51,12 +51,14 @@ def make_tiny_site(
     root: Path,
     *,
     upgrade: str = "true",
+    start: str = "",
     version: str = "8.1.401.12",
     extra_options: dict[str, str] | None = None,
     redis_password: str | None = None,
 ) -> TinySite:
-    """Write the site file, role files and option files under `root`. `redis_password` names
-    an environment variable (the site refers to it as env:NAME)."""
+    """Write the site file, role files and option files under `root`. `start` runs before an
+    application comes up as backup; `redis_password` names an environment variable (the site
+    refers to it as env:NAME)."""
     site = TinySite(root)
     for folder in ("roles", "apps"):
         (root / folder).mkdir(parents=True, exist_ok=True)
@@ -65,7 +67,7 @@ def make_tiny_site(
         site.options(app).write_text(OPTIONS.format(app=app))
     roles = shlex.quote(str(root / "roles"))
     services = {
-        "start": f"echo backup > {roles}/{{app}}",
+        "start": f"{start + '; ' if start else ''}echo backup > {roles}/{{app}}",
         "stop": f"echo down > {roles}/{{app}}",
         "status": f"cat {roles}/{{app}}",
         "switchover": f"echo backup > {roles}/{{primary}} && echo primary > {roles}/{{backup}}",

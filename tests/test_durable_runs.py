@@ -496,7 +496,11 @@ def test_runs_and_status_report_paused_failed_rolled_back_and_succeeded(tmp_path
         fresh, tmp_path / "s2", "--playbook", str(fresh.write_playbook("u", UPGRADE_ONLY)), "--yes"
     )
     assert failed.returncode == 1 and "below 8.1.401.10" in failed.stderr
+    assert "continue with `ors-migrate run SITE --resume`" in failed.stderr
     assert status_of(tmp_path / "s2") == "failed"
+    fresh.install("8.1.401.12")  # the operator fixes the cause
+    assert run_tiny(fresh, tmp_path / "s2", "--resume", "--yes").returncode == 0
+    assert status_of(tmp_path / "s2") == "succeeded"
 
     fresh = make_tiny_site(tmp_path / "site3", version="8.1.400.48")
     playbook = str(gated_playbook(fresh, VERIFY_VERSION))
@@ -550,6 +554,25 @@ def test_an_automatic_rollback_killed_midway_is_resumed_to_rolled_back(tmp_path,
     assert cli_json("runs", "--state-dir", str(runs.state_dir))[0]["status"] == "rolled_back"
     assert all("type=cassandra" in site.options(app).read_text() for app in APPS)
     assert (site.role("ors-a"), site.role("ors-b")) == ("primary", "backup")
+
+
+def test_without_auto_rollback_a_failure_after_enabling_redis_stops_for_a_rollback_on_demand(
+    tmp_path,
+):
+    site = make_tiny_site(tmp_path / "site", version="8.1.400.48")
+    playbook = gated_playbook(site, VERIFY_VERSION)
+    state = tmp_path / "state"
+
+    stopped = run_tiny(site, state, "--playbook", str(playbook), "--yes", "--no-auto-rollback")
+
+    assert stopped.returncode == 1
+    assert "Redis is enabled on some applications: run `ors-migrate rollback`" in stopped.stderr
+    assert cli_json("runs", "--state-dir", str(state))[0]["status"] == "failed"
+    assert "type=redis" in site.options("ors-b").read_text()
+    back = cli("rollback", "--yes", "--state-dir", str(state))
+    assert back.returncode == 0, back.stderr
+    assert cli_json("runs", "--state-dir", str(state))[0]["status"] == "rolled_back"
+    assert all("type=cassandra" in site.options(app).read_text() for app in APPS)
 
 
 def test_resume_is_refused_when_the_playbook_changed_and_says_what_changed(tmp_path):

@@ -35,6 +35,10 @@ class TinySite:
     def options(self, app: str) -> Path:
         return self.root / "apps" / f"{app}.ini"
 
+    def install(self, version: str) -> None:
+        """The ORS version every application reports (what an upgrade would change)."""
+        (self.root / "version").write_text(version + "\n")
+
     def role(self, app: str) -> str:
         return self.role_file(app).read_text().strip()
 
@@ -62,6 +66,7 @@ def make_tiny_site(
     site = TinySite(root)
     for folder in ("roles", "apps"):
         (root / folder).mkdir(parents=True, exist_ok=True)
+    site.install(version)
     for app, role in zip(APPS, ("primary", "backup"), strict=True):
         site.set_role(app, role)
         site.options(app).write_text(OPTIONS.format(app=app))
@@ -71,7 +76,7 @@ def make_tiny_site(
         "stop": f"echo down > {roles}/{{app}}",
         "status": f"cat {roles}/{{app}}",
         "switchover": f"echo backup > {roles}/{{primary}} && echo primary > {roles}/{{backup}}",
-        "version": f"echo {version}",
+        "version": f"cat {shlex.quote(str(root / 'version'))}",
         "upgrade": upgrade,
         "ready_timeout_s": 5,
         "poll_interval_s": 0.05,

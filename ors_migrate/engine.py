@@ -5,6 +5,7 @@ with backoff, and rolling back when a verification fails after Redis has been en
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -146,6 +147,15 @@ def as_run_error(exc: Exception, step: PlannedAction) -> OrsMigrateError:
     if isinstance(exc, ConnectionError | TimeoutError):
         return TransportError(f"{step.key}: {type(exc).__name__}: {exc}")
     return ActionCrashed(f"{step.key} failed unexpectedly: {type(exc).__name__}: {exc}")
+
+
+def failure(exc: OrsMigrateError) -> dict[str, Any]:
+    """What the journal keeps of a failed action; for a crash, where in the code it happened."""
+    recorded = {"error": str(exc), "kind": type(exc).__name__}
+    if isinstance(exc, ActionCrashed) and exc.__cause__ is not None:
+        lines = traceback.format_exception(exc.__cause__)
+        recorded["traceback"] = "".join(lines)[-4000:]
+    return recorded
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -357,10 +367,7 @@ class Engine:
             )
         except OrsMigrateError as exc:
             self.ctx.record(
-                "action_failed",
-                state_id=state.id,
-                action_key=step.key,
-                payload={"error": str(exc), "kind": type(exc).__name__},
+                "action_failed", state_id=state.id, action_key=step.key, payload=failure(exc)
             )
             raise
         self._ended(state, step, observed, started, note)

@@ -117,6 +117,15 @@ def _action_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return found
 
 
+def _without_old_values(action: dict[str, Any]) -> dict[str, Any]:
+    """A stored action as the plan hash sees it: option values before the run left out."""
+    changes = [
+        {k: v for k, v in c.items() if k not in ("old", "old_known")}
+        for c in action["option_changes"]
+    ]
+    return {**action, "option_changes": changes}
+
+
 def _state_changes(sid: str, old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str]]:
     """(what changed, where) pairs for one state present in both plans."""
     found = [
@@ -124,7 +133,7 @@ def _state_changes(sid: str, old: dict[str, Any], new: dict[str, Any]) -> list[t
         for name in STATE_FIELDS
         if old.get(name) != new.get(name)
     ]
-    old_actions = {a["key"]: a for a in old["actions"]}
+    old_actions = {a["key"]: _without_old_values(a) for a in old["actions"]}
     new_actions = {a["key"]: a for a in new["actions"]}
     for key in old_actions.keys() - new_actions.keys():
         found.append((f"state {sid} no longer has action {key}", ""))

@@ -189,6 +189,10 @@ def test_an_undescribed_error_fails_the_state_with_its_type_instead_of_a_traceba
     assert outcome.status == "failed"
     assert "KeyError" in outcome.message and world.applied == 1
     assert harness.journal.get_run(harness.run_id).status == "failed"
+    failed = [
+        e.payload for e in harness.journal.events(harness.run_id) if e.kind == "action_failed"
+    ]
+    assert failed[0]["kind"] == "ActionCrashed" and "in apply" in failed[0]["traceback"]
 
 
 def test_a_retry_asks_check_first_so_an_effect_that_landed_is_not_applied_twice(world, harness):

@@ -25,7 +25,7 @@ from ors_migrate.options import PERSISTENCE
 from ors_migrate.plan import Plan, PlannedAction, PlannedState
 from ors_migrate.secrets import Secrets
 from ors_migrate.site import LoadedSite, Site
-from ors_migrate.ui import Ui
+from ors_migrate.ui import Ui, build_gate_view
 
 FORWARD = "forward"
 ROLLBACK = "rollback"
@@ -319,7 +319,8 @@ class Engine:
         ):
             return
         summary = [state.gate, *gate_summary(self.plan if phase == FORWARD else None, state)]
-        decision = self.ctx.ui.gate(state.title, summary)
+        view = build_gate_view(self.ctx, self.plan if phase == FORWARD else None, state)
+        decision = self.ctx.ui.gate(state.title, summary, view)
         self.ctx.record(
             "gate_decision",
             state_id=state.id,
@@ -327,6 +328,7 @@ class Engine:
                 "decision": decision,
                 "by": self.ctx.operator,
                 "assumed": self.ctx.ui.assume_yes,
+                "sessions_in_progress": {s.ha_pair: s.active for s in view.sessions},
             },
         )
         if decision == "stop":

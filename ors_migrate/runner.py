@@ -155,11 +155,11 @@ def _grouped(found: list[tuple[str, str]]) -> list[str]:
         if where and where not in places[what]:
             places[what].append(where)
     lines = []
-    for what, where in places.items():
-        if len(where) > 3:
-            lines.append(f"{what} (on {', '.join(where[:3])} and {len(where) - 3} more)")
-        elif where:
-            lines.append(f"{what} (on {', '.join(where)})")
+    for what, targets in places.items():
+        if len(targets) > 3:
+            lines.append(f"{what} (on {', '.join(targets[:3])} and {len(targets) - 3} more)")
+        elif targets:
+            lines.append(f"{what} (on {', '.join(targets)})")
         else:
             lines.append(what)
     return lines

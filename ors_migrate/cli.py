@@ -449,5 +449,13 @@ def main() -> None:
         if isinstance(exc, ClickException):
             exc.show()
             sys.exit(EXIT_BAD_INPUT)
-        raise
+        if os.environ.get("ORS_MIGRATE_DEBUG"):
+            raise
+        print(
+            f"internal error: {type(exc).__name__}: {exc}\n"
+            "This is a defect in ors-migrate; set ORS_MIGRATE_DEBUG=1 to see the traceback. "
+            "A run in progress is journaled and can be resumed.",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

@@ -142,7 +142,9 @@ class SessionsProcessed(Action):
     def apply(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> dict[str, Any]:
         assert step.target.ha_pair
         primary = ctx.services.app_in_role(step.target.ha_pair, "primary")
-        first = ctx.services.status(primary).details.get("created")
+        details = ctx.services.status(primary).details
+        first = details.get("created")
+        errors_before = details.get("persistence_errors")
         if first is None:
             if ctx.site.services.sessions is None:
                 return {"primary": primary, "observable": False}
@@ -152,12 +154,27 @@ class SessionsProcessed(Action):
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             time.sleep(0.5)
-            now_created = ctx.services.status(primary).details.get("created", first)
+            details = ctx.services.status(primary).details
+            self._persistence_failing(primary, errors_before, details)
+            now_created = details.get("created", first)
             if now_created > first:
                 return {"primary": primary, "created_during_check": now_created - first}
         raise VerificationFailed(
             f"{primary} (primary of {step.target.ha_pair}) created no new session in {wait_s:g} s"
         )
+
+
+    @staticmethod
+    def _persistence_failing(primary: str, before: Any, details: dict[str, Any]) -> None:
+        """Sessions routed without being persisted are not "processed as expected": a growing
+        persistence error count (where the status command reports one) fails the check."""
+        after = details.get("persistence_errors")
+        if isinstance(before, int) and isinstance(after, int) and after > before:
+            cause = details.get("last_error") or "no detail reported"
+            raise VerificationFailed(
+                f"{primary} cannot persist sessions to {details.get('type') or 'its store'}: "
+                f"{after - before} new persistence errors during the check (last: {cause})"
+            )
 
 
 class SessionsRestored(Action):

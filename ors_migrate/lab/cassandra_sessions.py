@@ -67,6 +67,11 @@ class CassandraSessionStore:
         except TransportError:
             raise
         except Exception as exc:
+            if type(exc).__name__ == "NoHostAvailable":
+                # Every host is marked down: start again from the contact points next time, as
+                # ORS reconnects once Cassandra is back, instead of waiting on the driver's
+                # reconnection backoff.
+                self.close()
             verb = query.split(None, 1)[0]
             where = ", ".join(self.contact_points)
             raise TransportError(

@@ -173,7 +173,9 @@ def preflight(
         _print_json({"site": str(site), "blocking": len(blocking), "findings": findings})
     else:
         render_table(findings, ui.console)
-        verdict = f"{len(blocking)} blocking problem(s)" if blocking else "nothing blocks the migration"
+        verdict = (
+            f"{len(blocking)} blocking problem(s)" if blocking else "nothing blocks the migration"
+        )
         print(f"preflight: {verdict}", file=sys.stderr)
     raise typer.Exit(EXIT_BLOCKED if blocking else 0)
 
@@ -205,6 +207,14 @@ def run(
             help="After Redis is enabled, stop instead of rolling back on failure.",
         ),
     ] = False,
+    override_rule: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--override-rule",
+            help="Start although this documented rule (by id) reports an error; journaled. "
+            "Repeat for each rule.",
+        ),
+    ] = None,
     state_dir: StateDirOpt = None,
 ) -> None:
     """Execute a playbook against a site, journaled so that it can be resumed."""
@@ -213,7 +223,12 @@ def run(
     runner = Runner(_state_dir(state_dir), _ui(yes))
     try:
         run_id, outcome = runner.start(
-            str(site), playbook, resume=resume, run_id=run_id, auto_rollback=not no_auto_rollback
+            str(site),
+            playbook,
+            resume=resume,
+            run_id=run_id,
+            auto_rollback=not no_auto_rollback,
+            override_rules=frozenset(override_rule or ()),
         )
     finally:
         runner.close()
@@ -313,7 +328,9 @@ def lab_up(
     directory: DirOpt,
     clusters: Annotated[int, typer.Option(min=1, max=10)] = 2,
     pairs_per_cluster: Annotated[int, typer.Option(min=1, max=50)] = 2,
-    secure: Annotated[bool, typer.Option("--secure", help="Redis with TLS and an ACL user.")] = False,
+    secure: Annotated[
+        bool, typer.Option("--secure", help="Redis with TLS and an ACL user.")
+    ] = False,
 ) -> None:
     """Start a lab in DIR and write DIR/site.yaml for it."""
     from ors_migrate.lab.lab import LabShape

@@ -24,7 +24,7 @@ from ors_migrate.engine import (
     live_primaries,
     settled_pair_status,
 )
-from ors_migrate.errors import EXIT_INTERRUPTED, InputError, ResumeRefused
+from ors_migrate.errors import EXIT_INTERRUPTED, InputError, ResumeRefused, SiteError
 from ors_migrate.journal import Journal, RunLock, RunRecord, operator_name
 from ors_migrate.plan import OptionValues, Plan, build_plan
 from ors_migrate.playbook import LoadedPlaybook, load_playbook
@@ -211,6 +211,25 @@ def _signals_as_interrupt() -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def refuse_rule_errors(
+    loaded: LoadedSite, plan: Plan, playbook: LoadedPlaybook, overridden: frozenset[str]
+) -> list[str]:
+    """A new run starts only from a site and playbook that break no documented rule, unless the
+    operator overrides each broken rule by its id. Returns the rule ids actually overridden."""
+    from ors_migrate.rules import check, errors_in, render_findings
+
+    errors = errors_in(check(loaded, plan, playbook))
+    blocking = [f for f in errors if f.rule not in overridden]
+    if blocking:
+        raise SiteError(
+            "the site and playbook break documented rules, so nothing was run (override a rule "
+            "only deliberately, with --override-rule ID):\n"
+            + render_findings(loaded.path, blocking),
+            rule="rules",
+        )
+    return sorted({f.rule for f in errors})
+
+
 class Runner:
     def __init__(self, state_dir: Path, ui: Ui) -> None:
         self.state_dir = state_dir
@@ -289,6 +308,7 @@ class Runner:
         resume: bool,
         run_id: str | None,
         auto_rollback: bool,
+        override_rules: frozenset[str] = frozenset(),
     ) -> tuple[str, Outcome]:
         """A new run, or with `resume` the site's latest (or the named) unfinished run. Without
         a playbook name a resume uses the playbook its run started with."""
@@ -299,16 +319,25 @@ class Runner:
             if resume:
                 engine = self._resumed(loaded, playbook_name, run_id, auto_rollback)
             else:
-                engine = self._new(loaded, playbook_name or DEFAULT_PLAYBOOK, auto_rollback)
+                engine = self._new(
+                    loaded, playbook_name or DEFAULT_PLAYBOOK, auto_rollback, override_rules
+                )
             lock.set_run(engine.ctx.run_id)
         except BaseException:
             lock.release()
             raise
         return engine.ctx.run_id, self._execute(engine, lock)
 
-    def _new(self, loaded: LoadedSite, playbook_name: str, auto_rollback: bool) -> Engine:
+    def _new(
+        self,
+        loaded: LoadedSite,
+        playbook_name: str,
+        auto_rollback: bool,
+        override_rules: frozenset[str] = frozenset(),
+    ) -> Engine:
         playbook = load_playbook(playbook_name)
         plan = make_plan(loaded, playbook)
+        overridden = refuse_rule_errors(loaded, plan, playbook, override_rules)
         self._refuse_unfinished(loaded.site.name)
         ctx = self._context(loaded, "")
         try:
@@ -325,6 +354,8 @@ class Runner:
             )
             ctx.attach(run_id)
             ctx.record("topology", payload={"primaries": primaries})
+            if overridden:
+                ctx.record("rules_overridden", payload={"rules": overridden, "by": ctx.operator})
         except BaseException:
             ctx.close()
             raise

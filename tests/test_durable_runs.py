@@ -99,6 +99,7 @@ class Runs:
                     str(self.site),
                     "--state-dir",
                     str(self.state_dir),
+                    *PARTIAL_ENABLE,
                     *args,
                 ],
                 cwd=REPO,
@@ -380,7 +381,8 @@ def test_second_run_exits_4_naming_the_holder_and_a_killed_holder_needs_no_unloc
 
     for args in ([], ["--resume"]):
         second = cli(
-            "run", str(site.path), "--playbook", str(playbook), "--yes", *args, "--state-dir", state
+            "run", str(site.path), "--playbook", str(playbook), "--yes", *args, "--state-dir", state,
+            *PARTIAL_ENABLE,
         )
         assert second.returncode == 4, second.stderr
         assert f"run {run_id}" in second.stderr and f"pid {holder.pid}" in second.stderr
@@ -472,8 +474,13 @@ def gated_playbook(site: TinySite, verify: str = VERIFY_PAIR) -> Path:
     return site.write_playbook("gated", text)
 
 
+# The tiny playbooks stop after enabling Redis on the backups (enable.1 alone), which leaves each
+# ORS cluster on two stores: a documented rule error the operator must override by its id.
+PARTIAL_ENABLE = ("--override-rule", "ors.one-store-per-cluster")
+
+
 def run_tiny(site: TinySite, state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return cli("run", str(site.path), "--state-dir", str(state_dir), *args)
+    return cli("run", str(site.path), "--state-dir", str(state_dir), *PARTIAL_ENABLE, *args)
 
 
 def paused_at_gate(site: TinySite, state_dir: Path, playbook: Path) -> None:

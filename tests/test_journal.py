@@ -15,20 +15,20 @@ EDITS = """
 name: edits
 title: Edit options twice
 states:
-  - id: enable-first
-    title: type=redis before anything else
-    seed_step: enable.1
-    scope: app
-    actions:
-      - do: options.set
-        with: {set: enable}
-  - id: prepare-after
-    title: then the preparation options
+  - id: prepare-first
+    title: the preparation options
     seed_step: prepare.4
     scope: app
     actions:
       - do: options.set
         with: {set: preparation}
+  - id: enable-after
+    title: then type=redis
+    seed_step: enable.1
+    scope: app
+    actions:
+      - do: options.set
+        with: {set: enable}
 """
 
 
@@ -81,8 +81,8 @@ def test_originals_are_captured_before_the_first_edit_of_each_application(tmp_pa
     try:
         originals = {(o["app"], o["section"], o["option"]): o for o in journal.originals(run_id)}
         for app in APPS:
-            # Captured before enable-first wrote type=redis, and not overwritten by the second
-            # edit of the same application.
+            # Captured before prepare-first wrote redis-nodes, and not overwritten when the
+            # second edit of the same application wrote type=redis.
             assert originals[(app, "persistence", "type")]["value"] == "cassandra"
             assert originals[(app, "persistence", "redis-nodes")]["present"] is False
             kept = site.options(app).with_name(f"{app}.ini.{run_id}.orig").read_bytes()

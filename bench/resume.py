@@ -1,0 +1,254 @@
+"""(d) What `run --resume` does before it touches the world, on a journal of 10,000 events.
+
+The journal is built through the journal API for the migrate-to-redis plan of a generated site:
+the events a run writes (topology, state started/ended, action intent/ended with their payloads,
+checks, gate decisions, status changes), in plan order, up to the 10,000th, as if the run had
+been killed there. Then each step of a resume is timed on a fresh copy of that journal:
+
+1. opening the journal;
+2. loading the site and the playbook and planning again (a resume compares plan hashes);
+3. finding the run and its status;
+4. `expected_primaries`: the journal's side of the live topology check (the status commands
+   that check runs on every pair are world reads, not timed here);
+5. `Engine.run()` up to the first action that is not done: it loads the events, skips the
+   finished states, scans the interrupted state's actions, records the state's restart. The
+   engine's `get_action` is replaced for this step so that the first action that would touch a
+   host raises instead.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+import ors_migrate.engine as engine_module
+from ors_migrate.engine import Engine, RunContext, expected_primaries
+from ors_migrate.journal import Journal
+from ors_migrate.plan import Plan, PlannedAction
+from ors_migrate.playbook import load_playbook
+from ors_migrate.runner import make_plan
+from ors_migrate.secrets import Secrets
+from ors_migrate.site import LoadedSite, load_site
+from ors_migrate.ui import Ui
+
+CHECK_ACTIONS = ("redis.", "cassandra.", "sessions.", "service.verify_pair")
+
+
+class WorldReached(Exception):
+    """The resumed engine asked for the first action that would touch a host."""
+
+    def __init__(self, action: str) -> None:
+        super().__init__(action)
+        self.action = action
+
+
+class EventWriter:
+    """Writes the events a run of `plan` writes, until `limit` events are in the journal."""
+
+    def __init__(
+        self, journal: Journal, run_id: str, limit: int, members: dict[str, list[str]]
+    ) -> None:
+        self.journal = journal
+        self.run_id = run_id
+        self.left = limit - len(journal.events(run_id))
+        self.members = members
+
+    def __call__(self, kind: str, **fields: Any) -> None:
+        if self.left <= 0:
+            raise StopIteration
+        self.journal.record(self.run_id, kind, phase="forward", **fields)
+        self.left -= 1
+
+    def write_run(self, plan: Plan, primaries: dict[str, str]) -> str:
+        """Returns where the run stops: 'state/action' of the last event written."""
+        where = "the end of the plan"
+        try:
+            self("topology", payload={"primaries": dict(primaries)})
+            for state in plan.states:
+                where = f"state {state.id}"
+                self("state_started", state_id=state.id, payload={"seed_step": state.seed_step})
+                if state.gate:
+                    decision = {"decision": "approve", "by": "bench", "assumed": True}
+                    self("gate_decision", state_id=state.id, payload=decision)
+                for step in state.actions:
+                    where = f"action {step.key}"
+                    self.write_action(state.id, step, primaries)
+                self("state_ended", state_id=state.id, payload={"seconds": 1.0})
+        except StopIteration:
+            return where
+        return where
+
+    def write_action(self, state_id: str, step: PlannedAction, primaries: dict[str, str]) -> None:
+        intent: dict[str, Any] = {"app": step.target.app}
+        pair = step.target.ha_pair
+        if step.action == "service.switchover" and pair:
+            old = primaries[pair]
+            new = next(a for a in self.members[pair] if a != old)
+            intent = {"pair": pair, "old_primary": old, "new_primary": new}
+            primaries[pair] = new
+        self("action_intent", state_id=state_id, action_key=step.key, payload=intent)
+        if step.action.startswith(CHECK_ACTIONS):
+            check = {"check": step.action, "severity": "ok", "message": "as expected"}
+            self("check", state_id=state_id, payload=check)
+        ended = {"observed": {**intent, "ok": True}, "seconds": 0.5}
+        self("action_ended", state_id=state_id, action_key=step.key, payload=ended)
+
+
+def build_journal(loaded: LoadedSite, plan: Plan, state_dir: Path, limit: int) -> tuple[str, str]:
+    """A journal holding one interrupted run of `plan` with `limit` events; (run id, where).
+
+    The events go through the journal API; the run's plan JSON is stored last, directly: each
+    event's `UPDATE runs` rewrites the whole run row, plan JSON included (see
+    `journal_write_latency`), which would make building a large journal take minutes."""
+    journal = Journal(state_dir)
+    journal.db.execute("PRAGMA synchronous=OFF")  # building only; every timed open uses FULL
+    try:
+        run_id = journal.create_run(
+            site_name=loaded.site.name,
+            site_path=loaded.path,
+            site_digest=loaded.digest,
+            playbook="migrate-to-redis",
+            playbook_digest="bench",
+            plan_hash=plan.plan_hash,
+            plan_json="{}",
+        )
+        journal.set_status(run_id, "running", phase="forward")
+        members = {p.name: [a.name for a in p.apps] for _, p in loaded.site.pairs()}
+        writer = EventWriter(journal, run_id, limit, members)
+        primaries = {p.name: p.app_with_role("primary").name for _, p in loaded.site.pairs()}
+        where = writer.write_run(plan, primaries)
+        with journal.db:
+            journal.db.execute(
+                "UPDATE runs SET plan_json = ? WHERE run_id = ?",
+                (json.dumps(plan.as_dict()), run_id),
+            )
+        return run_id, where
+    finally:
+        journal.close()
+
+
+def _timed(step: Callable[[], Any]) -> tuple[float, Any]:
+    began = time.perf_counter()
+    value = step()
+    return time.perf_counter() - began, value
+
+
+def _engine_until_world(journal: Journal, loaded: LoadedSite, plan: Plan, run_id: str) -> str:
+    ui = Ui(assume_yes=True, quiet=True, interactive=False, console=Console(file=io.StringIO()))
+    ctx = RunContext(
+        loaded_site=loaded,
+        run_id=run_id,
+        journal=journal,
+        ui=ui,
+        secrets=Secrets(),
+        operator="bench",
+    )
+
+    def refuse(name: str) -> Any:
+        raise WorldReached(name)
+
+    original = engine_module.get_action
+    engine_module.get_action = refuse  # type: ignore[assignment]
+    try:
+        Engine(ctx, plan, auto_rollback=False).run()
+    except WorldReached as reached:
+        return reached.action
+    finally:
+        engine_module.get_action = original
+        ctx.close()
+    return "(none: every action was done)"
+
+
+def resume_once(site: Path, state_dir: Path, run_id: str) -> tuple[dict[str, float], str]:
+    timings: dict[str, float] = {}
+    timings["1. open the journal"], journal = _timed(lambda: Journal(state_dir))
+    try:
+
+        def replan() -> tuple[LoadedSite, Plan]:
+            loaded = load_site(site)
+            return loaded, make_plan(loaded, load_playbook("migrate-to-redis"))
+
+        timings["2. load site + playbook, plan again"], (loaded, plan) = _timed(replan)
+        timings["3. find the run, compare plan hashes"], _ = _timed(
+            lambda: [r.plan_hash == plan.plan_hash for r in journal.runs(loaded.site.name)]
+        )
+        initial = {p.name: p.app_with_role("primary").name for _, p in loaded.site.pairs()}
+        timings["4. expected primaries from the journal"], _ = _timed(
+            lambda: expected_primaries(journal, run_id, initial)
+        )
+        timings["5. engine: skip what is done, to the first action"], reached = _timed(
+            lambda: _engine_until_world(journal, loaded, plan, run_id)
+        )
+        timings["   (of which: load and decode the events once)"], _ = _timed(
+            lambda: journal.events(run_id)
+        )
+    finally:
+        journal.close()
+    return timings, reached
+
+
+def resume(site: Path, directory: Path, limit: int, repeat: int) -> Iterator[str]:
+    loaded = load_site(site)
+    plan = make_plan(loaded, load_playbook("migrate-to-redis"))
+    built = directory / "journal-built"
+    began = time.perf_counter()
+    run_id, where = build_journal(loaded, plan, built, limit)
+    actions = sum(len(s.actions) for s in plan.states)
+    yield (
+        f"  journal: {limit} events of one run of a {len(plan.states)}-state, {actions}-action "
+        f"plan, interrupted after {where} (built in {time.perf_counter() - began:.1f} s)"
+    )
+    rounds = []
+    reached = ""
+    for n in range(repeat):
+        copy = directory / f"journal-{n}"
+        shutil.copytree(built, copy)
+        timings, reached = resume_once(site, copy, run_id)
+        rounds.append(timings)
+    for label in rounds[0]:
+        seconds = statistics.median(r[label] for r in rounds)
+        yield f"  {label:<52} {1000 * seconds:>9.1f} ms"
+    total = statistics.median(sum(v for k, v in r.items() if k[0].isdigit()) for r in rounds)
+    yield f"  {'total before the first world-touching action':<52} {1000 * total:>9.1f} ms"
+    yield f"  (median of {repeat}; the first action to run would have been {reached})"
+    tiny = journal_write_latency(directory / "journal-tiny-plan", None, 200)
+    shutil.copytree(built, directory / "journal-writes")
+    large = journal_write_latency(directory / "journal-writes", run_id, 20)
+    plan_kib = len(json.dumps(plan.as_dict())) / 1024
+    yield "  journal write, one event per transaction, WAL, synchronous=FULL:"
+    yield f"    run with a tiny plan:                 {1000 * tiny:>8.2f} ms per event (N=200)"
+    yield (
+        f"    this run ({plan_kib:,.0f} KiB of plan JSON): {1000 * large:>8.2f} ms per event "
+        "(N=20): each event's `UPDATE runs` rewrites the run's row, plan JSON included"
+    )
+
+
+def journal_write_latency(state_dir: Path, run_id: str | None, writes: int) -> float:
+    """Seconds per event written as the engine writes them: one transaction each, WAL,
+    synchronous=FULL. Without `run_id`, into a new run with a tiny plan."""
+    journal = Journal(state_dir)
+    try:
+        if run_id is None:
+            run_id = journal.create_run(
+                site_name="bench",
+                site_path=str(state_dir),
+                site_digest="-",
+                playbook="bench",
+                playbook_digest="-",
+                plan_hash="-",
+                plan_json="{}",
+            )
+        began = time.perf_counter()
+        for n in range(writes):
+            journal.record(run_id, "check", phase="forward", payload={"n": n})
+        return (time.perf_counter() - began) / writes
+    finally:
+        journal.close()

@@ -4,7 +4,8 @@ The run is the real `Runner.start` of `migrate-to-redis`, in this process, again
 pairs. The product is not instrumented: for the time of the run this module wraps
 `Engine._run_action` (wall: `time.monotonic()`, the tool's own CPU: `time.process_time()`, which
 leaves out the child processes the site commands start and the lab's own processes) and
-`Journal._tx` (every journal write, with its fsync).
+`Journal._tx` (every journal write, with its fsync), and the engine's `build_gate_view` where it
+has one (a gate's view reads live session counts, even when --yes approves it unseen).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from rich.console import Console
 
+import ors_migrate.engine as engine_module
 from ors_migrate.engine import Engine
 from ors_migrate.journal import Journal
 from ors_migrate.lab.lab import LabShape, lab_down, lab_up
@@ -46,6 +48,7 @@ class Clocks:
 
     actions: dict[str, Spent] = field(default_factory=dict)
     journal: Spent = field(default_factory=Spent)
+    gate_views: Spent = field(default_factory=Spent)
 
     def action(self, name: str) -> Spent:
         return self.actions.setdefault(name, Spent())
@@ -53,8 +56,10 @@ class Clocks:
 
 @contextmanager
 def measured(clocks: Clocks) -> Iterator[None]:
-    """Wrap `Engine._run_action` and `Journal._tx` for the time of the `with` block."""
+    """Wrap `Engine._run_action`, `Journal._tx` and the engine's `build_gate_view` for the time
+    of the `with` block."""
     run_action, transaction = Engine._run_action, Journal._tx
+    gate_view = getattr(engine_module, "build_gate_view", None)
 
     def timed_action(engine: Engine, *args: Any, **kwargs: Any) -> Any:
         step = next(a for a in (*args, *kwargs.values()) if isinstance(a, PlannedAction))
@@ -66,13 +71,22 @@ def measured(clocks: Clocks) -> Iterator[None]:
         with _timer(clocks.journal.add), transaction(journal) as db:
             yield db
 
+    def timed_gate_view(*args: Any, **kwargs: Any) -> Any:
+        assert gate_view is not None
+        with _timer(clocks.gate_views.add):
+            return gate_view(*args, **kwargs)
+
     Engine._run_action = timed_action  # type: ignore[method-assign,assignment]
     Journal._tx = timed_transaction  # type: ignore[method-assign,assignment]
+    if gate_view is not None:
+        engine_module.build_gate_view = timed_gate_view
     try:
         yield
     finally:
         Engine._run_action = run_action  # type: ignore[method-assign]
         Journal._tx = transaction  # type: ignore[method-assign]
+        if gate_view is not None:
+            engine_module.build_gate_view = gate_view
 
 
 @contextmanager
@@ -171,9 +185,11 @@ def own_share(clocks: Clocks, wall: float, cpu: float, events: int) -> Iterator[
         f"{1000 * journal.wall_s / max(journal.count, 1):.1f} ms wall each "
         f"({journal.wall_s:.2f} s in all, fsync included)"
     )
+    views = clocks.gate_views
     yield (
-        f"  outside actions (load, plan, lock, topology, state bookkeeping): "
-        f"{wall - actions_wall:.2f} s wall"
+        f"  outside actions (load, plan, lock, live topology, gates, state bookkeeping): "
+        f"{wall - actions_wall:.2f} s wall, of which {views.count} gate views reading live "
+        f"session counts: {views.wall_s:.2f} s"
     )
     yield (
         f"  tool's own share of the run's wall time: CPU {cpu:.2f} s + journal fsync wait "

@@ -96,7 +96,9 @@ def slowlog_lines(lab: RedisClusterLab, port: int, most: int = 128) -> Iterator[
     if not entries:
         yield f"    127.0.0.1:{port}: (empty)"
     for entry in entries:
-        yield f"    127.0.0.1:{port}: {entry['duration'] / 1000:.1f} ms  {entry['command'][:80]}"
+        command = entry["command"]
+        text = command.decode() if isinstance(command, bytes) else str(command)
+        yield f"    127.0.0.1:{port}: {entry['duration'] / 1000:.1f} ms  {text[:80]}"
 
 
 def command_stats(lab: RedisClusterLab) -> Iterator[str]:

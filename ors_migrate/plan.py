@@ -14,8 +14,10 @@ from typing import Any
 
 from ors_migrate.actions.base import Preview, Target
 from ors_migrate.actions.registry import get_action
+from ors_migrate.errors import InputError
 from ors_migrate.playbook import LoadedPlaybook, StateSpec
 from ors_migrate.site import App, LoadedSite, Site
+from ors_migrate.yamlfile import LocatedDocument
 
 OptionValues = dict[tuple[str, str], str]
 CurrentOptions = Callable[[App], OptionValues | None]
@@ -115,8 +117,14 @@ class PlanningView:
     """What the planner predicts about the world as the plan unfolds: who is primary in each
     pair, and each application's option values (None where they could not be read)."""
 
-    def __init__(self, site: Site, current_options: CurrentOptions | None) -> None:
+    def __init__(
+        self,
+        site: Site,
+        current_options: CurrentOptions | None,
+        document: LocatedDocument | None = None,
+    ) -> None:
         self.site = site
+        self.document = document
         self.primary: dict[str, str] = {
             pair.name: pair.app_with_role("primary").name for _, pair in site.pairs()
         }
@@ -216,7 +224,10 @@ def _expand_state(site: Site, state: StateSpec, view: PlanningView) -> PlannedSt
                 role=spec.role,
                 changes_world=action.changes_world,
             )
-            step.preview = action.preview(step, view)
+            try:
+                step.preview = action.preview(step, view)
+            except InputError as exc:
+                raise locate_in_site(exc, view.site, view.document, step) from None
             planned.append(step)
     return PlannedState(
         id=state.id,
@@ -231,6 +242,25 @@ def _expand_state(site: Site, state: StateSpec, view: PlanningView) -> PlannedSt
         timeout_s=state.timeout_s,
         actions=planned,
     )
+
+
+def locate_in_site(
+    exc: InputError, site: Site, document: LocatedDocument | None, step: PlannedAction
+) -> InputError:
+    """A site problem an action found while planning, placed in the site file: at the field
+    it names, else at the application (or site) the step is about."""
+    if exc.file is not None or document is None:
+        return exc
+    loc: tuple[str | int, ...] = ()
+    if exc.field:
+        loc = tuple(
+            int(p) if p.isdigit() else p
+            for p in exc.field.replace("]", "").replace("[", ".").split(".")
+        )
+    line = document.line_of(loc) if loc else None
+    if (line is None or line == 1) and step.target.app:
+        line = document.line_of(site.app_loc(step.target.app))
+    return type(exc)(exc.detail, file=document.path, line=line, field=exc.field, rule=exc.rule)
 
 
 def plan_hash(plan: Plan) -> str:
@@ -255,7 +285,7 @@ def build_plan(
 ) -> Plan:
     """`flags` switch on optional states (`to_start`: restore option files as before the run)."""
     site = loaded_site.site
-    view = PlanningView(site, current_options)
+    view = PlanningView(site, current_options, loaded_site.document)
     states = [
         _expand_state(site, state, view)
         for state in playbook.spec.states

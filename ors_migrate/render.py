@@ -122,6 +122,8 @@ def as_mermaid(plan: Plan) -> str:
     """A state diagram: each state with its seed step, success and failure transitions, gates
     and the rollback point as notes."""
     lines = ["stateDiagram-v2"]
+    if not plan.states:
+        return "\n".join([*lines, "    [*] --> [*]: nothing to do for this site"])
     ids = [s.id.replace("-", "_") for s in plan.states]
     rollback_point = plan.rollback_point()
     for state, sid in zip(plan.states, ids, strict=True):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
+import string
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pydantic import (
     Field,
     ValidationError,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 from pydantic_core import ErrorDetails
@@ -150,6 +152,36 @@ class Host(StrictModel):
         return self
 
 
+SERVICE_PLACEHOLDERS = frozenset(
+    {"app", "host", "cluster", "pair", "peer", "install_dir", "primary", "backup", "version"}
+)
+BACKEND_PLACEHOLDERS = frozenset({"app", "host", "cluster", "pair", "changes_file"})
+FIPS_PLACEHOLDERS = frozenset({"host", "app", "install_dir", "env_file"})
+SNAPSHOT_PLACEHOLDERS = frozenset({"tag", "keyspace"})
+
+
+def check_template(value: str | None, allowed: frozenset[str]) -> str | None:
+    """A command or path template may use only its own {placeholders}; a literal brace is
+    written doubled, as in `awk '{{print $1}}'`."""
+    if value is None:
+        return value
+    hint = f"placeholders here: {', '.join('{' + a + '}' for a in sorted(allowed))}; " + (
+        "write a literal brace doubled ({{ or }})"
+    )
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+    except ValueError as exc:
+        raise ValueError(f"'{value}' is not a valid template ({exc}); {hint}") from None
+    for name in fields:
+        if name not in allowed:
+            raise ValueError(f"unknown placeholder {{{name}}} in '{value}'; {hint}")
+    return value
+
+
+def _templates(allowed: frozenset[str], *names: str) -> Any:
+    return field_validator(*names)(lambda value: check_template(value, allowed))
+
+
 class OptionsBackend(StrictModel):
     """Where application options are read and written (SPEC 3.4)."""
 
@@ -160,6 +192,8 @@ class OptionsBackend(StrictModel):
     backup_suffix: str = ".ors-migrate.bak"
     get_command: str | None = None
     set_command: str | None = None
+
+    _templates = _templates(BACKEND_PLACEHOLDERS, "path", "get_command", "set_command")
 
     @model_validator(mode="after")
     def _fields_for_kind(self) -> OptionsBackend:
@@ -189,6 +223,17 @@ class Services(StrictModel):
     )
     ready_timeout_s: float = Field(default=120.0, gt=0)
     poll_interval_s: float = Field(default=0.5, gt=0)
+
+    _templates = _templates(
+        SERVICE_PLACEHOLDERS,
+        "start",
+        "stop",
+        "status",
+        "switchover",
+        "version",
+        "sessions",
+        "upgrade",
+    )
 
 
 class App(StrictModel):
@@ -283,6 +328,8 @@ class CassandraRemoval(StrictModel):
     snapshot_command: str = "nodetool snapshot -t {tag} {keyspace}"
     list_snapshots_command: str = "nodetool listsnapshots"
 
+    _templates = _templates(SNAPSHOT_PLACEHOLDERS, "snapshot_command", "list_snapshots_command")
+
 
 class CassandraSettings(StrictModel):
     """The Cassandra cluster ORS persists to before the migration."""
@@ -316,6 +363,10 @@ class FipsSettings(StrictModel):
     security_pack_dir: str | None = None
     windows_config_dir: str | None = None
     verify_providers: bool = True
+
+    _templates = _templates(
+        FIPS_PLACEHOLDERS, "lca_env_file", "lca_restart", "openssl", "windows_config_dir"
+    )
 
 
 class OrsSettings(StrictModel):

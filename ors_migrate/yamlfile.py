@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +45,9 @@ class LocatedDocument:
         line: int | None = 1
         for key in loc:
             if isinstance(node, CommentedMap) and key in node:
-                line = node.lc.key(key)[0] + 1
+                # A key merged in with `<<:` has no position of its own: keep the map's line.
+                with contextlib.suppress(KeyError):
+                    line = node.lc.key(key)[0] + 1
                 node = node[key]
             elif isinstance(node, CommentedSeq) and isinstance(key, int) and 0 <= key < len(node):
                 line = node.lc.item(key)[0] + 1
@@ -78,6 +83,70 @@ def _explain(problem: str) -> str:
     if "'\\t'" in problem:
         return f"{problem}; YAML does not allow tabs for indentation, indent with spaces"
     return problem
+
+
+SURROGATE = re.compile("[\ud800-\udfff]")
+NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+MAX_DIGITS = 4000
+
+
+def text_of(node: Any) -> str:
+    """Every string of a loaded document, keys included, joined (to search them all at once)."""
+    parts: list[str] = []
+    stack = [node]
+    seen: set[int] = set()
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            parts.append(item)
+        elif isinstance(item, (dict, list)) and id(item) not in seen:
+            seen.add(id(item))
+            stack.extend(item.keys() if isinstance(item, dict) else ())
+            stack.extend(item.values() if isinstance(item, dict) else item)
+    return "\n".join(parts)
+
+
+def _line_of_text(text: str, needle: str) -> int | None:
+    """The line of a decoded character: searched in the source as an escape too."""
+    for form in (needle, f"\\u{ord(needle):04x}", f"\\u{ord(needle):04X}"):
+        index = text.find(form)
+        if index >= 0:
+            return text[:index].count("\n") + 1
+    return None
+
+
+def _warning_line(exc: Warning) -> int | None:
+    match = re.search(r"line (\d+)", str(exc))
+    return int(match.group(1)) if match else None
+
+
+def _unbuildable_scalar_line(yaml: YAML, text: str) -> int | None:
+    """The line of the first scalar that cannot become a value: one tagged as a number that is
+    not one, or a number too long to convert."""
+    from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
+    try:
+        root = yaml.compose(text)
+    except (YAMLError, ValueError, TypeError, RecursionError):
+        return None
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ScalarNode):
+            digits = sum(c.isdigit() for c in str(node.value))
+            if node.tag in NUMBER_TAGS or digits > MAX_DIGITS:
+                try:
+                    if digits > MAX_DIGITS:
+                        raise ValueError
+                    float(str(node.value).replace("_", ""))
+                except ValueError:
+                    return node.start_mark.line + 1
+        elif isinstance(node, MappingNode):
+            for key, value in reversed(node.value):
+                stack += [value, key]
+        elif isinstance(node, SequenceNode):
+            stack += list(reversed(node.value))
+    return None
 
 
 def load_yaml(path: str | Path, error: type[InputError], what: str) -> LocatedDocument:
@@ -118,7 +187,17 @@ def parse_yaml(raw: bytes, name: str, error: type[InputError], what: str) -> Loc
     yaml = YAML(typ="rt", pure=True)
     yaml.allow_duplicate_keys = False
     try:
-        root = yaml.load(text)
+        with warnings.catch_warnings():
+            # ruamel reports some problems (an anchor defined twice) only as warnings.
+            warnings.simplefilter("error")
+            root = yaml.load(text)
+    except Warning as exc:
+        raise error(
+            f"invalid YAML: {str(exc).strip().splitlines()[0]}",
+            file=name,
+            line=_warning_line(exc),
+            rule="yaml-syntax",
+        ) from None
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = mark.line + 1 if mark is not None else None
@@ -127,7 +206,21 @@ def parse_yaml(raw: bytes, name: str, error: type[InputError], what: str) -> Loc
     except YAMLError as exc:
         raise error(f"invalid YAML: {exc}", file=name, rule="yaml-syntax") from None
     except (ValueError, TypeError, RecursionError) as exc:
-        raise error(f"invalid YAML: {exc}", file=name, rule="yaml-syntax") from None
+        raise error(
+            f"invalid YAML: a value cannot be read: {str(exc)[:200]}",
+            file=name,
+            line=_unbuildable_scalar_line(yaml, text),
+            rule="yaml-syntax",
+        ) from None
+    surrogate = SURROGATE.search(text_of(root))
+    if surrogate is not None:
+        raise error(
+            "a string holds a lone UTF-16 surrogate (an escape such as \\ud83d): write the "
+            "character itself, or \\U0001F4C8",
+            file=name,
+            line=_line_of_text(text, surrogate.group()),
+            rule="text",
+        )
     if root is None:
         raise error(f"{what} is empty", file=name, line=1, rule="not-empty")
     if not isinstance(root, CommentedMap):

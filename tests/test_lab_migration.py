@@ -91,7 +91,10 @@ def test_full_migration_moves_every_application_to_redis_as_documented(make_lab,
             )
             assert keys, f"no keys under ORS:{cluster}"
             ttls = [client.ttl(k) for k in keys[:50]]
-            assert all(t > 0 for t in ttls), ttls
+            # -2: the session ended (ORS deleted its key) between SCAN and TTL; -1 would be a
+            # key without expiry, which ORS never writes.
+            assert all(t > 0 or t == -2 for t in ttls), ttls
+            assert sum(t > 0 for t in ttls) > len(ttls) // 2, ttls
     finally:
         client.close()
     assert RedisClusterLab.from_dir(lab.root).nodes == config["redis_nodes"]

@@ -52,6 +52,17 @@ class RedisMonitor(Action):
     name = "redis.monitor"
     scopes = frozenset({"site"})
 
+    @classmethod
+    def check_spec(cls, scope: str, spec: Any) -> str | None:
+        problem = super().check_spec(scope, spec)
+        window = spec.with_.get("window_s")
+        if problem is None and window is not None:
+            if isinstance(window, bool) or not isinstance(window, (int, float)) or window <= 0:
+                return f"action '{cls.name}': window_s must be a number of seconds above 0"
+            if window > 86400:
+                return f"action '{cls.name}': window_s must be at most 86400 seconds (a day)"
+        return problem
+
     def preview(self, step: PlannedAction, view: PlanningView) -> Preview:
         mon = view.site.redis.monitor
         window = float(step.args.get("window_s", mon.window_s))
@@ -162,7 +173,6 @@ class SessionsProcessed(Action):
         raise VerificationFailed(
             f"{primary} (primary of {step.target.ha_pair}) created no new session in {wait_s:g} s"
         )
-
 
     @staticmethod
     def _persistence_failing(primary: str, before: Any, details: dict[str, Any]) -> None:

@@ -155,8 +155,10 @@ class Host(StrictModel):
 SERVICE_PLACEHOLDERS = frozenset(
     {"app", "host", "cluster", "pair", "peer", "install_dir", "primary", "backup", "version"}
 )
-BACKEND_PLACEHOLDERS = frozenset({"app", "host", "cluster", "pair", "changes_file"})
-FIPS_PLACEHOLDERS = frozenset({"host", "app", "install_dir", "env_file"})
+BACKEND_PLACEHOLDERS = frozenset({"app", "host", "cluster", "pair"})
+SET_COMMAND_PLACEHOLDERS = BACKEND_PLACEHOLDERS | {"changes_file"}
+FIPS_PATH_PLACEHOLDERS = frozenset({"host", "app", "install_dir"})
+LCA_RESTART_PLACEHOLDERS = frozenset({"host", "env_file"})
 SNAPSHOT_PLACEHOLDERS = frozenset({"tag", "keyspace"})
 
 
@@ -193,7 +195,8 @@ class OptionsBackend(StrictModel):
     get_command: str | None = None
     set_command: str | None = None
 
-    _templates = _templates(BACKEND_PLACEHOLDERS, "path", "get_command", "set_command")
+    _templates = _templates(BACKEND_PLACEHOLDERS, "path", "get_command")
+    _set_template = _templates(SET_COMMAND_PLACEHOLDERS, "set_command")
 
     @model_validator(mode="after")
     def _fields_for_kind(self) -> OptionsBackend:
@@ -364,9 +367,10 @@ class FipsSettings(StrictModel):
     windows_config_dir: str | None = None
     verify_providers: bool = True
 
-    _templates = _templates(
-        FIPS_PLACEHOLDERS, "lca_env_file", "lca_restart", "openssl", "windows_config_dir"
+    _path_templates = _templates(
+        FIPS_PATH_PLACEHOLDERS, "lca_env_file", "openssl", "windows_config_dir"
     )
+    _restart_template = _templates(LCA_RESTART_PLACEHOLDERS, "lca_restart")
 
 
 class OrsSettings(StrictModel):

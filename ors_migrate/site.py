@@ -195,7 +195,7 @@ class OptionsBackend(StrictModel):
     get_command: str | None = None
     set_command: str | None = None
 
-    _templates = _templates(BACKEND_PLACEHOLDERS, "path", "get_command")
+    _check_templates = _templates(BACKEND_PLACEHOLDERS, "path", "get_command")
     _set_template = _templates(SET_COMMAND_PLACEHOLDERS, "set_command")
 
     @model_validator(mode="after")
@@ -227,7 +227,7 @@ class Services(StrictModel):
     ready_timeout_s: float = Field(default=120.0, gt=0)
     poll_interval_s: float = Field(default=0.5, gt=0)
 
-    _templates = _templates(
+    _check_templates = _templates(
         SERVICE_PLACEHOLDERS,
         "start",
         "stop",
@@ -331,7 +331,7 @@ class CassandraRemoval(StrictModel):
     snapshot_command: str = "nodetool snapshot -t {tag} {keyspace}"
     list_snapshots_command: str = "nodetool listsnapshots"
 
-    _templates = _templates(SNAPSHOT_PLACEHOLDERS, "snapshot_command", "list_snapshots_command")
+    _check_templates = _templates(SNAPSHOT_PLACEHOLDERS, "snapshot_command", "list_snapshots_command")
 
 
 class CassandraSettings(StrictModel):

@@ -42,7 +42,13 @@ from ors_migrate.actions.registry import known_actions
 from ors_migrate.errors import InputError
 from ors_migrate.lab.lab import LabShape, _lab_config, _site_yaml
 from ors_migrate.lab.layout import LabLayout
-from ors_migrate.playbook import ActionSpec, LoadedPlaybook, StateSpec, load_playbook
+from ors_migrate.playbook import (
+    ActionSpec,
+    LoadedPlaybook,
+    StateSpec,
+    load_playbook,
+    resolve_playbook_path,
+)
 from ors_migrate.render import FORMATS, render_plan
 from ors_migrate.rules import Finding, check
 from ors_migrate.runner import make_plan
@@ -312,6 +318,7 @@ PLACEHOLDERS = ["{app}", "{host}", "{cluster}", "{pair}", "{peer}", "{install_di
 ODD_TEXT = [
     "", " ", "{unknown}", "{", "}", "{0}", "{app!r}", "{app.real}", "awk '{print $1}'", "x" * 300,
     "env:X", "prompt", "file:/x", "8.1.401.10", "abc", "host:6379", "é\u202e", "\ud800",
+    "x {version}", "x {primary}", "x {backup}", "x {env_file}", "x {changes_file}", "{{x}}",
 ]  # fmt: skip
 odd_scalars = st.one_of(
     st.none(),
@@ -637,12 +644,13 @@ def is_yaml(raw: bytes) -> bool:
     return True
 
 
-def assert_located(err: InputError, path: Path, raw: bytes) -> None:
+def assert_located(err: InputError, inputs: dict[str, bytes]) -> None:
+    """Each problem names one of the input files, and its line whenever that file is YAML."""
     printable(err.render())
     for problem in getattr(err, "problems", [err]):
-        assert problem.file == str(path), f"error names no file: {problem.render()}"
+        assert problem.file in inputs, f"error names no input file: {problem.render()}"
         if problem.line is None:
-            assert not is_yaml(raw), f"error on YAML input names no line: {problem.render()}"
+            assert not is_yaml(inputs[problem.file]), f"error names no line: {problem.render()}"
 
 
 def assert_findings_located(findings: list[Finding]) -> None:
@@ -682,9 +690,10 @@ def innermost_product_frame(exc: BaseException) -> str:
 
 @dataclass(frozen=True)
 class KnownBug:
-    """A bug already reported to the owner of `owner_file`. Inputs that hit it are counted, not
-    failed, so that the fuzzing keeps looking for new ones; its regression case below is a
-    strict xfail, which fails once the bug is fixed: then remove both."""
+    """A bug the fuzzing found, reported to the owner of `owner_file`. While it is in
+    KNOWN_BUGS, inputs that hit it are counted, not failed, so that the fuzzing keeps looking
+    for new ones, and its minimal cases below are strict xfails: they fail once the bug is
+    fixed, and then it leaves KNOWN_BUGS while its cases stay as regression tests."""
 
     name: str
     owner_file: str
@@ -776,10 +785,20 @@ CONSTRUCT_UNLOCATED = KnownBug(
     "ors_migrate/yamlfile.py",
     **unlocated("yaml-syntax"),
 )
-KNOWN_BUGS = [
-    TEMPLATE_BRACES, EMPTY_MERMAID, ARGUMENT_TYPE, MERGED_KEY, SURROGATES, ANCHOR_WARNING,
-    PLAN_TIME_UNLOCATED, CONSTRUCT_UNLOCATED,
-]  # fmt: skip
+PLACEHOLDER_NOT_FILLED = KnownBug(
+    "a placeholder the site file accepts for a template is not filled for that template",
+    f"{SITE_OWNER} (placeholders per template, not per section) or the crash sites: "
+    f"{', '.join(TEMPLATE_FILLERS)}",
+    **crash_in(TEMPLATE_FILLERS, KeyError),
+)
+SERVICE_PLACEHOLDER_NOT_FILLED = KnownBug(
+    "a service command accepts {version}, {primary} and {backup}, filled only for upgrade and "
+    "switchover",
+    f"{SITE_OWNER} (placeholders per service command) or ors_migrate/actions/service.py",
+    **crash_in("actions/service.py:render", KeyError),
+)
+# The bugs above but the last are fixed and no longer tolerated; each keeps its minimal case.
+KNOWN_BUGS: list[KnownBug] = [SERVICE_PLACEHOLDER_NOT_FILLED]
 
 
 def known_bug(exc: BaseException) -> bool:
@@ -799,16 +818,20 @@ def warnings_as_errors() -> Iterator[None]:
         yield
 
 
-def check_input(raw: bytes, path: Path, run: Callable[[Path], None], kind: str) -> None:
-    """Run `run` on the input written to `path`: it plans, or a located InputError comes out."""
+def check_input(
+    raw: bytes, path: Path, run: Callable[[Path], None], partner: str, kind: str
+) -> None:
+    """Run `run` on the input written to `path`: it plans, or an InputError comes out that is
+    located in that file or in its `partner` (the seed site or playbook it is planned with)."""
     path.write_bytes(raw)
+    inputs = {str(path): raw, partner: Path(partner).read_bytes()}
     CASES[kind] += 1
     try:
         with time_limit(CASE_TIME_LIMIT_S), warnings_as_errors():
             run(path)
     except InputError as err:
         try:
-            assert_located(err, path, raw)
+            assert_located(err, inputs)
         except AssertionError:
             if not known_bug(err):
                 raise
@@ -865,28 +888,35 @@ def test_every_seed_site_plans_with_a_seed_playbook():
 @fuzz_settings(650)
 @given(case=mutated_sites())
 def test_mutated_site_files_get_a_located_error_or_a_plan(case, playbooks, workdir):
-    raw, playbook = case
-    check_input(raw, workdir / "site.yaml", site_runner(playbooks[playbook]), "site mutated")
+    raw, chosen = case
+    playbook = playbooks[chosen]
+    check_input(raw, workdir / "site.yaml", site_runner(playbook), playbook.path, "site mutated")
 
 
 @fuzz_settings(450)
-@given(raw=generated(clean_sites()), playbook=any_playbook)
-def test_generated_site_files_get_a_located_error_or_a_plan(raw, playbook, playbooks, workdir):
-    check_input(raw, workdir / "site.yaml", site_runner(playbooks[playbook]), "site generated")
+@given(raw=generated(clean_sites()), chosen=any_playbook)
+def test_generated_site_files_get_a_located_error_or_a_plan(raw, chosen, playbooks, workdir):
+    playbook = playbooks[chosen]
+    runner = site_runner(playbook)
+    check_input(raw, workdir / "site.yaml", runner, playbook.path, "site generated")
 
 
 @fuzz_settings(450)
 @given(case=mutated_playbooks())
 def test_mutated_playbooks_get_a_located_error_or_a_plan(case, sites, workdir):
-    raw, site = case
-    check_input(raw, workdir / "playbook.yaml", playbook_runner(sites[site]), "playbook mutated")
+    raw, chosen = case
+    site = sites[chosen]
+    check_input(
+        raw, workdir / "playbook.yaml", playbook_runner(site), site.path, "playbook mutated"
+    )
 
 
 @fuzz_settings(450)
-@given(raw=generated(clean_playbooks()), site=any_site)
-def test_generated_playbooks_get_a_located_error_or_a_plan(raw, site, sites, workdir):
-    runner = playbook_runner(sites[site])
-    check_input(raw, workdir / "playbook.yaml", runner, "playbook generated")
+@given(raw=generated(clean_playbooks()), chosen=any_site)
+def test_generated_playbooks_get_a_located_error_or_a_plan(raw, chosen, sites, workdir):
+    site = sites[chosen]
+    runner = playbook_runner(site)
+    check_input(raw, workdir / "playbook.yaml", runner, site.path, "playbook generated")
 
 
 # --- the real command line ---------------------------------------------------------------------
@@ -901,15 +931,11 @@ class CliCase:
     raw: bytes
     partner: int  # the seed playbook of a site case, the seed site of a playbook case
 
-    def commands(self, path: Path, seed_sites: list[Path]) -> list[list[str]]:
+    def files(self, path: Path, seed_sites: list[Path]) -> tuple[Path, Path]:
+        """The site file and the playbook file of the case, the input written to `path`."""
         if self.kind == "site":
-            site, playbook = str(path), str(PLAYBOOK_FILES[self.partner])
-        else:
-            site, playbook = str(seed_sites[self.partner]), str(path)
-        return [
-            ["validate", site, "--playbook", playbook],
-            ["plan", site, "--playbook", playbook, "--format", "json"],
-        ]
+            return path, PLAYBOOK_FILES[self.partner]
+        return seed_sites[self.partner], path
 
 
 cli_cases = st.one_of(
@@ -920,10 +946,10 @@ cli_cases = st.one_of(
 )
 
 
-def cli_problem(args: list[str], raw: bytes, path: Path) -> str | None:
+def cli_problem(args: list[str], inputs: dict[str, bytes]) -> str | None:
     """What is wrong with how the command line answered, or None (a known bug is counted)."""
     result = cli(*args, timeout=120)
-    problem = answer_problem(args, raw, path, result)
+    problem = answer_problem(args, inputs, result)
     known = next((bug for bug in KNOWN_BUGS if bug.seen_on_stderr(result.stderr)), None)
     if problem and known:
         KNOWN_HITS[f"{known.name} (command line)"] += 1
@@ -932,7 +958,7 @@ def cli_problem(args: list[str], raw: bytes, path: Path) -> str | None:
 
 
 def answer_problem(
-    args: list[str], raw: bytes, path: Path, result: subprocess.CompletedProcess[str]
+    args: list[str], inputs: dict[str, bytes], result: subprocess.CompletedProcess[str]
 ) -> str | None:
     if "Traceback" in result.stderr:
         return f"traceback:\n{result.stderr[-3000:]}"
@@ -941,8 +967,12 @@ def answer_problem(
     if result.returncode not in (0, 2):
         return f"exit {result.returncode}: {result.stderr[-1000:]}"
     if result.returncode == 2 and result.stderr.startswith("error: "):
-        where = re.escape(f"error: {path}") + (r":\d+" if is_yaml(raw) else "")
-        return None if re.match(where, result.stderr) else f"not located: {result.stderr[:1000]}"
+        for path, raw in inputs.items():
+            if re.match(
+                re.escape(f"error: {path}") + (r":\d+" if is_yaml(raw) else ""), result.stderr
+            ):
+                return None
+        return f"not located: {result.stderr[:1000]}"
     findings = result.stdout if args[0] == "validate" else result.stderr
     for line in findings.splitlines()[:-1]:
         if not re.match(r"\S+:\d+: ", line):
@@ -955,10 +985,15 @@ def answer_problem(
 def run_cli_case(index: int, case: CliCase, directory: Path, seed_sites: list[Path]) -> list[str]:
     path = directory / f"cli-{index}.yaml"
     path.write_bytes(case.raw)
+    site, playbook = case.files(path, seed_sites)
+    inputs = {str(site): site.read_bytes(), str(playbook): playbook.read_bytes()}
     problems = []
-    for args in case.commands(path, seed_sites):
+    for args in (
+        ["validate", str(site), "--playbook", str(playbook)],
+        ["plan", str(site), "--playbook", str(playbook), "--format", "json"],
+    ):
         CASES["command line"] += 1
-        problem = cli_problem(args, case.raw, path)
+        problem = cli_problem(args, inputs)
         if problem:
             problems.append(f"{' '.join(args)}: {problem}")
     return problems
@@ -1100,16 +1135,17 @@ def plan_strictly(workdir: Path, site_text: str, playbook: str) -> None:
     `playbook` is a bundled playbook's name or a playbook's text."""
     site_path = workdir / "regression-site.yaml"
     site_path.write_text(site_text)
+    playbook_path = resolve_playbook_path(playbook)
     if "\n" in playbook:
-        (workdir / "regression-playbook.yaml").write_text(playbook)
-        playbook = str(workdir / "regression-playbook.yaml")
+        playbook_path = workdir / "regression-playbook.yaml"
+        playbook_path.write_text(playbook)
+    inputs = {str(p): p.read_bytes() for p in (site_path, playbook_path)}
     with warnings_as_errors():
         try:
-            validate_and_plan(load_site(site_path), load_playbook(playbook))
+            validate_and_plan(load_site(site_path), load_playbook(str(playbook_path)))
         except InputError as err:
-            raw = Path(err.file).read_bytes() if err.file else b""
             try:
-                assert_located(err, Path(err.file or "(no file)"), raw)
+                assert_located(err, inputs)
             except AssertionError as exc:
                 raise Unlocated(str(exc)) from None
 
@@ -1117,10 +1153,13 @@ def plan_strictly(workdir: Path, site_text: str, playbook: str) -> None:
 def found(
     case_id: str, site_text: str, playbook: str, bug: KnownBug, raises: type[BaseException]
 ) -> Any:
-    """A minimal input of a known bug: a strict xfail that expects exactly how it fails now."""
-    reason = f"{bug.name}; owner: {bug.owner_file}"
-    xfail = pytest.mark.xfail(strict=True, raises=raises, reason=reason)
-    return pytest.param(site_text, playbook, id=case_id, marks=xfail)
+    """The minimal input of a bug the fuzzing found: a plan or a located error once the bug is
+    fixed; while it is in KNOWN_BUGS, a strict xfail that expects exactly how it fails."""
+    if bug in KNOWN_BUGS:
+        reason = f"{bug.name}; owner: {bug.owner_file}"
+        xfail = pytest.mark.xfail(strict=True, raises=raises, reason=reason)
+        return pytest.param(site_text, playbook, id=case_id, marks=xfail)
+    return pytest.param(site_text, playbook, id=case_id)
 
 
 SITE = MINIMAL_SITE
@@ -1155,6 +1194,21 @@ REGRESSIONS = [
           "migrate-to-redis", CONSTRUCT_UNLOCATED, Unlocated),
     found("number-of-5000-digits", edit(SITE, "version: 1", "version: " + "9" * 5000),
           "migrate-to-redis", CONSTRUCT_UNLOCATED, Unlocated),
+    found("start-command-with-the-upgrade-version",
+          edit(SITE, "start: mlcmd -start {app}", "start: mlcmd -start {app} {version}"),
+          "migrate-to-redis", SERVICE_PLACEHOLDER_NOT_FILLED, KeyError),
+    found("status-command-with-the-switchover-primary",
+          edit(SITE, "status: ors-role {app}", "status: ors-role {primary}"), "migrate-to-redis",
+          SERVICE_PLACEHOLDER_NOT_FILLED, KeyError),
+    found("lca-restart-command-with-the-app",
+          edit(SITE, "lca_env_file: /etc/lca.env",
+               "lca_env_file: /etc/lca.env\n    lca_restart: systemctl restart lca-{app}"),
+          "fips-linux", PLACEHOLDER_NOT_FILLED, KeyError),
+    found("lca-env-file-with-the-env-file", edit(SITE, "/etc/lca.env", "/etc/{env_file}"),
+          "fips-linux", PLACEHOLDER_NOT_FILLED, KeyError),
+    found("options-path-with-the-changes-file",
+          edit(LOCAL_INI_SITE, "/opt/{application}/", "/opt/{changes_file}/"),
+          "migrate-to-redis", PLACEHOLDER_NOT_FILLED, KeyError),
 ]  # fmt: skip
 
 

@@ -215,12 +215,33 @@ def run(
             "Repeat for each rule.",
         ),
     ] = None,
+    switchover_below: Annotated[
+        int | None,
+        typer.Option(
+            "--switchover-below",
+            min=1,
+            help="Before the first switchover of each pair (sessions in progress are lost "
+            "there), wait until its primary has fewer than N sessions in progress...",
+        ),
+    ] = None,
+    switchover_wait: Annotated[
+        float,
+        typer.Option(
+            "--switchover-wait", min=0, help="...for at most this many seconds, then switch."
+        ),
+    ] = 60.0,
     state_dir: StateDirOpt = None,
 ) -> None:
     """Execute a playbook against a site, journaled so that it can be resumed."""
+    from ors_migrate.engine import SwitchoverPolicy
     from ors_migrate.runner import Runner
 
-    runner = Runner(_state_dir(state_dir), _ui(yes))
+    policy = (
+        SwitchoverPolicy(switchover_below, switchover_wait)
+        if switchover_below is not None
+        else None
+    )
+    runner = Runner(_state_dir(state_dir), _ui(yes), switchover_policy=policy)
     try:
         run_id, outcome = runner.start(
             str(site),

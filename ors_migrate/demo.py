@@ -10,6 +10,11 @@ from typing import Any
 
 from ors_migrate.errors import OrsMigrateError
 
+# The lab's call load swings between about 7 and 50 sessions in progress per primary over
+# 30 s; the demo waits up to one swing for fewer than 14 before the first switchover.
+QUIET_BELOW = 14
+QUIET_WAIT_S = 30.0
+
 
 def _state_durations(journal: Any, run_id: str) -> list[tuple[str, str, float]]:
     rows = []
@@ -29,6 +34,33 @@ def _state_durations(journal: Any, run_id: str) -> list[tuple[str, str, float]]:
     return rows
 
 
+def _quiet_wait_lines(journal: Any, run_id: str) -> list[str]:
+    """The first switchover of each pair (enable.1) loses the sessions in progress: what an
+    immediate switchover would have lost, against what waiting for a quieter moment lost."""
+    lines = ["First switchover (enable.1): sessions lost without waiting vs. with waiting:"]
+    at_risk = lost_total = 0
+    for event in journal.events(run_id):
+        observed = event.payload.get("observed", {}) if event.kind == "action_ended" else {}
+        wait = observed.get("quiet_wait")
+        if not wait:
+            continue
+        lost = (observed.get("promotion") or {}).get("lost")
+        at_risk += wait["sessions_when_due"] or 0
+        lost_total += lost or 0
+        lines.append(
+            f"  {observed['primary']:<16} switching at once: {wait['sessions_when_due']!s:>4} "
+            f"at risk; after waiting {wait['waited_s']:5.1f} s (for < {wait['below']}): "
+            f"{lost!s:>4} lost"
+        )
+    if len(lines) == 1:
+        lines.append("  (no wait: run with --switchover-below N to wait for a quieter moment)")
+    else:
+        lines.append(
+            f"  in all: {at_risk} at risk switching at once, {lost_total} lost after waiting"
+        )
+    return lines
+
+
 def summary_text(
     journal: Any, run_id: str, status: dict[str, Any], outcome: Any, wall_s: float
 ) -> str:
@@ -44,6 +76,7 @@ def summary_text(
             f"in progress {promo['in_progress']:>4}  restored {promo['restored']:>4}  "
             f"lost {promo['lost']:>4}"
         )
+    lines += ["", *_quiet_wait_lines(journal, run_id)]
     lines.append("")
     lines.append("Applications at the end:")
     for a in status["apps"]:
@@ -57,6 +90,7 @@ def summary_text(
 
 
 def run_demo(*, keep: bool = False, pairs_per_cluster: int = 2) -> int:
+    from ors_migrate.engine import SwitchoverPolicy
     from ors_migrate.journal import Journal
     from ors_migrate.lab.lab import LabShape, lab_down, lab_status, lab_up
     from ors_migrate.runner import Runner
@@ -69,7 +103,8 @@ def run_demo(*, keep: bool = False, pairs_per_cluster: int = 2) -> int:
         layout = lab_up(root / "lab", LabShape(pairs_per_cluster=pairs_per_cluster))
         print(f"demo: lab up in {time.monotonic() - started:.1f} s; migrating", file=sys.stderr)
         state_dir = root / "state"
-        runner = Runner(state_dir, Ui(assume_yes=True))
+        policy = SwitchoverPolicy(below=QUIET_BELOW, wait_s=QUIET_WAIT_S)
+        runner = Runner(state_dir, Ui(assume_yes=True), switchover_policy=policy)
         try:
             run_id, outcome = runner.start(
                 str(layout.site), "migrate-to-redis", resume=False, run_id=None, auto_rollback=True

@@ -34,6 +34,18 @@ ROLLBACK_EVENTS = ("rollback_started", "rollback_requested")
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class SwitchoverPolicy:
+    """Before a switchover that allows it, wait up to `wait_s` for the primary to have fewer
+    than `below` sessions in progress (they are at risk at the first switchover)."""
+
+    below: int
+    wait_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"below": self.below, "wait_s": self.wait_s}
+
+
 @dataclass
 class RunContext:
     """Everything an action may use. Built once per run (one composition root)."""
@@ -48,6 +60,7 @@ class RunContext:
     services: ServiceControl = field(init=False)
     origin_run_id: str = ""
     phase: str = FORWARD
+    switchover_policy: SwitchoverPolicy | None = None
 
     def __post_init__(self) -> None:
         self.pool = TransportPool(self.site, self.secrets)

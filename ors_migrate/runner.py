@@ -20,6 +20,7 @@ from ors_migrate.engine import (
     Engine,
     Outcome,
     RunContext,
+    SwitchoverPolicy,
     check_live_topology,
     live_primaries,
     settled_pair_status,
@@ -231,10 +232,13 @@ def refuse_rule_errors(
 
 
 class Runner:
-    def __init__(self, state_dir: Path, ui: Ui) -> None:
+    def __init__(
+        self, state_dir: Path, ui: Ui, *, switchover_policy: SwitchoverPolicy | None = None
+    ) -> None:
         self.state_dir = state_dir
         self.ui = ui
         self.journal = Journal(state_dir)
+        self.switchover_policy = switchover_policy
 
     def close(self) -> None:
         self.journal.close()
@@ -266,7 +270,18 @@ class Runner:
 
     # Composition
     def _context(self, loaded: LoadedSite, run_id: str) -> RunContext:
-        return RunContext(loaded, run_id, self.journal, self.ui, Secrets(), operator_name())
+        ctx = RunContext(loaded, run_id, self.journal, self.ui, Secrets(), operator_name())
+        ctx.switchover_policy = self.switchover_policy or self._journaled_policy(run_id)
+        return ctx
+
+    def _journaled_policy(self, run_id: str) -> SwitchoverPolicy | None:
+        """A resumed run keeps the switchover policy it started with."""
+        if not run_id:
+            return None
+        for event in self.journal.events(run_id):
+            if event.kind == "switchover_policy":
+                return SwitchoverPolicy(int(event.payload["below"]), float(event.payload["wait_s"]))
+        return None
 
     def _rollback_plan_factory(
         self, loaded: LoadedSite, name: str | None, flags: frozenset[str]
@@ -356,6 +371,8 @@ class Runner:
             ctx.record("topology", payload={"primaries": primaries})
             if overridden:
                 ctx.record("rules_overridden", payload={"rules": overridden, "by": ctx.operator})
+            if ctx.switchover_policy is not None:
+                ctx.record("switchover_policy", payload=ctx.switchover_policy.as_dict())
         except BaseException:
             ctx.close()
             raise

@@ -161,7 +161,7 @@ class SessionsProcessed(Action):
                 return {"primary": primary, "observable": False}
             count = ctx.services.run("sessions", primary).stdout.strip()
             return {"primary": primary, "active_sessions": count}
-        wait_s = float(step.args.get("wait_s", 3))
+        wait_s = float(step.args.get("wait_s", 5))
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             time.sleep(0.5)

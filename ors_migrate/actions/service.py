@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ors_migrate.actions.base import CommandResult, Preview
 from ors_migrate.actions.registry import Action
-from ors_migrate.errors import CommandFailed, VerificationFailed
+from ors_migrate.errors import CommandFailed, OrsMigrateError, VerificationFailed
 from ors_migrate.options import CASSANDRA, PERSISTENCE, REDIS, TYPE, version_at_least
 from ors_migrate.site import Site
 
@@ -112,6 +112,20 @@ class ServiceControl:
     def pair_status(self, pair_name: str) -> dict[str, AppStatus]:
         _, pair = self.site.find_pair(pair_name)
         return {a.name: self.status(a.name) for a in pair.apps}
+
+    def active_sessions(self, app_name: str) -> int | None:
+        """Sessions in progress on an application, from the site's `sessions` command; None when
+        there is no such command or it does not answer with a number."""
+        if self.services.sessions is None:
+            return None
+        try:
+            result = self.run("sessions", app_name, check=False)
+        except OrsMigrateError:
+            return None
+        words = result.stdout.split()
+        if result.exit_code != 0 or not words or not words[0].isdigit():
+            return None
+        return int(words[0])
 
     def app_in_role(self, pair_name: str, role: str) -> str:
         statuses = self.pair_status(pair_name)
@@ -303,15 +317,37 @@ class Switchover(Action):
             time.sleep(services.poll_interval_s)
 
     def apply(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> dict[str, Any]:
+        quiet_wait = self._wait_for_quiet(ctx, step, intent)
         promoted = ctx.services.switchover(
             intent["pair"], intent["old_primary"], intent["new_primary"]
         )
-        return {
+        observed = {
             "primary": intent["new_primary"],
             "backup": intent["old_primary"],
             "type": promoted.type,
             "promotion": promoted.details.get("last_promotion"),
         }
+        if quiet_wait is not None:
+            observed["quiet_wait"] = quiet_wait
+        return observed
+
+    @staticmethod
+    def _wait_for_quiet(
+        ctx: RunContext, step: PlannedAction, intent: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """With `--switchover-below N --switchover-wait T`, a switchover whose playbook step
+        allows it (`wait_for_quiet: true`, the first one, where sessions in progress are lost)
+        waits for a quieter moment on the old primary, up to T seconds."""
+        policy = ctx.switchover_policy
+        if policy is None or not step.args.get("wait_for_quiet") or not ctx.site.services.sessions:
+            return None
+        return ctx.ui.wait_for_quiet(
+            f"{intent['pair']} ({intent['old_primary']})",
+            lambda: ctx.services.active_sessions(intent["old_primary"]),
+            below=policy.below,
+            wait_s=policy.wait_s,
+            interval_s=ctx.site.services.poll_interval_s,
+        )
 
 
 class VerifyPair(Action):

@@ -322,6 +322,7 @@ def _lab_config(
         "session_min_s": 2.0,
         "session_max_s": 5.0,
         "session_ttl_s": 300,
+        "session_wave_s": 30.0,
         "monitor_window_s": shape.monitor_window_s,
         "clusters": clusters,
         "pairs": pairs,

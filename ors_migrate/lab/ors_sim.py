@@ -14,6 +14,7 @@ import argparse
 import configparser
 import http.server
 import json
+import math
 import os
 import random
 import signal
@@ -27,6 +28,7 @@ from ors_migrate.lab.layout import LabLayout, pid_alive, read_json, read_pid, wr
 
 REDIS_MIN_VERSION = (8, 1, 401, 10)
 TICK_S = 0.05
+WAVE_DEPTH = 0.75  # the rate swings between a quarter and 1.75 times the mean
 
 
 class StartRefused(Exception):
@@ -151,6 +153,7 @@ class Simulator:
         self.min_s = float(config.get("session_min_s", 2.0))
         self.max_s = float(config.get("session_max_s", 5.0))
         self.ttl_s = int(config.get("session_ttl_s", 300))
+        self.wave_s = float(config.get("session_wave_s", 0))
         self.role = "backup"
         self.started_at = time.time()
         self.instance = f"{os.getpid()}-{int(self.started_at * 1000)}"
@@ -292,7 +295,7 @@ class Simulator:
             if ends <= now:
                 del self.active[session_id]
                 self._persist(self.store.delete, self.pair, session_id)
-        expected = self.rate * elapsed
+        expected = self.current_rate() * elapsed
         count = int(expected) + (1 if random.random() < expected - int(expected) else 0)
         for _ in range(count):
             self.serial += 1
@@ -306,6 +309,14 @@ class Simulator:
                 json.dumps({"app": self.app, "created": now}),
                 self.ttl_s,
             )
+
+    def current_rate(self) -> float:
+        """Sessions per second now. Call load rises and falls (a wave of `wave_s` seconds, the
+        same for every application), so a quieter moment for a switchover comes and goes."""
+        if self.wave_s <= 0:
+            return self.rate
+        phase = 2 * math.pi * time.time() / self.wave_s
+        return self.rate * (1 + WAVE_DEPTH * math.sin(phase))
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))

@@ -1,0 +1,53 @@
+"""`--switchover-below N --switchover-wait T`: before the first switchover of each pair, where
+the sessions in progress are lost, the run waits for a quieter moment on the primary, journals
+what it saw, and switches anyway once T has passed."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import cli
+
+from ors_migrate.journal import Journal
+
+
+def test_first_switchover_waits_for_fewer_sessions_and_journals_what_it_saw(make_lab, tmp_path):
+    lab = make_lab(clusters=1, pairs_per_cluster=1)
+    state_dir = tmp_path / "state"
+    done = cli(
+        "run",
+        str(lab.site),
+        "--yes",
+        "--state-dir",
+        str(state_dir),
+        "--switchover-below",
+        "14",
+        "--switchover-wait",
+        "40",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    journal = Journal(state_dir)
+    try:
+        run_id = journal.runs()[-1].run_id
+        events = journal.events(run_id)
+    finally:
+        journal.close()
+    assert [e.payload for e in events if e.kind == "switchover_policy"] == [
+        {"below": 14, "wait_s": 40.0}
+    ]
+    waits = [
+        (e.state_id, e.payload["observed"])
+        for e in events
+        if e.kind == "action_ended" and "quiet_wait" in e.payload.get("observed", {})
+    ]
+    # Only enable.1 waits: at enable.4 the sessions in progress are restored from Redis.
+    assert [state for state, _ in waits] == ["enable-redis-on-backups"]
+    wait = waits[0][1]["quiet_wait"]
+    assert wait["sessions_when_due"] is not None and wait["polls"] >= 1
+    assert wait["quiet"] == (wait["sessions_at_switchover"] < 14)
+    assert wait["quiet"] or wait["waited_s"] >= 40
+    promotions = [json.loads(line) for line in lab.events.read_text().splitlines()]
+    first_to_redis = next(p for p in promotions if p["store"] == "redis")
+    # What the switchover lost is what was in progress when it finally happened.
+    assert first_to_redis["lost"] <= wait["sessions_at_switchover"] + 8

@@ -150,6 +150,8 @@ def _run_and_report(
         f"  {pairs} HA pairs ({shape_text}, {2 * pairs} simulated ORS, 6 redis-server): "
         f"run {outcome.status} in {wall:.1f} s wall (lab up took {lab_s:.1f} s)"
     )
+    if outcome.status != "succeeded":
+        yield f"  the run did not succeed: {outcome.message}"
     yield from action_table(clocks)
     yield from own_share(clocks, wall, cpu, events)
 

@@ -152,9 +152,9 @@ class Host(StrictModel):
         return self
 
 
-SERVICE_PLACEHOLDERS = frozenset(
-    {"app", "host", "cluster", "pair", "peer", "install_dir", "primary", "backup", "version"}
-)
+SERVICE_PLACEHOLDERS = frozenset({"app", "host", "cluster", "pair", "peer", "install_dir"})
+SWITCHOVER_PLACEHOLDERS = SERVICE_PLACEHOLDERS | {"primary", "backup"}
+UPGRADE_PLACEHOLDERS = SERVICE_PLACEHOLDERS | {"version"}
 BACKEND_PLACEHOLDERS = frozenset({"app", "host", "cluster", "pair"})
 SET_COMMAND_PLACEHOLDERS = BACKEND_PLACEHOLDERS | {"changes_file"}
 FIPS_PATH_PLACEHOLDERS = frozenset({"host", "app", "install_dir"})
@@ -228,15 +228,10 @@ class Services(StrictModel):
     poll_interval_s: float = Field(default=0.5, gt=0)
 
     _check_templates = _templates(
-        SERVICE_PLACEHOLDERS,
-        "start",
-        "stop",
-        "status",
-        "switchover",
-        "version",
-        "sessions",
-        "upgrade",
+        SERVICE_PLACEHOLDERS, "start", "stop", "status", "version", "sessions"
     )
+    _check_switchover = _templates(SWITCHOVER_PLACEHOLDERS, "switchover")
+    _check_upgrade = _templates(UPGRADE_PLACEHOLDERS, "upgrade")
 
 
 class App(StrictModel):

@@ -121,8 +121,8 @@ def _warning_line(exc: Warning) -> int | None:
 
 
 def _unbuildable_scalar_line(yaml: YAML, text: str) -> int | None:
-    """The line of the first scalar that cannot become a value: one tagged as a number that is
-    not one, or a number too long to convert."""
+    """The line of the first node that cannot become a value: a scalar tagged as a number that
+    is not one, a number too long to convert, or a list or mapping used as a key."""
     from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
     try:
@@ -142,6 +142,10 @@ def _unbuildable_scalar_line(yaml: YAML, text: str) -> int | None:
                 except ValueError:
                     return node.start_mark.line + 1
         elif isinstance(node, MappingNode):
+            for key, value in node.value:
+                if not isinstance(key, ScalarNode):
+                    # A list or mapping used as a key (`? [a, b]`) cannot be a dict key.
+                    return key.start_mark.line + 1
             for key, value in reversed(node.value):
                 stack += [value, key]
         elif isinstance(node, SequenceNode):

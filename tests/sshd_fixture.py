@@ -151,6 +151,11 @@ def _sshd_config(
     directory: Path, port: int, host_key: Path, authorized_keys: Path, user: str
 ) -> str:
     permit_root = "prohibit-password" if user == "root" else "no"
+    # A root login would run root's shell start-up files (here they run `pyenv init`, slow, and
+    # stuck for 60 s on a lock left by a session killed mid-way): give it a home of its own.
+    home = directory / "home"
+    home.mkdir(exist_ok=True)
+    set_env = [f"SetEnv HOME={home}"] if user == "root" else []
     return "\n".join(
         [
             f"Port {port}",
@@ -172,6 +177,7 @@ def _sshd_config(
             "MaxSessions 100",
             "Subsystem sftp internal-sftp",
             "LogLevel VERBOSE",
+            *set_env,
             "",
         ]
     )

@@ -798,7 +798,7 @@ SERVICE_PLACEHOLDER_NOT_FILLED = KnownBug(
     **crash_in("actions/service.py:render", KeyError),
 )
 # The bugs above but the last are fixed and no longer tolerated; each keeps its minimal case.
-KNOWN_BUGS: list[KnownBug] = [SERVICE_PLACEHOLDER_NOT_FILLED]
+KNOWN_BUGS: list[KnownBug] = []
 
 
 def known_bug(exc: BaseException) -> bool:

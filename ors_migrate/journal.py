@@ -126,7 +126,14 @@ class RunRecord:
         }
 
 
-RUN_COLUMNS = ", ".join(f.name for f in fields(RunRecord))
+# A run's `updated_at` is its latest event: computed when read, so that recording an event
+# never rewrites the run's row (which holds the whole plan as JSON).
+LATEST_EVENT = (
+    "COALESCE((SELECT MAX(e.ts) FROM events e WHERE e.run_id = runs.run_id), runs.updated_at)"
+)
+RUN_COLUMNS = ", ".join(
+    LATEST_EVENT if f.name == "updated_at" else f.name for f in fields(RunRecord)
+)
 
 
 @dataclass(frozen=True)
@@ -308,7 +315,6 @@ class Journal:
     ) -> None:
         with self._tx() as db:
             self._event(db, run_id, kind, phase, state_id, action_key, payload or {})
-            db.execute("UPDATE runs SET updated_at = ? WHERE run_id = ?", (now(), run_id))
 
     def events(self, run_id: str) -> list[Event]:
         rows = self.db.execute(

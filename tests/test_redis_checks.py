@@ -330,6 +330,7 @@ def test_serialization_counts_keys_on_every_primary_with_scan(plain_lab: RedisCl
         for i in range(60):
             cluster.set(f"ORS:lab1:session:{i}", "x", ex=300 if i % 3 else None)
         cluster.set("ORS:lab2:session:1", "other cluster", ex=300)
+        cluster.set("ORS:lab10:session:1", "a cluster whose name starts with lab1", ex=300)
         cluster.set("unrelated:1", "y")
         primaries = [n for n in cluster.get_nodes() if n.server_type == "primary"]
         for node in primaries:

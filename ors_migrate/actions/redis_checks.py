@@ -828,7 +828,7 @@ def serialization_check(
             if node.server_type != "primary":
                 continue
             conn = cluster.get_redis_connection(node)
-            per_node[node.name] = _count_keys(conn, pattern)
+            per_node[node.name] = _count_keys(conn, pattern, f"ORS:{ors_cluster}")
     except (redis.RedisError, OSError) as exc:
         problem = explain(exc, "the cluster", settings, password)
         return CheckResult(check, "error", problem.message, problem.fix, {"pattern": pattern})
@@ -863,12 +863,25 @@ def serialization_check(
     )
 
 
-def _count_keys(conn: Any, pattern: str) -> dict[str, int]:
-    """SCAN one node and PTTL what it finds, a batch at a time."""
+CLUSTER_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+
+def _belongs(key: Any, prefix: str) -> bool:
+    """`ORS:CL1` and `ORS:CL1:...` belong to ORS cluster CL1; `ORS:CL10...` does not."""
+    name = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+    return name == prefix or (
+        name.startswith(prefix) and name[len(prefix)] not in CLUSTER_NAME_CHARS
+    )
+
+
+def _count_keys(conn: Any, pattern: str, prefix: str) -> dict[str, int]:
+    """SCAN one node and PTTL what it finds, a batch at a time; keys of another ORS cluster
+    whose name merely starts with this one's are left out."""
     keys = with_ttl = 0
     cursor = 0
     while True:
         cursor, batch = conn.scan(cursor=cursor, match=pattern, count=SCAN_COUNT)
+        batch = [key for key in batch if _belongs(key, prefix)]
         if batch:
             pipe = conn.pipeline(transaction=False)
             for key in batch:

@@ -50,10 +50,7 @@ def local_option_reader(loaded: LoadedSite) -> Any:
     def read(app: App) -> OptionValues | None:
         if backend.kind != "ini-file" or site.hosts[app.host].transport != "local":
             return None
-        cluster, pair, _ = site.find_app(app.name)
-        path = app.options_path or (backend.path or "").format(
-            app=app.name, cluster=cluster.name, pair=pair.name, host=app.host
-        )
+        path = site.options_path(app.name)
         try:
             return read_options(Path(path).read_text(encoding="utf-8"), path)
         except (OSError, UnicodeDecodeError, InputError):

@@ -223,11 +223,10 @@ def test_full_state_disk_stops_the_run_with_its_cause_and_resume_finishes_it(mak
         proc = start_run(lab.site, state_dir, "--yes")
         when(state_dir, state_started("standard-restart"), proc)
         filler = state_dir / "filler"
-        with open(filler, "wb") as fh:
+        with open(filler, "wb", buffering=0) as fh:  # unbuffered: nothing left to flush
             try:
                 while True:
                     fh.write(b"\0" * 65536)
-                    fh.flush()
             except OSError:
                 pass
         code, err = finish(proc)

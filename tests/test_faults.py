@@ -181,33 +181,9 @@ def restart_cassandra(lab: LabLayout, cql: int, thrift: int) -> None:
     """The operator brings Cassandra back on the same ports (its data is gone: the stand-in keeps
     rows in memory, so the ORS schema is created again)."""
     from ors_migrate.lab.cassandra_sessions import CassandraSessionStore
+    from ors_migrate.lab.lab import start_cassandra
 
-    base = lab.root / "cassandra"
-    ready = base / "ready.json"
-    ready.unlink(missing_ok=True)
-    with open(base / "standin.log", "ab") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ors_migrate.lab.cql_standin",
-                "--port",
-                str(cql),
-                "--thrift-port",
-                str(thrift),
-                "--ready-file",
-                str(ready),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=base,
-            start_new_session=True,
-        )
-    (base / "pid").write_text(str(proc.pid))
-    deadline = time.monotonic() + 20
-    while not ready.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    start_cassandra(lab, cql, thrift)
     store = CassandraSessionStore([f"127.0.0.1:{cql}"], "orchestration")
     store.ensure_schema()
     store.close()

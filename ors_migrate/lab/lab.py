@@ -123,7 +123,8 @@ def _wait_file(path: Path, pid: int, timeout: float, what: str, log: Path) -> An
     raise LabError(f"{what} did not start within {timeout:g} s; see {log}")
 
 
-def _start_cassandra(layout: LabLayout) -> dict[str, Any]:
+def start_cassandra(layout: LabLayout, cql_port: int = 0, thrift_port: int = 0) -> dict[str, Any]:
+    """Start the lab's CQL stand-in detached (port 0: any free port) and record its pid."""
     base = layout.root / "cassandra"
     base.mkdir(parents=True, exist_ok=True)
     ready = base / "ready.json"
@@ -135,9 +136,9 @@ def _start_cassandra(layout: LabLayout) -> dict[str, Any]:
             "-m",
             "ors_migrate.lab.cql_standin",
             "--port",
-            "0",
+            str(cql_port),
             "--thrift-port",
-            "0",
+            str(thrift_port),
             "--release-version",
             CASSANDRA_VERSION,
             "--cluster-name",
@@ -258,7 +259,7 @@ def lab_up(directory: Path, shape: LabShape = LabShape()) -> LabLayout:
             raise
         except Exception as exc:
             raise LabError(f"the lab's Redis Cluster did not start: {exc}") from None
-        cassandra = _start_cassandra(layout)
+        cassandra = start_cassandra(layout)
         try:
             store = CassandraSessionStore(
                 [f"127.0.0.1:{cassandra['cql_port']}"], CASSANDRA_KEYSPACE

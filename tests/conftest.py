@@ -10,11 +10,41 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from needs import require, set_strict, strict_from_environment
 
 from ors_migrate.lab.lab import LabShape, lab_down, lab_up
 from ors_migrate.lab.layout import LabLayout
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--require-all", action="store_true",
+                     help="a test that lacks a system package or privilege fails instead of skips "
+                          "(also CI=true or ORS_MIGRATE_REQUIRE_ALL=1)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "needs(*names): system packages or privileges (tests/needs.py)")
+    set_strict(bool(config.getoption("--require-all")) or strict_from_environment())
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in item.iter_markers("needs"):
+        require(*marker.args)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """One line that counts the skips and says why, so a green run cannot hide untested parts."""
+    reasons: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    total = sum(reasons.values())
+    detail = "; ".join(f"{count} x {reason}" for reason, count in sorted(reasons.items()))
+    terminalreporter.write_line(f"skipped: {total}" + (f" ({detail})" if detail else ""))
 
 
 def processes_under(directory: Path) -> list[str]:
@@ -31,6 +61,7 @@ def make_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...,
     started: list[Path] = []
 
     def make(clusters: int = 2, pairs_per_cluster: int = 2, secure: bool = False) -> LabLayout:
+        require("redis-server", "redis-cli")
         root = tmp_path_factory.mktemp("lab")
         started.append(root)
         shape = LabShape(clusters=clusters, pairs_per_cluster=pairs_per_cluster, secure=secure)

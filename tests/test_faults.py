@@ -189,7 +189,7 @@ def restart_cassandra(lab: LabLayout, cql: int, thrift: int) -> None:
     store.close()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs for the state directory needs root")
+@pytest.mark.needs("root")
 def test_full_state_disk_stops_the_run_with_its_cause_and_resume_finishes_it(make_lab, tmp_path):
     lab = make_lab(clusters=1, pairs_per_cluster=1)
     state_dir = tmp_path / "state"
@@ -219,9 +219,7 @@ def test_full_state_disk_stops_the_run_with_its_cause_and_resume_finishes_it(mak
         subprocess.run(["umount", "-l", str(state_dir)], check=False)
 
 
-ssh_only = pytest.mark.skipif(
-    sshd_fixture.unavailable_reason() is not None, reason=str(sshd_fixture.unavailable_reason())
-)
+ssh_only = pytest.mark.needs("root", "sshd", "ssh-keygen")
 
 
 def over_ssh(lab: LabLayout, server: sshd_fixture.SshServer, key: Path, known_hosts: Path) -> None:
@@ -236,9 +234,6 @@ def over_ssh(lab: LabLayout, server: sshd_fixture.SshServer, key: Path, known_ho
 
 @pytest.fixture
 def root_sshd(tmp_path):
-    reason = sshd_fixture.unavailable_reason()
-    if reason:
-        pytest.skip(reason)
     key = sshd_fixture.generate_key(tmp_path / "id_ors")
     authorized = tmp_path / "authorized_keys"
     authorized.write_text(key.public + "\n")

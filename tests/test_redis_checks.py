@@ -5,7 +5,6 @@ Sentinel. Every process started here is stopped here, and that is asserted."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import stat
 import subprocess
@@ -28,10 +27,7 @@ from ors_migrate.lab.redis_cluster import (
 )
 from ors_migrate.site import MonitorSettings, RedisSettings
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("redis-server") is None or shutil.which("redis-cli") is None,
-    reason="needs redis-server and redis-cli (apt-get install redis-server redis-tools)",
-)
+pytestmark = pytest.mark.needs("redis-server", "redis-cli")
 
 ACL_USER = "ors"
 ACL_PASSWORD = "s3cret-Pa55 word"

@@ -48,7 +48,7 @@ def section(dom: str, section_id: str) -> str:
     return match.group(1)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+@pytest.mark.needs("chromium")
 def test_report_of_a_lab_run_opens_in_chromium_with_its_timeline_and_redis_chart(
     make_lab, tmp_path
 ):

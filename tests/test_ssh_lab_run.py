@@ -20,10 +20,7 @@ from ors_migrate.lab.cql_standin import CqlStandIn
 SSH_PASSPHRASE = "ssh-passphrase-5c1e7a"
 CASSANDRA_PASSWORD = "cassandra-password-9d2f4b"
 
-pytestmark = pytest.mark.skipif(
-    sshd_fixture.unavailable_reason() is not None,
-    reason=str(sshd_fixture.unavailable_reason()),
-)
+pytestmark = pytest.mark.needs("root", "sshd", "ssh-keygen")
 
 
 class CommandLineSampler:

@@ -25,15 +25,13 @@ from sshd_fixture import (
     free_port,
     generate_key,
     start_lab,
-    unavailable_reason,
 )
 
 from ors_migrate.actions.ssh import SshTransport, ssh_transports
 from ors_migrate.errors import HostKeyError, InputError, OrsMigrateError, TransportError
 from ors_migrate.site import Host, SecretRef, SshSettings
 
-REASON = unavailable_reason()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=f"real sshd: {REASON}")
+pytestmark = pytest.mark.needs("root", "sshd", "ssh-keygen")
 
 OLD_OPTIONS = b"[persistence]\ntype=cassandra\n"
 

@@ -3,6 +3,9 @@ file, editing an existing site file, and every way it refuses bad input without 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,3 +324,29 @@ def test_a_password_is_never_accepted_in_place_of_a_reference(tmp_path, secret):
     assert result.returncode == 2
     assert "never the password itself" in result.stderr
     assert secret not in result.stderr
+
+
+@pytest.mark.needs("tmux")
+def test_first_screen_as_an_80_column_terminal_shows_it(tmp_path):
+    """The rendered screen (tmux's own terminal emulation), not the byte stream: the opening
+    note and the first question fit an 80x24 terminal as the operator sees them."""
+    socket = f"orsm-{os.getpid()}"
+    tmux = ["tmux", "-L", socket, "-f", "/dev/null"]
+    command = f"cd {tmp_path} && PYTHONPATH={REPO} {sys.executable} -m ors_migrate init site.yaml"
+    subprocess.run([*tmux, "new-session", "-d", "-x", "80", "-y", "24", command], check=True)
+    try:
+        deadline = time.monotonic() + 20
+        screen = ""
+        while time.monotonic() < deadline:
+            screen = subprocess.run([*tmux, "capture-pane", "-p"], capture_output=True,
+                                    text=True).stdout
+            if "?" in screen:
+                break
+            time.sleep(0.2)
+        lines = screen.splitlines()
+        assert any("nothing is written" in line.lower() for line in lines), screen
+        assert any(line.startswith("?") for line in lines), screen
+        assert all(len(line) <= 80 for line in lines)
+    finally:
+        subprocess.run([*tmux, "kill-server"], check=False)
+    assert not (tmp_path / "site.yaml").exists()

@@ -18,9 +18,11 @@ from __future__ import annotations
 import copy
 import os
 import re
+import shutil
 import string
 import sys
 import tempfile
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -857,11 +859,12 @@ def run_init(request: InitRequest) -> int:
         source = str(request.answers_file or "--set")
         prompter: Prompter = AnswersPrompter(_answers_from(request), source)
     elif sys.stdin.isatty() and sys.stdout.isatty():
-        print(
+        note = (
             f"Describing the site for {request.site}. Each answer is checked as you give it; "
-            "nothing is written before the last one; Ctrl-C leaves without writing.",
-            file=sys.stderr,
+            "nothing is written before the last one; Ctrl-C leaves without writing."
         )
+        width = shutil.get_terminal_size().columns
+        print(textwrap.fill(note, width=max(40, width - 1)), file=sys.stderr)
         prompter = TerminalPrompter()
     else:
         print(

@@ -25,7 +25,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "needs(*names): system packages or privileges (tests/needs.py)")
+    config.addinivalue_line("markers", "needs(*names): system packages or privileges")
     set_strict(bool(config.getoption("--require-all")) or strict_from_environment())
 
 

@@ -36,8 +36,9 @@ NEEDS: dict[str, Need] = {
     "sshd": Need("/usr/sbin/sshd", _executable("/usr/sbin/sshd"), "apt-get install openssh-server"),
     "ssh-keygen": Need("ssh-keygen", _on_path("ssh-keygen"), "apt-get install openssh-client"),
     "tmux": Need("tmux", _on_path("tmux"), "apt-get install tmux"),
-    "chromium": Need("chromium", _on_path("chromium", "chromium-browser"),
-                     "apt-get install chromium"),
+    "chromium": Need(
+        "chromium", _on_path("chromium", "chromium-browser"), "apt-get install chromium"
+    ),
     "root": Need("root privileges", lambda: os.geteuid() == 0, "run the tests as root"),
 }
 
@@ -50,8 +51,9 @@ def set_strict(strict: bool) -> None:
 
 
 def strict_from_environment() -> bool:
-    return (os.environ.get("CI", "").lower() in ("true", "1")
-            or os.environ.get("ORS_MIGRATE_REQUIRE_ALL", "") not in ("", "0"))
+    return os.environ.get("CI", "").lower() in ("true", "1") or os.environ.get(
+        "ORS_MIGRATE_REQUIRE_ALL", ""
+    ) not in ("", "0")
 
 
 def missing(*names: str) -> list[Need]:
@@ -65,6 +67,9 @@ def require(*names: str) -> None:
         return
     reason = "needs " + "; ".join(f"{need.what} ({need.remedy})" for need in absent)
     if _strict:
-        pytest.fail(f"{reason}: a required test cannot be skipped (CI=true or --require-all); "
-                    "scripts/setup.sh test installs it", pytrace=False)
+        pytest.fail(
+            f"{reason}: a required test cannot be skipped (CI=true or --require-all); "
+            "scripts/setup.sh test installs it",
+            pytrace=False,
+        )
     pytest.skip(reason)

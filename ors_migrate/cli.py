@@ -39,7 +39,7 @@ PlaybookOpt = Annotated[
     str, typer.Option("--playbook", "-p", help="Bundled playbook name or a YAML path.")
 ]
 StateDirOpt = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--state-dir",
         envvar="ORS_MIGRATE_STATE_DIR",
@@ -51,10 +51,13 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output."
 DirOpt = Annotated[Path, typer.Option("--dir", help="Lab directory.")]
 
 
-def _state_dir(value: Path | None) -> Path:
+def _state_dir(value: str | None) -> Path:
     from ors_migrate.journal import default_state_dir
+    from ors_migrate.statedir import StateDirError
 
-    return value or default_state_dir()
+    if value is not None and not value.strip():
+        raise StateDirError("''", "an empty path names no directory; give one (--state-dir DIR)")
+    return Path(value) if value is not None else default_state_dir()
 
 
 def _print_json(data: Any) -> None:
@@ -298,7 +301,8 @@ def runs(as_json: JsonOpt = False, state_dir: StateDirOpt = None) -> None:
     """Every run in the state directory, oldest first."""
     from ors_migrate.runner import Runner
 
-    runner = Runner(_state_dir(state_dir), _ui(quiet=True))
+    where = _state_dir(state_dir)
+    runner = Runner(where, _ui(quiet=True), create=False)
     try:
         rows = [runner.run_summary(r) for r in runner.journal.runs()]
     finally:
@@ -306,6 +310,8 @@ def runs(as_json: JsonOpt = False, state_dir: StateDirOpt = None) -> None:
     if as_json:
         _print_json(rows)
         return
+    if not rows:
+        typer.echo(f"no runs in {where}")
     for row in rows:
         typer.echo(
             f"{row['run_id']}  {row['site']:<16} {row['playbook']:<18} "
@@ -323,7 +329,7 @@ def status(
     from ors_migrate.report import status_screen
     from ors_migrate.runner import Runner
 
-    runner = Runner(_state_dir(state_dir), _ui(quiet=True))
+    runner = Runner(_state_dir(state_dir), _ui(quiet=True), create=False)
     try:
         record = runner.find_run(run_id)
         summary = runner.run_summary(record)
@@ -453,7 +459,7 @@ def report(
 
     if fmt not in FORMATS:
         raise InputError(f"--format must be one of {', '.join(FORMATS)}", rule="format")
-    runner = Runner(_state_dir(state_dir), _ui(quiet=True))
+    runner = Runner(_state_dir(state_dir), _ui(quiet=True), create=False)
     try:
         text = render_report(build_report(runner.journal, runner.find_run(run_id)), fmt)
     finally:

@@ -20,7 +20,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ors_migrate import statedir
 from ors_migrate.errors import OrsMigrateError, RunLocked
+from ors_migrate.statedir import StateDirError
 
 RUN_STATUSES = ("running", "paused", "interrupted", "succeeded", "failed", "rolled_back")
 
@@ -53,6 +55,10 @@ CREATE TABLE IF NOT EXISTS events (
     state_id TEXT,
     action_key TEXT,
     payload TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_run ON events(run_id, seq);
 CREATE TABLE IF NOT EXISTS originals (
@@ -148,28 +154,73 @@ class Event:
 
 
 class Journal:
-    def __init__(self, state_dir: Path) -> None:
+    """The run journal of one state directory. With `create=False` (commands that only read:
+    `runs`, `status`, `report`) nothing is created: a state directory without a journal reads
+    as one with no runs."""
+
+    def __init__(self, state_dir: Path, *, create: bool = True) -> None:
         self.state_dir = state_dir
-        try:
-            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as exc:
-            raise OrsMigrateError(
-                f"cannot create state directory {state_dir}: {exc.strerror}"
-            ) from None
         self.path = state_dir / "journal.sqlite3"
+        if create:
+            statedir.ensure_dir(state_dir)
+        exists = statedir.check_dir(state_dir) and statedir.check_file(self.path)
+        for suffix in ("-wal", "-shm"):
+            statedir.check_file(Path(f"{self.path}{suffix}"))
+        marker = statedir.identity(state_dir)
+        fresh = not exists or (marker is None and self.path.stat().st_size == 0)
+        if exists and self.path.stat().st_size == 0 and marker is not None:
+            raise StateDirError(
+                self.path, "is empty: the journal was truncated; restore it from a backup"
+            )
+        if fresh and marker is not None:
+            raise StateDirError(
+                self.path,
+                f"is missing although {statedir.IDENTITY_FILE} says this directory had a "
+                "journal; restore it, or move the directory away to start afresh",
+            )
+        if fresh and not create:
+            self.db = self._connect(":memory:")
+            return
+        if fresh:
+            statedir.create_private(self.path)
+        self.db = self._connect(str(self.path))
+        self._check_identity(marker, create)
+
+    def _connect(self, target: str) -> sqlite3.Connection:
         try:
-            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-            mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(SCHEMA)
+            db = sqlite3.connect(target, isolation_level=None, timeout=30)
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(SCHEMA)
+            self.db = db
             self._upgrade_schema()
         except sqlite3.Error as exc:
             raise OrsMigrateError(f"cannot open the run journal {self.path}: {exc}") from None
-        if str(mode).lower() != "wal":
-            self.db.close()
+        if target != ":memory:" and str(mode).lower() != "wal":
+            db.close()
             raise OrsMigrateError(
                 f"the run journal {self.path} cannot use write-ahead logging (journal mode "
                 f"{mode}); keep the state directory on a local file system (--state-dir)"
+            )
+        return db
+
+    def _check_identity(self, marker: str | None, create: bool) -> None:
+        """The journal must be the one this directory created: its id matches the marker file.
+        A journal of an earlier version (no id, no marker) is adopted."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'identity'").fetchone()
+        recorded = row[0] if row else None
+        if recorded is None and marker is None:
+            if not create:
+                return
+            value = statedir.new_identity(self.state_dir)
+            self.db.execute("INSERT INTO meta VALUES ('identity', ?)", (value,))
+            return
+        if recorded != marker:
+            self.db.close()
+            raise StateDirError(
+                self.path,
+                "is not the journal this state directory created (its identity does not match "
+                f"{statedir.IDENTITY_FILE}): it was replaced; refusing to read it",
             )
 
     def _upgrade_schema(self) -> None:
@@ -390,13 +441,13 @@ class RunLock:
     def __init__(self, state_dir: Path, site_name: str) -> None:
         from filelock import FileLock
 
-        lock_dir = state_dir / "locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir = state_dir
+        self.lock_dir = lock_dir = state_dir / "locks"
         self.lock_path = lock_dir / f"{site_name}.lock"
         self.info_path = lock_dir / f"{site_name}.holder.json"
         # Never the "soft" fallback of filelock: a lock file that outlives a killed holder would
         # need a manual unlock.
-        self._lock = FileLock(str(self.lock_path), timeout=0, fallback_to_soft=False)
+        self._lock = FileLock(str(self.lock_path), timeout=0, mode=0o600, fallback_to_soft=False)
         self.site_name = site_name
 
     def acquire(self, run_id: str | None) -> None:
@@ -404,6 +455,9 @@ class RunLock:
         holder, the lock may be changing hands: wait a moment before giving up."""
         from filelock import Timeout
 
+        statedir.ensure_dir(self.state_dir)
+        statedir.ensure_dir(self.lock_dir)
+        statedir.create_private(self.lock_path)
         deadline = time.monotonic() + self.GRACE_S
         while True:
             try:
@@ -430,15 +484,14 @@ class RunLock:
         self._write_info(info)
 
     def _write_info(self, info: dict[str, Any]) -> None:
-        tmp = self.info_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info))
-        os.replace(tmp, self.info_path)
+        statedir.write_private(self.info_path, json.dumps(info))
 
     def holder(self) -> dict[str, Any] | None:
         """What the info file says, whether or not its process still lives."""
         try:
-            info = json.loads(self.info_path.read_text())
-        except (OSError, ValueError):
+            text = statedir.read_private(self.info_path)
+            info = json.loads(text) if text is not None else None
+        except ValueError:
             return None
         return info if isinstance(info, dict) else None
 
@@ -456,7 +509,9 @@ class RunLock:
     def _held_elsewhere(self) -> bool:
         from filelock import FileLock, Timeout
 
-        probe = FileLock(str(self.lock_path), timeout=0, fallback_to_soft=False)
+        if not statedir.check_file(self.lock_path):
+            return False
+        probe = FileLock(str(self.lock_path), timeout=0, mode=0o600, fallback_to_soft=False)
         try:
             probe.acquire()
         except Timeout:

@@ -216,7 +216,7 @@ def run_preflight(loaded: LoadedSite, state_dir: Path, ui: Any) -> list[dict[str
     from ors_migrate.journal import Journal, operator_name
     from ors_migrate.secrets import Secrets
 
-    journal = Journal(state_dir)
+    journal = Journal(state_dir, create=False)
     ctx = RunContext(loaded, "preflight", journal, ui, Secrets(), operator_name())
     try:
         findings = _static(loaded)

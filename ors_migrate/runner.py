@@ -230,11 +230,16 @@ def refuse_rule_errors(
 
 class Runner:
     def __init__(
-        self, state_dir: Path, ui: Ui, *, switchover_policy: SwitchoverPolicy | None = None
+        self,
+        state_dir: Path,
+        ui: Ui,
+        *,
+        switchover_policy: SwitchoverPolicy | None = None,
+        create: bool = True,
     ) -> None:
         self.state_dir = state_dir
         self.ui = ui
-        self.journal = Journal(state_dir)
+        self.journal = Journal(state_dir, create=create)
         self.switchover_policy = switchover_policy
 
     def close(self) -> None:

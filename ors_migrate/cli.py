@@ -154,7 +154,9 @@ def schema(
     if output is None:
         typer.echo(text, nl=False)
     else:
-        output.write_text(text, encoding="utf-8")
+        from ors_migrate.userfiles import write_user_file
+
+        write_user_file(output, text)
 
 
 @app.command()
@@ -456,9 +458,12 @@ def report(
     from ors_migrate.errors import InputError
     from ors_migrate.report import FORMATS, build_report, render_report
     from ors_migrate.runner import Runner
+    from ors_migrate.userfiles import check_target
 
     if fmt not in FORMATS:
         raise InputError(f"--format must be one of {', '.join(FORMATS)}", rule="format")
+    if output is not None:
+        check_target(output)
     runner = Runner(_state_dir(state_dir), _ui(quiet=True), create=False)
     try:
         text = render_report(build_report(runner.journal, runner.find_run(run_id)), fmt)
@@ -467,9 +472,9 @@ def report(
     if output is None:
         typer.echo(text, nl=False)
         return
-    from ors_migrate.wizard import write_atomically
+    from ors_migrate.userfiles import write_user_file
 
-    write_atomically(output, text, force=True)
+    write_user_file(output, text)
     print(f"wrote {output}", file=sys.stderr)
 
 

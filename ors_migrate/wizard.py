@@ -16,7 +16,6 @@ hosts) is kept as it was.
 from __future__ import annotations
 
 import copy
-import os
 import re
 import shutil
 import string
@@ -777,27 +776,9 @@ def check_site_text(text: str, shown_as: str) -> list[str]:
 def write_atomically(path: Path, text: str, *, force: bool) -> None:
     """Write via a temporary file in the same directory; without `force` an existing file is
     never replaced, even one created while the questions were asked."""
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        if force:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # fails if the file exists: no overwrite, no half-written file
-    except FileExistsError:
-        raise InputError(
-            f"{path} exists; pass --force to overwrite it", file=str(path), rule="init.exists"
-        ) from None
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror}", rule="init.write") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from ors_migrate.userfiles import write_user_file
+
+    write_user_file(path, text, overwrite=force, rule="init")
 
 
 def answers_yaml(answers: dict[str, Answer]) -> str:

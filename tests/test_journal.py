@@ -4,6 +4,7 @@ values captured before the first edit of each application, and no secret in it."
 from __future__ import annotations
 
 import sqlite3
+import stat
 from pathlib import Path
 
 from conftest import cli
@@ -113,3 +114,35 @@ def test_secrets_never_enter_the_journal(tmp_path):
         assert any("***" in t for t in texts) and not any(secret in t for t in texts)
     finally:
         journal.close()
+
+
+def test_backups_and_pristine_copies_are_0600_and_an_exposed_password_is_warned(tmp_path):
+    secret = "s3cret-Redis-pass-4711"
+    site = make_tiny_site(tmp_path / "site", redis_password="TINY_REDIS_PASSWORD")
+    site.options("ors-a").chmod(0o644)
+    site.options("ors-b").chmod(0o600)
+    playbook = site.write_playbook("edits", EDITS)
+    done = cli(
+        "run",
+        str(site.path),
+        "--playbook",
+        str(playbook),
+        "--yes",
+        "--state-dir",
+        str(tmp_path / "state"),
+        env={"TINY_REDIS_PASSWORD": secret},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    for app in APPS:
+        options = site.options(app)
+        backup = options.with_name(options.name + ".ors-migrate.bak")
+        pristine = next(options.parent.glob(f"{options.name}.*.orig"))
+        assert stat.S_IMODE(backup.stat().st_mode) == 0o600
+        assert stat.S_IMODE(pristine.stat().st_mode) == 0o600
+    # The options file keeps its own mode (the site's to choose) but the exposure is named.
+    assert stat.S_IMODE(site.options("ors-a").stat().st_mode) == 0o644
+    warned = [line for line in done.stderr.splitlines() if "Redis password is now in" in line]
+    assert len(warned) == 1 and str(site.options("ors-a")) in warned[0]
+    assert "mode 0644" in warned[0]
+    assert secret not in done.stderr

@@ -412,7 +412,7 @@ def test_write_keeps_mode_and_makes_a_backup(
     assert remote_file.read_bytes() == b"[persistence]\ntype=redis\n"
     assert backup.read_bytes() == OLD_OPTIONS
     assert stat.S_IMODE(remote_file.stat().st_mode) == 0o640
-    assert stat.S_IMODE(backup.stat().st_mode) == 0o640
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o600
     assert remote_file.stat().st_uid == lab.remote_dir.stat().st_uid
     assert temp_files(lab, remote_file) == []
 

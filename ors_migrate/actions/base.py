@@ -71,7 +71,8 @@ class Transport(Protocol):
 
     def write_file_atomic(self, path: str, data: bytes, *, backup_path: str | None) -> None:
         """Write via a temporary file in the same directory and a rename, keeping the old
-        file's mode and owner; copy the old file to `backup_path` first when given."""
+        file's mode and owner (a new file is 0600); copy the old file to `backup_path` first
+        when given, with mode 0600 (it may hold the Redis password)."""
         ...
 
     def close(self) -> None: ...

@@ -61,7 +61,7 @@ class LocalTransport:
         target = Path(path)
         existing = target.stat() if target.exists() else None
         if backup_path and existing is not None:
-            shutil.copy2(target, backup_path)
+            self._write_backup(target, Path(backup_path))
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -81,6 +81,23 @@ class LocalTransport:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+    @staticmethod
+    def _write_backup(source: Path, backup: Path) -> None:
+        """The old file copied 0600 (it may hold the Redis password), by rename, never through
+        a symlink at the backup path."""
+        fd, tmp = tempfile.mkstemp(prefix=f".{backup.name}.", suffix=".tmp", dir=backup.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(source.read_bytes())
+                fh.flush()
+                os.fsync(fh.fileno())
+            shutil.copystat(source, tmp)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, backup)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def close(self) -> None:
         return None

@@ -145,6 +145,7 @@ class SetOptions(Action):
         desired = self._desired(ctx, intent["app"], intent["set"])
         before = store.read()
         store.write(desired)
+        self._warn_if_secret_exposed(ctx, intent["app"], store, desired)
         return {
             "app": intent["app"],
             "changes": [
@@ -159,6 +160,24 @@ class SetOptions(Action):
                 for c, v in desired
             ],
         }
+
+    @staticmethod
+    def _warn_if_secret_exposed(
+        ctx: RunContext, app: str, store: Any, written: list[tuple[OptionChange, str | None]]
+    ) -> None:
+        """The Redis password in an options file that group or others may read is warned about
+        (and journaled), naming the file and its mode: ORS needs it there, the mode is the
+        site's to fix."""
+        if not any(c.secret and v is not None for c, v in written):
+            return
+        exposure = getattr(store, "exposure", lambda: None)()
+        if exposure:
+            message = (
+                f"the Redis password is now in {store.path} of {app}, which group or others "
+                f"may read ({exposure}); restrict it, for example `chmod 600 {store.path}`"
+            )
+            ctx.ui.warn(message)
+            ctx.record("warning", payload={"app": app, "file": store.path, "message": message})
 
     def verify(
         self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]

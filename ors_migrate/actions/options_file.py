@@ -7,6 +7,7 @@ file as it was; the first edit of a run also keeps a pristine copy for `rollback
 from __future__ import annotations
 
 import re
+import shlex
 
 from configupdater import ConfigUpdater
 from configupdater.parser import ParsingError
@@ -91,6 +92,18 @@ class IniFileOptions:
             self.transport.write_file_atomic(
                 self.path, new.encode("utf-8"), backup_path=self.path + self.backup_suffix
             )
+
+    def exposure(self) -> str | None:
+        """Why a secret written into this file could be read by others ("mode 0644"), or None
+        when only its owner may read it or the mode cannot be seen (Windows ACLs)."""
+        if self.transport.platform == "windows":
+            return None
+        result = self.transport.run(f"stat -c %a -- {shlex.quote(self.path)}")
+        try:
+            mode = int(result.stdout.strip(), 8)
+        except ValueError:
+            return None
+        return f"mode {mode:04o}" if result.exit_code == 0 and mode & 0o044 else None
 
     def keep_original(self, run_id: str) -> str:
         """Copy the file as it is now to a run-specific path, once; returns that path."""

@@ -554,15 +554,28 @@ class SshTransport:
             old = _stat_or_none(sftp, remote)
             _remove_stale_temps(sftp, remote)
             if backup_path and old is not None:
-                self._replace(sftp, self._sftp_path(backup_path), _read(sftp, remote), old)
+                backup = self._sftp_path(backup_path)
+                self._replace(sftp, backup, _read(sftp, remote), old, mode=PRIVATE_MODE)
             self._replace(sftp, remote, data, old)
 
-    def _replace(self, sftp: paramiko.SFTPClient, remote: str, data: bytes, old: Any) -> None:
+    def _replace(
+        self,
+        sftp: paramiko.SFTPClient,
+        remote: str,
+        data: bytes,
+        old: Any,
+        mode: int | None = None,
+    ) -> None:
+        """Write `data` to `remote` by rename; the old file's mode and owner are kept, `mode`
+        replaces the mode (a backup is 0600), and a new file is 0600."""
         temp = _temp_name(remote)
         try:
             with sftp.open(temp, "wx") as fh:
-                if old is not None and self.platform != "windows":
-                    _copy_mode_and_owner(fh, old)
+                if self.platform != "windows":
+                    if old is not None:
+                        _copy_mode_and_owner(fh, old)
+                    if old is None or mode is not None:
+                        fh.chmod(mode if mode is not None else PRIVATE_MODE)
                 fh.set_pipelined(True)
                 fh.write(data)
                 fh.flush()
@@ -672,6 +685,10 @@ def _read(sftp: paramiko.SFTPClient, remote: str) -> bytes:
     with sftp.open(remote, "rb") as fh:
         fh.prefetch()
         return bytes(fh.read())
+
+
+# Backups and new files may hold secrets (the Redis password): readable by their owner only.
+PRIVATE_MODE = 0o600
 
 
 def _stat_or_none(sftp: paramiko.SFTPClient, remote: str) -> Any:

@@ -279,7 +279,10 @@ def lab_up(directory: Path, shape: LabShape = LabShape()) -> LabLayout:
         write_json_atomic(layout.config, config)
         for app in config["apps"]:
             layout.app_dir(app).mkdir(parents=True, exist_ok=True)
-            layout.options(app).write_text(_options_text(app, f"127.0.0.1:{cassandra['cql_port']}"))
+            # Created 0600 as an operator should keep it: it will hold the Redis password.
+            options = layout.options(app)
+            options.touch(mode=0o600)
+            options.write_text(_options_text(app, f"127.0.0.1:{cassandra['cql_port']}"))
             layout.installed_version(app).write_text(SIMULATOR_START_VERSION + "\n")
         for pair, info in config["pairs"].items():
             write_json_atomic(layout.pair(pair), {"primary": info["apps"][0], "since": time.time()})

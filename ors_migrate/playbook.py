@@ -14,7 +14,7 @@ from ors_migrate.errors import PlaybookError
 from ors_migrate.site import site_error_from_validation
 from ors_migrate.yamlfile import LocatedDocument, load_yaml
 
-PLAYBOOK_DIR = Path(__file__).resolve().parent.parent / "playbooks"
+PLAYBOOK_DIR = Path(__file__).resolve().parent / "playbooks"
 SEED_STEP = re.compile(
     r"^(prepare\.[1-6]|enable\.[1-5]|rollback\.[1-3]|post\.1|fips-windows\.[1-6]|fips-linux\.[1-2])$"
 )

@@ -86,7 +86,7 @@ def lab_site_text(secure: bool) -> bytes:
 
 
 EXAMPLE_SITES = sorted((REPO / "examples").glob("*.yaml"))
-PLAYBOOK_FILES = sorted((REPO / "playbooks").glob("*.yaml"))
+PLAYBOOK_FILES = sorted((REPO / "ors_migrate" / "playbooks").glob("*.yaml"))
 SITE_SEEDS = [p.read_bytes() for p in EXAMPLE_SITES] + [lab_site_text(False), lab_site_text(True)]
 PLAYBOOK_SEEDS = [path.read_bytes() for path in PLAYBOOK_FILES]
 

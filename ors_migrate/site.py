@@ -8,6 +8,7 @@ Schema for editors.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import hashlib
 import re
 import string
@@ -134,6 +135,68 @@ class SshSettings(StrictModel):
     connect_timeout_s: float = Field(default=10.0, gt=0)
     command_timeout_s: float = Field(default=300.0, gt=0)
     keepalive_s: int = Field(default=15, ge=0)
+
+
+JUMP_SPEC = re.compile(r"^(?:[^@\s,]+@)?(?:\[[0-9A-Fa-f:.]+\]|[^@:\s,\[\]]+)(?::\d{1,5})?$")
+
+
+def _check_jump_chain(hosts: dict[str, Host], start: str) -> None:
+    """The jump chain from `start`, as the SSH transport builder will follow it: every hop that
+    names a site host must be an SSH host, the chain must not come back on itself, and a hop
+    that names no site host must be one `[user@]host[:port]` (or ssh config alias)."""
+    chain: list[str] = []
+    name: str | None = start
+    while name is not None:
+        host = hosts[name]
+        jump = host.ssh.jump_host if host.ssh and host.transport == "ssh" else None
+        if jump is None:
+            return
+        loc: tuple[str | int, ...] = ("hosts", name, "ssh", "jump_host")
+        chain.append(name)
+        if jump in chain:
+            raise LocatedValueError(
+                f"jump hosts form a cycle: {' -> '.join((*chain, jump))}",
+                ("hosts", start, "ssh", "jump_host"),
+            )
+        if jump in hosts:
+            if hosts[jump].transport != "ssh":
+                raise LocatedValueError(
+                    f"host '{name}' jumps through '{jump}', which is not an SSH host "
+                    f"(its transport is {hosts[jump].transport})",
+                    loc,
+                )
+            name = jump
+            continue
+        if not JUMP_SPEC.match(jump) or not _known_jump(jump, host.ssh):
+            close = difflib.get_close_matches(jump.split("@")[-1], list(hosts), n=1)
+            hint = f"; did you mean the site host '{close[0]}'?" if close else ""
+            raise LocatedValueError(
+                f"jump host '{jump}' of host '{name}' is unknown: not a site host (defined: "
+                f"{', '.join(sorted(hosts))}), not a Host of the ssh config, and not one "
+                f"[user@]host[:port] hop with a domain name or IP address{hint}",
+                loc,
+            )
+        return
+
+
+def _known_jump(spec: str, ssh: SshSettings | None) -> bool:
+    """A jump hop outside the site is known when it names a domain or an IP address, or a
+    `Host` pattern of the ssh config matches it (a bare name would otherwise be a typo)."""
+    hostname = spec.split("@")[-1]
+    hostname = hostname.rsplit(":", 1)[0] if hostname.count(":") == 1 else hostname
+    if "." in hostname or ":" in hostname:
+        return True
+    config = Path(ssh.ssh_config).expanduser() if ssh and ssh.ssh_config else None
+    try:
+        text = config.read_text(encoding="utf-8", errors="replace") if config else ""
+    except OSError:
+        return False
+    for line in text.splitlines():
+        words = line.strip().split()
+        if len(words) >= 2 and words[0].lower() == "host":
+            if any(fnmatch.fnmatch(hostname, p) and p != "*" for p in words[1:]):
+                return True
+    return False
 
 
 class Host(StrictModel):
@@ -326,7 +389,9 @@ class CassandraRemoval(StrictModel):
     snapshot_command: str = "nodetool snapshot -t {tag} {keyspace}"
     list_snapshots_command: str = "nodetool listsnapshots"
 
-    _check_templates = _templates(SNAPSHOT_PLACEHOLDERS, "snapshot_command", "list_snapshots_command")
+    _check_templates = _templates(
+        SNAPSHOT_PLACEHOLDERS, "snapshot_command", "list_snapshots_command"
+    )
 
 
 class CassandraSettings(StrictModel):
@@ -425,6 +490,8 @@ class Site(StrictModel):
                 f"cassandra.nodetool_host '{nodetool}' is not defined under 'hosts'",
                 ("cassandra", "nodetool_host"),
             )
+        for name in self.hosts:
+            _check_jump_chain(self.hosts, name)
         return self
 
     # Navigation helpers used by the planner, the rules and the engine.

@@ -21,11 +21,11 @@ import shlex
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ors_migrate.actions.base import CommandResult
 from ors_migrate.errors import (
@@ -763,38 +763,47 @@ def _remove_quietly(sftp: paramiko.SFTPClient, remote: str) -> None:
         return
 
 
+def ssh_transport(
+    hosts: Mapping[str, Host],
+    name: str,
+    secrets: SecretResolver,
+    built: MutableMapping[str, Any],
+    chain: tuple[str, ...] = (),
+) -> SshTransport:
+    """The one builder of a site host's SshTransport, used by `validate`'s tests and by runs.
+
+    A `jump_host` that names another site host reuses that host's transport (so its connection
+    too); any other value is a `[user@]host[:port]` or ssh config alias for a jump host of its
+    own. `built` caches transports by host name. Site validation refuses jump cycles and jumps
+    through a non-SSH host with a located error; they are refused here again, never recursed."""
+    if name in built:
+        return cast(SshTransport, built[name])
+    if name in chain:
+        raise InputError(f"jump hosts form a cycle: {' -> '.join((*chain, name))}", rule="ssh-jump")
+    host = hosts[name]
+    settings = host.ssh or SshSettings()
+    jump_name = settings.jump_host
+    jump = None
+    if jump_name is not None and jump_name in hosts:
+        if hosts[jump_name].transport != "ssh":
+            raise InputError(
+                f"host '{name}' jumps through '{jump_name}', which is not an SSH host",
+                rule="ssh-jump",
+            )
+        jump = ssh_transport(hosts, jump_name, secrets, built, (*chain, name))
+    passphrase = secrets.resolve(settings.key_passphrase, what=f"SSH key passphrase for {name}")
+    transport = SshTransport(
+        name, settings, platform=host.platform, passphrase=passphrase, jump=jump
+    )
+    built[name] = transport
+    return transport
+
+
 def ssh_transports(hosts: Mapping[str, Host], secrets: SecretResolver) -> dict[str, SshTransport]:
-    """One SshTransport per SSH host of the site. A `jump_host` that names another site host
-    reuses that host's transport (so its connection too); any other value is a
-    `[user@]host[:port]` or ssh config alias for a jump host of its own. Key passphrases are
+    """One SshTransport per SSH host of the site (see `ssh_transport`). Key passphrases are
     resolved here, once per host."""
     built: dict[str, SshTransport] = {}
-
-    def build(name: str, chain: tuple[str, ...]) -> SshTransport:
-        if name in built:
-            return built[name]
-        if name in chain:
-            raise InputError(
-                f"jump hosts form a cycle: {' -> '.join((*chain, name))}", rule="ssh-jump"
-            )
-        host = hosts[name]
-        settings = host.ssh or SshSettings()
-        jump_name = settings.jump_host
-        jump = None
-        if jump_name is not None and jump_name in hosts:
-            if hosts[jump_name].transport != "ssh":
-                raise InputError(
-                    f"host '{name}' jumps through '{jump_name}', which is not an SSH host",
-                    rule="ssh-jump",
-                )
-            jump = build(jump_name, (*chain, name))
-        passphrase = secrets.resolve(settings.key_passphrase, what=f"SSH key passphrase for {name}")
-        built[name] = SshTransport(
-            name, settings, platform=host.platform, passphrase=passphrase, jump=jump
-        )
-        return built[name]
-
     for name, host in hosts.items():
         if host.transport == "ssh":
-            build(name, ())
+            ssh_transport(hosts, name, secrets, built)
     return built

@@ -27,19 +27,9 @@ class TransportPool:
             raise SiteError(f"host '{host_name}' is not defined under 'hosts'", field="hosts")
         if host.transport == "local":
             return LocalTransport(host_name, host.platform)
-        from ors_migrate.actions.ssh import SshTransport
-        from ors_migrate.site import SshSettings
+        from ors_migrate.actions.ssh import ssh_transport
 
-        settings = host.ssh or SshSettings()
-        jump = None
-        if settings.jump_host and settings.jump_host in self.site.hosts:
-            jump = self.for_host(settings.jump_host)
-        passphrase = self.secrets.resolve(
-            settings.key_passphrase, what=f"SSH key passphrase for host {host_name}"
-        )
-        return SshTransport(  # type: ignore[return-value]
-            host_name, settings, platform=host.platform, passphrase=passphrase, jump=jump
-        )
+        return ssh_transport(self.site.hosts, host_name, self.secrets, self._open)
 
     def close_all(self) -> None:
         for transport in reversed(list(self._open.values())):

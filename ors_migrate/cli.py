@@ -25,14 +25,85 @@ app = typer.Typer(
     "documented step, resumably. " + EXIT_CODES_HELP,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Plain help: flags read as flags (`--yes`), not as options taking a value (`--yes <bool>`).
+    rich_markup_mode=None,
     add_completion=True,
 )
 lab_app = typer.Typer(
     help="The local rehearsal lab: real Redis Cluster, simulated ORS HA pairs, "
     "CQL stand-in for Cassandra.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(lab_app, name="lab")
+
+# Real invocations shown at the end of each command's --help.
+EXAMPLES: dict[str, list[str]] = {
+    "validate": [
+        "ors-migrate validate site.yaml",
+        "ors-migrate validate site.yaml --playbook remove-cassandra --json",
+    ],
+    "plan": [
+        "ors-migrate plan site.yaml",
+        "ors-migrate plan site.yaml --format markdown > plan.md",
+    ],
+    "schema": [
+        "ors-migrate schema -o site.schema.json",
+    ],
+    "preflight": [
+        "ors-migrate preflight site.yaml",
+        "ors-migrate preflight site.yaml --json",
+    ],
+    "run": [
+        "ors-migrate run site.yaml",
+        "ors-migrate run site.yaml --resume --yes     # continue unattended",
+    ],
+    "rollback": [
+        "ors-migrate rollback 20261130-061500-ab12cd",
+        "ors-migrate rollback 20261130-061500-ab12cd --to start --yes",
+    ],
+    "abandon": [
+        'ors-migrate abandon 20261130-061500-ab12cd --reason "lab torn down"',
+    ],
+    "runs": [
+        "ors-migrate runs",
+        "ors-migrate runs --json --state-dir /var/lib/ors-migrate",
+    ],
+    "status": [
+        "ors-migrate status",
+        "ors-migrate status 20261130-061500-ab12cd --json",
+    ],
+    "lab up": [
+        "ors-migrate lab up --dir /tmp/lab",
+        "ors-migrate lab up --dir /tmp/lab --secure --pairs-per-cluster 3",
+    ],
+    "lab status": [
+        "ors-migrate lab status --dir /tmp/lab",
+        "ors-migrate lab status --dir /tmp/lab --json",
+    ],
+    "lab down": [
+        "ors-migrate lab down --dir /tmp/lab",
+    ],
+    "demo": [
+        "ors-migrate demo",
+        "ors-migrate demo --keep --pairs-per-cluster 3",
+    ],
+    "init": [
+        "ors-migrate init site.yaml",
+        "ors-migrate init site.yaml --from old.yaml --answers answers.yaml --force",
+    ],
+    "report": [
+        "ors-migrate report --format html -o change-1234.html",
+        "ors-migrate report 20261130-061500-ab12cd --format text",
+    ],
+}
+
+
+def examples(command: str) -> str:
+    """The epilog of a command's --help: its examples, kept as written (\\b stops rewrapping)."""
+    lines = "\n".join(f"  {line}" for line in EXAMPLES[command])
+    return f"Examples:\n\n\b\n{lines}"
+
 
 SiteArg = Annotated[Path, typer.Argument(help="Site file (YAML).", show_default=False)]
 PlaybookOpt = Annotated[
@@ -70,7 +141,7 @@ def _ui(yes: bool = False, quiet: bool = False) -> Any:
     return Ui(assume_yes=yes, quiet=quiet)
 
 
-@app.command()
+@app.command(epilog=examples("validate"))
 def validate(
     site: SiteArg,
     playbook: PlaybookOpt = "migrate-to-redis",
@@ -109,7 +180,7 @@ def validate(
     raise typer.Exit(EXIT_BAD_INPUT if errors else 0)
 
 
-@app.command()
+@app.command(epilog=examples("plan"))
 def plan(
     site: SiteArg,
     playbook: PlaybookOpt = "migrate-to-redis",
@@ -140,7 +211,7 @@ def plan(
     typer.echo(render_plan(planned, fmt))
 
 
-@app.command()
+@app.command(epilog=examples("schema"))
 def schema(
     output: Annotated[
         Path | None,
@@ -159,7 +230,7 @@ def schema(
         write_user_file(output, text)
 
 
-@app.command()
+@app.command(epilog=examples("preflight"))
 def preflight(
     site: SiteArg,
     as_json: JsonOpt = False,
@@ -185,7 +256,7 @@ def preflight(
     raise typer.Exit(EXIT_BLOCKED if blocking else 0)
 
 
-@app.command()
+@app.command(epilog=examples("run"))
 def run(
     site: SiteArg,
     run_id: Annotated[
@@ -239,8 +310,15 @@ def run(
 ) -> None:
     """Execute a playbook against a site, journaled so that it can be resumed."""
     from ors_migrate.engine import SwitchoverPolicy
+    from ors_migrate.errors import InputError
     from ors_migrate.runner import Runner
 
+    if run_id is not None and not resume:
+        raise InputError(
+            f"a run id ({run_id}) is taken only with --resume, to continue that run; "
+            "to start a new run give no run id (--yes takes no value)",
+            rule="run-id-without-resume",
+        )
     policy = (
         SwitchoverPolicy(switchover_below, switchover_wait)
         if switchover_below is not None
@@ -267,7 +345,7 @@ def _finish(run_id: str, outcome: Any) -> None:
     raise typer.Exit(outcome.exit_code)
 
 
-@app.command()
+@app.command(epilog=examples("rollback"))
 def rollback(
     run_id: Annotated[
         str | None, typer.Argument(help="Run to roll back (default: the latest).")
@@ -293,12 +371,34 @@ def rollback(
     finally:
         runner.close()
     if outcome.status == "rolled_back":
-        print(f"run {run_id}: rolled back", file=sys.stderr)
+        done = "rolled back" if outcome.exit_code else outcome.message
+        print(f"run {run_id}: {done}", file=sys.stderr)
         raise typer.Exit(0)
     _finish(run_id, outcome)
 
 
-@app.command()
+@app.command(epilog=examples("abandon"))
+def abandon(
+    run_id: Annotated[str, typer.Argument(help="The run to end.", show_default=False)],
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why (journaled with who ended it).", show_default=False)
+    ],
+    state_dir: StateDirOpt = None,
+) -> None:
+    """End a failed, paused or interrupted run without touching the estate (for example when
+    the lab or hosts behind it are gone), so that a new run of its site can start. Refused while
+    a live process holds the run's lock (exit 4)."""
+    from ors_migrate.runner import Runner
+
+    runner = Runner(_state_dir(state_dir), _ui(quiet=True))
+    try:
+        record = runner.abandon(run_id, reason)
+    finally:
+        runner.close()
+    print(f"run {record.run_id}: abandoned ({record.outcome})", file=sys.stderr)
+
+
+@app.command(epilog=examples("runs"))
 def runs(as_json: JsonOpt = False, state_dir: StateDirOpt = None) -> None:
     """Every run in the state directory, oldest first."""
     from ors_migrate.runner import Runner
@@ -321,7 +421,7 @@ def runs(as_json: JsonOpt = False, state_dir: StateDirOpt = None) -> None:
         )
 
 
-@app.command()
+@app.command(epilog=examples("status"))
 def status(
     run_id: Annotated[str | None, typer.Argument(help="Run id (default: the latest).")] = None,
     as_json: JsonOpt = False,
@@ -352,7 +452,7 @@ def status(
     typer.echo(screen, nl=False)
 
 
-@lab_app.command("up")
+@lab_app.command("up", epilog=examples("lab up"))
 def lab_up(
     directory: DirOpt,
     clusters: Annotated[int, typer.Option(min=1, max=10)] = 2,
@@ -370,7 +470,7 @@ def lab_up(
     typer.echo(f"lab up in {layout.root}; site file: {layout.site}")
 
 
-@lab_app.command("status")
+@lab_app.command("status", epilog=examples("lab status"))
 def lab_status(directory: DirOpt, as_json: JsonOpt = False) -> None:
     """Role, version, persistence type and session counters of every simulated ORS application."""
     from ors_migrate.lab.lab import lab_status as status_of
@@ -380,16 +480,18 @@ def lab_status(directory: DirOpt, as_json: JsonOpt = False) -> None:
         _print_json(data)
         return
     typer.echo(
-        f"{'app':<16} {'pair':<12} {'role':<8} {'version':<12} {'type':<10} created restored lost"
+        f"{'app':<16} {'pair':<12} {'role':<8} {'version':<12} {'type':<10} "
+        "created restored lost starts"
     )
     for a in data["apps"]:
         typer.echo(
             f"{a['app']:<16} {a['ha_pair']:<12} {a['role']:<8} {a['version'] or '-':<12} "
-            f"{a['type'] or '-':<10} {a['created']:>7} {a['restored']:>8} {a['lost']:>4}"
+            f"{a['type'] or '-':<10} {a['created']:>7} {a['restored']:>8} {a['lost']:>4} "
+            f"{a['starts']:>6}"
         )
 
 
-@lab_app.command("down")
+@lab_app.command("down", epilog=examples("lab down"))
 def lab_down(directory: DirOpt) -> None:
     """Stop everything the lab started."""
     from ors_migrate.lab.lab import lab_down as down
@@ -398,7 +500,7 @@ def lab_down(directory: DirOpt) -> None:
         typer.echo(f"stopped {line}")
 
 
-@app.command()
+@app.command(epilog=examples("demo"))
 def demo(
     keep: Annotated[
         bool,
@@ -412,7 +514,7 @@ def demo(
     raise typer.Exit(run_demo(keep=keep, pairs_per_cluster=pairs_per_cluster))
 
 
-@app.command()
+@app.command(epilog=examples("init"))
 def init(
     site: Annotated[Path, typer.Argument(help="The site file to write.")] = Path("site.yaml"),
     from_site: Annotated[
@@ -442,7 +544,7 @@ def init(
     raise typer.Exit(run_init(request))
 
 
-@app.command()
+@app.command(epilog=examples("report"))
 def report(
     run_id: Annotated[str | None, typer.Argument(help="Run id (default: the latest).")] = None,
     fmt: Annotated[

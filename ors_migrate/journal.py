@@ -24,7 +24,15 @@ from ors_migrate import statedir
 from ors_migrate.errors import OrsMigrateError, RunLocked
 from ors_migrate.statedir import StateDirError
 
-RUN_STATUSES = ("running", "paused", "interrupted", "succeeded", "failed", "rolled_back")
+RUN_STATUSES = (
+    "running",
+    "paused",
+    "interrupted",
+    "succeeded",
+    "failed",
+    "rolled_back",
+    "abandoned",
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -434,12 +442,20 @@ class Journal:
 class RunLock:
     """One run per site: an flock on `locks/SITE.lock` (released by the kernel when the holder
     dies, so a killed run never needs a manual unlock) and an info file naming the holder: host,
-    user, pid, run id and start time."""
+    user, pid, run id and start time. Given the site's `estate` (lock key -> what it protects,
+    `estate_lock.estate_claims`), it also locks every application and options location, so a
+    copy of the site file under another name cannot run against them at the same time."""
 
     GRACE_S = 1.0
 
-    def __init__(self, state_dir: Path, site_name: str) -> None:
+    def __init__(
+        self, state_dir: Path, site_name: str, estate: dict[str, str] | None = None
+    ) -> None:
         from filelock import FileLock
+
+        from ors_migrate.estate_lock import EstateLock
+
+        self._estate = EstateLock(state_dir, estate) if estate else None
 
         self.state_dir = state_dir
         self.lock_dir = lock_dir = state_dir / "locks"
@@ -467,21 +483,28 @@ class RunLock:
                 if self.live_holder() is not None or time.monotonic() >= deadline:
                     raise RunLocked(self._held_message()) from None
                 time.sleep(0.05)
-        self._write_info(
-            {
-                "host": socket.gethostname(),
-                "user": operator_name(),
-                "pid": os.getpid(),
-                "pid_started": process_started(os.getpid()),
-                "run_id": run_id,
-                "started_at": now(),
-            }
-        )
+        info = {
+            "host": socket.gethostname(),
+            "user": operator_name(),
+            "pid": os.getpid(),
+            "pid_started": process_started(os.getpid()),
+            "run_id": run_id,
+            "started_at": now(),
+        }
+        try:
+            self._write_info(info)
+            if self._estate is not None:
+                self._estate.acquire({**info, "site": self.site_name})
+        except BaseException:
+            self.release()
+            raise
 
     def set_run(self, run_id: str) -> None:
         info = self.holder() or {}
         info["run_id"] = run_id
         self._write_info(info)
+        if self._estate is not None:
+            self._estate.update({**info, "site": self.site_name})
 
     def _write_info(self, info: dict[str, Any]) -> None:
         statedir.write_private(self.info_path, json.dumps(info))
@@ -530,6 +553,8 @@ class RunLock:
         )
 
     def release(self) -> None:
+        if self._estate is not None:
+            self._estate.release()
         if self._lock.is_locked:
             self.info_path.unlink(missing_ok=True)
             self._lock.release()

@@ -25,16 +25,27 @@ from ors_migrate.engine import (
     live_primaries,
     settled_pair_status,
 )
-from ors_migrate.errors import EXIT_INTERRUPTED, InputError, ResumeRefused, SiteError
+from ors_migrate.errors import (
+    EXIT_INTERRUPTED,
+    GateStopped,
+    InputError,
+    ResumeRefused,
+    SiteError,
+    VerificationFailed,
+)
+from ors_migrate.estate_lock import estate_claims
 from ors_migrate.journal import Journal, RunLock, RunRecord, operator_name
-from ors_migrate.plan import OptionValues, Plan, build_plan
+from ors_migrate.options import PERSISTENCE, TYPE
+from ors_migrate.plan import OptionValues, Plan, build_plan, plan_hash
 from ors_migrate.playbook import LoadedPlaybook, load_playbook
 from ors_migrate.secrets import Secrets
 from ors_migrate.site import App, LoadedSite, load_site
-from ors_migrate.ui import Ui
+from ors_migrate.ui import TerminalRequired, Ui, session_counts
+from ors_migrate.undo import changed_apps, restricted, summarize
 
 DEFAULT_PLAYBOOK = "migrate-to-redis"
 UNFINISHED = ("running", "paused", "interrupted", "failed")
+ABANDONABLE = ("paused", "interrupted", "failed")
 STATE_FIELDS = ("title", "seed_step", "scope", "gate", "enables_redis", "on_failure", "retry")
 TARGET_FIELDS = ("cluster", "ha_pair", "app", "host", "role")
 
@@ -286,12 +297,26 @@ class Runner:
         return None
 
     def _rollback_plan_factory(
-        self, loaded: LoadedSite, name: str | None, flags: frozenset[str]
+        self, loaded: LoadedSite, name: str | None, flags: frozenset[str], run_id: str
     ) -> Callable[[], Plan] | None:
+        """The rollback plan, built when the rollback starts: cut down to the applications
+        whose options the run changed by then (and their HA pairs), so nothing else restarts."""
         if name is None:
             return None
         playbook = load_playbook(name)
-        return lambda: make_plan(loaded, playbook, read_current=False, flags=flags)
+
+        def build() -> Plan:
+            full = make_plan(loaded, playbook, read_current=False, flags=flags)
+            run = self.journal.get_run(run_id)
+            if run is None:
+                return full
+            apps = changed_apps(self.journal, run)
+            pairs = {pair.name for _, pair, app in loaded.site.apps() if app.name in apps}
+            plan = restricted(full, apps, pairs)
+            plan.plan_hash = plan_hash(plan)
+            return plan
+
+        return build
 
     def _rollback_events(self, run_id: str) -> list[dict[str, Any]]:
         return [e.payload for e in self.journal.events(run_id) if e.kind in ROLLBACK_EVENTS]
@@ -330,7 +355,7 @@ class Runner:
         """A new run, or with `resume` the site's latest (or the named) unfinished run. Without
         a playbook name a resume uses the playbook its run started with."""
         loaded = load_site(site_path)
-        lock = RunLock(self.state_dir, loaded.site.name)
+        lock = RunLock(self.state_dir, loaded.site.name, estate_claims(loaded.site))
         lock.acquire(run_id)
         try:
             if resume:
@@ -358,7 +383,9 @@ class Runner:
         self._refuse_unfinished(loaded.site.name)
         ctx = self._context(loaded, "")
         try:
+            resolve_secrets(ctx)
             primaries = live_primaries(ctx)
+            refuse_end_state(ctx, plan)
             run_id = self.journal.create_run(
                 site_name=loaded.site.name,
                 site_path=loaded.path,
@@ -379,7 +406,7 @@ class Runner:
             ctx.close()
             raise
         self.ui.info(f"run {run_id}: {plan.title} ({len(plan.states)} states)")
-        factory = self._rollback_plan_factory(loaded, plan.rollback_playbook, frozenset())
+        factory = self._rollback_plan_factory(loaded, plan.rollback_playbook, frozenset(), run_id)
         return Engine(ctx, plan, auto_rollback=auto_rollback, rollback_plan=factory)
 
     def _resumed(
@@ -400,7 +427,7 @@ class Runner:
                 f"playbook it started with, or roll it back (`ors-migrate rollback {run.run_id}`)."
             )
         flags = self._rollback_flags(run.run_id)
-        factory = self._rollback_plan_factory(loaded, plan.rollback_playbook, flags)
+        factory = self._rollback_plan_factory(loaded, plan.rollback_playbook, flags, run.run_id)
         if run.phase == ROLLBACK:
             self._refuse_changed_rollback(run, factory)
         ctx = self._context(loaded, run.run_id)
@@ -449,20 +476,27 @@ class Runner:
             if status in UNFINISHED:
                 raise ResumeRefused(
                     f"run {run.run_id} of site {site_name} is {status} (state "
-                    f"{run.current_state}); continue it with `run --resume` or end it with "
-                    "`rollback` before starting a new run"
+                    f"{run.current_state}); continue it with `run --resume`, roll it back with "
+                    f"`rollback {run.run_id}`, or end it without touching the estate with "
+                    f"`abandon {run.run_id} --reason TEXT` before starting a new run"
                 )
 
     # Rolling back on demand
     def rollback(self, run_id: str | None, *, to_start: bool) -> tuple[str, Outcome]:
-        """The rollback playbook for a run, from wherever it stands. Options asked for by an
-        earlier, unfinished rollback request are kept."""
-        run = self.find_run(run_id)
+        """The rollback playbook for a run, from wherever it stands, with the site file and
+        playbook the run recorded (refused when they would now do something else), limited to
+        what the run changed, and only once the operator confirmed what it will do. Options
+        asked for by an earlier, unfinished rollback request are kept."""
+        run = self._rollback_target(run_id)
         loaded = load_site(run.site_path)
-        lock = RunLock(self.state_dir, run.site_name)
+        lock = RunLock(self.state_dir, run.site_name, estate_claims(loaded.site))
         lock.acquire(run.run_id)
         try:
+            self._refuse_drift(run, loaded)
+            if run.phase != ROLLBACK and not changed_apps(self.journal, run):
+                return run.run_id, self._nothing_to_roll_back(run)
             engine = self._rollback_engine(run, loaded, to_start)
+            self._confirm_rollback(engine, run)
             lock.set_run(run.run_id)
         except BaseException:
             lock.release()
@@ -470,11 +504,94 @@ class Runner:
         reason = f"requested by {engine.ctx.operator}"
         return run.run_id, self._execute(engine, lock, reason)
 
+    def _rollback_target(self, run_id: str | None) -> RunRecord:
+        """The named run; without a name, the latest run, but only when every run in the state
+        directory is of one site (otherwise the operator names the run)."""
+        if run_id:
+            run = self.find_run(run_id)
+        else:
+            runs = self.journal.runs()
+            sites = {r.site_name for r in runs}
+            if len(sites) > 1:
+                latest = {r.site_name: r for r in runs}
+                listed = "; ".join(
+                    f"{r.run_id} (site {r.site_name}, {self.display_status(r)})"
+                    for r in sorted(latest.values(), key=lambda r: r.site_name)
+                )
+                raise InputError(
+                    f"runs of {len(sites)} sites are in {self.state_dir}: name the run to roll "
+                    f"back (latest of each: {listed})",
+                    rule="rollback-which-run",
+                )
+            run = self.find_run(None)
+        if run.status == "abandoned":
+            raise InputError(
+                f"run {run.run_id} was abandoned; there is nothing of it to roll back",
+                rule="rollback-abandoned",
+            )
+        return run
+
+    def _refuse_drift(self, run: RunRecord, loaded: LoadedSite) -> None:
+        """Like resume: refused when the recorded site file or playbook now give another plan
+        (another `stop` command, other applications), naming what differs."""
+        forward = load_playbook(run.playbook_path or run.playbook)
+        plan = make_plan(loaded, forward)
+        if plan.plan_hash != run.plan_hash:
+            raise ResumeRefused(
+                f"run {run.run_id} cannot be rolled back with the files as they are now: "
+                f"{changed_files(run, loaded, forward)} changed since it started, and with it "
+                f"what the run does: {describe_plan_change(run.plan_json, plan)}. Restore the "
+                f"site file ({run.site_path}) and playbook the run started with, then roll back."
+            )
+
+    def _nothing_to_roll_back(self, run: RunRecord) -> Outcome:
+        """A run that changed no option ends here: no restart, no switchover."""
+        message = "nothing to roll back: the run changed no option of any application"
+        self.journal.record(
+            run.run_id, "rollback_requested", phase=ROLLBACK, payload={"reason": message}
+        )
+        if self.display_status(run) in UNFINISHED:
+            self.journal.set_status(run.run_id, "rolled_back", outcome=message)
+        self.ui.info(message)
+        return Outcome("rolled_back", message, 0)
+
+    def _confirm_rollback(self, engine: Engine, run: RunRecord) -> None:
+        """Show what the rollback will do (applications, restarts, switchovers, sessions in
+        progress at risk) and ask. --yes confirms; no terminal and no --yes: exit 2, nothing
+        done."""
+        plan = engine.rollback_plan() if engine.rollback_plan else None
+        if plan is None:
+            return
+        summary = summarize(plan, changed_apps(self.journal, run))
+        pairs = sorted(
+            {a.target.ha_pair for s in plan.states for a in s.actions if a.target.ha_pair}
+        )
+        lines = [f"roll back run {run.run_id} of site {run.site_name} ({run.status})"]
+        lines += summary.lines()
+        if summary.switchovers:
+            counts = session_counts(engine.ctx, pairs)
+            known = [c.active for c in counts if c.active is not None]
+            at_risk = f"{sum(known)}" if counts and len(known) == len(counts) else "unknown"
+            lines.append(f"sessions in progress at risk on the primaries switched over: {at_risk}")
+        if self.ui.assume_yes:
+            for line in lines:
+                self.ui.info(line)
+            return
+        if not self.ui.interactive:
+            raise TerminalRequired(
+                "rollback restarts and switches over ORS applications and needs confirmation, "
+                "but there is no terminal; nothing was done. It would: "
+                + "; ".join(lines[1:])
+                + ". Run it from a terminal, or confirm with --yes."
+            )
+        if not self.ui.confirm("\n".join(lines), "Roll back now?"):
+            raise GateStopped("rollback not confirmed; nothing was done")
+
     def _rollback_engine(self, run: RunRecord, loaded: LoadedSite, to_start: bool) -> Engine:
         forward = load_playbook(run.playbook_path or run.playbook)
         flags = self._rollback_flags(run.run_id) | ({"to_start"} if to_start else set())
         name = forward.spec.rollback_playbook or "rollback"
-        factory = self._rollback_plan_factory(loaded, name, frozenset(flags))
+        factory = self._rollback_plan_factory(loaded, name, frozenset(flags), run.run_id)
         plan = make_plan(loaded, forward, read_current=False)
         ctx = self._context(loaded, run.run_id)
         try:
@@ -484,3 +601,64 @@ class Runner:
             ctx.close()
             raise
         return Engine(ctx, plan, rollback_plan=factory, rollback_flags=frozenset(flags))
+
+    # Ending a run without touching the estate
+    def abandon(self, run_id: str, reason: str) -> RunRecord:
+        """End a failed, paused or interrupted run: journaled with who and why; refused while a
+        live process holds its lock. Nothing on any host is touched."""
+        if not reason.strip():
+            raise InputError("--reason must say why the run is abandoned", rule="abandon-reason")
+        run = self.find_run(run_id)
+        lock = RunLock(self.state_dir, run.site_name)
+        lock.acquire(run.run_id)
+        try:
+            status = self.display_status(run)
+            if status not in ABANDONABLE:
+                raise InputError(
+                    f"run {run.run_id} is {status}; only a failed, paused or interrupted run "
+                    "can be abandoned",
+                    rule="abandon-status",
+                )
+            self.journal.record(
+                run.run_id,
+                "abandoned",
+                phase=run.phase,
+                payload={"by": operator_name(), "reason": reason, "was": status},
+            )
+            self.journal.set_status(
+                run.run_id, "abandoned", outcome=f"abandoned by {operator_name()}: {reason}"
+            )
+        finally:
+            lock.release()
+        return self.find_run(run.run_id)
+
+
+def resolve_secrets(ctx: RunContext) -> None:
+    """Every password the run will need, resolved before anything is created or changed: an
+    unset variable or unreadable file is bad input (exit 2), not a failed run."""
+    ctx.redis_password()
+    ctx.cassandra_password()
+
+
+def refuse_end_state(ctx: RunContext, plan: Plan) -> None:
+    """A migration to Redis on an estate where every application already runs with
+    type=redis would only restart and switch over for nothing: refused (exit 3) before the run
+    is created. Applications whose options cannot be read here are not counted as migrated."""
+    if not any(s.enables_redis for s in plan.states):
+        return
+    if ctx.site.options_backend.kind == "manual":
+        return
+    apps = [app.name for _, _, app in ctx.site.apps()]
+    for name in apps:
+        try:
+            current = ctx.option_store(name).read()
+        except Exception:  # an unreadable store only means "not known to be migrated"
+            return
+        if current.get((PERSISTENCE, TYPE)) != "redis":
+            return
+    raise VerificationFailed(
+        f"every application of site {ctx.site.name} ({', '.join(apps)}) already runs with "
+        f"[{PERSISTENCE}] {TYPE}=redis: there is nothing to migrate, and nothing was run or "
+        "restarted. Check the estate with `ors-migrate preflight SITE`; to finish the "
+        "migration run `ors-migrate run SITE --playbook remove-cassandra`."
+    )

@@ -223,6 +223,14 @@ class Ui:
             self.console.print(render_gate(shown))
             return self._ask_decision()
 
+    def confirm(self, shown: str, question: str) -> bool:
+        """Show what a disruptive command will do and ask yes/no on the terminal."""
+        import questionary
+
+        with self._screen():
+            self.console.print(shown, markup=False)
+            return bool(questionary.confirm(question, default=False).ask())
+
     def _ask_decision(self) -> Decision:
         import questionary
 

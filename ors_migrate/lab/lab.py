@@ -355,6 +355,7 @@ def lab_status(directory: Path) -> dict[str, Any]:
                 "lost": st.get("lost", 0),
                 "active": st.get("active", 0),
                 "persistence_errors": st.get("persistence_errors", 0),
+                "starts": orsctl.starts(layout, app),
             }
         )
     cassandra_pid = read_pid(layout.root / "cassandra" / "pid")

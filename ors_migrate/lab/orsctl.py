@@ -70,6 +70,20 @@ def status(layout: LabLayout, app: str) -> dict[str, Any]:
     }
 
 
+def starts(layout: LabLayout, app: str) -> int:
+    """How many times the application was started since the lab came up (a test's proof that
+    a command restarted nothing)."""
+    try:
+        return int((layout.app_dir(app) / "starts").read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def count_start(layout: LabLayout, app: str) -> None:
+    counter = layout.app_dir(app) / "starts"
+    counter.write_text(f"{starts(layout, app) + 1}\n")
+
+
 def start(layout: LabLayout, app: str) -> dict[str, Any]:
     config = layout.load_config()
     pid = read_pid(layout.pid(app))
@@ -95,6 +109,7 @@ def start(layout: LabLayout, app: str) -> dict[str, Any]:
     )
     log.close()
     layout.pid(app).write_text(str(proc.pid))
+    count_start(layout, app)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -82,9 +82,9 @@ def make_plan(
 
 
 # What changed in a plan
-def _short(value: Any) -> str:
+def _short(value: Any, limit: int = 60) -> str:
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _option_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -120,7 +120,14 @@ def _action_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             )
     found += _option_changes(old, new)
     if old["commands"] != new["commands"]:
-        found.append("runs other commands")
+        pairs = [(o, n) for o, n in zip(old["commands"], new["commands"], strict=False) if o != n]
+        if pairs:
+            was, now = pairs[0]
+            found.append(
+                f"runs other commands: `{_short(now, 120)}` instead of `{_short(was, 120)}`"
+            )
+        else:
+            found.append("runs other commands")
     if not found and old != new:
         found.append("is described differently")
     return found
@@ -402,6 +409,15 @@ class Runner:
                 ctx.record("rules_overridden", payload={"rules": overridden, "by": ctx.operator})
             if ctx.switchover_policy is not None:
                 ctx.record("switchover_policy", payload=ctx.switchover_policy.as_dict())
+            recorded_rollback = rollback_plan_of(loaded, plan.rollback_playbook)
+            if recorded_rollback is not None:
+                ctx.record(
+                    ROLLBACK_AT_START,
+                    payload={
+                        "plan_hash": recorded_rollback.plan_hash,
+                        "plan_json": json.dumps(recorded_rollback.as_dict()),
+                    },
+                )
         except BaseException:
             ctx.close()
             raise
@@ -536,12 +552,22 @@ class Runner:
         (another `stop` command, other applications), naming what differs."""
         forward = load_playbook(run.playbook_path or run.playbook)
         plan = make_plan(loaded, forward)
+        what = ""
         if plan.plan_hash != run.plan_hash:
+            what = describe_plan_change(run.plan_json, plan)
+        else:
+            recorded = [
+                e.payload for e in self.journal.events(run.run_id) if e.kind == ROLLBACK_AT_START
+            ]
+            current = rollback_plan_of(loaded, plan.rollback_playbook)
+            if recorded and current is not None and current.plan_hash != recorded[0]["plan_hash"]:
+                what = "its rollback " + describe_plan_change(recorded[0]["plan_json"], current)
+        if what:
             raise ResumeRefused(
                 f"run {run.run_id} cannot be rolled back with the files as they are now: "
                 f"{changed_files(run, loaded, forward)} changed since it started, and with it "
-                f"what the run does: {describe_plan_change(run.plan_json, plan)}. Restore the "
-                f"site file ({run.site_path}) and playbook the run started with, then roll back."
+                f"what the run does: {what}. Restore the site file ({run.site_path}) and "
+                "playbook the run started with, then roll back."
             )
 
     def _nothing_to_roll_back(self, run: RunRecord) -> Outcome:
@@ -631,6 +657,19 @@ class Runner:
         finally:
             lock.release()
         return self.find_run(run.run_id)
+
+
+ROLLBACK_AT_START = "rollback_plan_at_start"
+
+
+def rollback_plan_of(loaded: LoadedSite, name: str | None) -> Plan | None:
+    """The whole rollback plan (every application, option files restored too) as the site
+    file gives it: recorded when a run starts, so that a rollback can tell when an edited site
+    file (another `stop` command) would make it do something else."""
+    if name is None:
+        return None
+    playbook = load_playbook(name)
+    return make_plan(loaded, playbook, read_current=False, flags=frozenset({"to_start"}))
 
 
 def resolve_secrets(ctx: RunContext) -> None:

@@ -116,7 +116,7 @@ def test_rollback_after_the_site_file_changed_is_refused_naming_the_change(tmp_p
     assert refused.returncode == 2, refused.stderr
     assert f"run {run_id} cannot be rolled back with the files as they are now" in refused.stderr
     assert f"the site file {site.path} changed since it started" in refused.stderr
-    assert "runs other commands: `logger stopping; echo down" in refused.stderr
+    assert "runs other commands: `[here] logger stopping; echo down" in refused.stderr
     assert starts(site) == before
     assert "type=redis" in site.options("ors-b").read_text()
 

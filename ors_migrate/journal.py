@@ -456,6 +456,7 @@ class RunLock:
         from ors_migrate.estate_lock import EstateLock
 
         self._estate = EstateLock(state_dir, estate) if estate else None
+        self._wrote_info = False
 
         self.state_dir = state_dir
         self.lock_dir = lock_dir = state_dir / "locks"
@@ -508,6 +509,7 @@ class RunLock:
 
     def _write_info(self, info: dict[str, Any]) -> None:
         statedir.write_private(self.info_path, json.dumps(info))
+        self._wrote_info = True
 
     def holder(self) -> dict[str, Any] | None:
         """What the info file says, whether or not its process still lives."""
@@ -556,7 +558,9 @@ class RunLock:
         if self._estate is not None:
             self._estate.release()
         if self._lock.is_locked:
-            self.info_path.unlink(missing_ok=True)
+            if self._wrote_info:
+                self.info_path.unlink(missing_ok=True)
+                self._wrote_info = False
             self._lock.release()
 
 

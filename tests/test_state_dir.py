@@ -199,3 +199,24 @@ def test_unusable_state_directory_exits_2_naming_the_cause(tmp_path, where, caus
         assert result.returncode == 2, (command, result.stderr)
         assert cause in result.stderr
         assert "internal error" not in result.stderr
+
+
+@pytest.mark.parametrize("planted", ["tiny.lock", "tiny.holder.json"])
+def test_run_with_a_symlinked_lock_or_holder_exits_2_and_the_target_is_untouched(tmp_path, planted):
+    from tiny_site import make_tiny_site
+
+    site = make_tiny_site(tmp_path / "site")
+    state = tmp_path / "state"
+    journal_in(state)
+    (state / "locks").mkdir(mode=0o700)
+    target = tmp_path / "root-only"
+    target.write_text("precious\n")
+    os.chmod(target, 0o600)
+    (state / "locks" / planted).symlink_to(target)
+
+    result = cli("run", str(site.path), "--yes", "--state-dir", str(state))
+
+    assert result.returncode == 2, result.stderr
+    assert f"{state / 'locks' / planted}: is a symbolic link" in result.stderr
+    assert target.read_text() == "precious\n" and mode(target) == 0o600
+    assert (state / "locks" / planted).is_symlink()

@@ -60,17 +60,19 @@ def restricted(plan: Plan, apps: set[str], pairs: set[str]) -> Plan:
     """The rollback plan cut down to `apps` (application actions) and `pairs` (pair actions);
     site-wide actions stay. A state left with no action is left out."""
 
-    def kept(action: PlannedAction) -> bool:
+    def kept(scope: str, action: PlannedAction) -> bool:
+        # A pair's action may name the member it targets (the backup to restart): the pair
+        # decides, not that member.
         target = action.target
+        if scope == "ha_pair" or (not target.app and target.ha_pair):
+            return target.ha_pair in pairs
         if target.app:
             return target.app in apps
-        if target.ha_pair:
-            return target.ha_pair in pairs
         return True
 
     states = []
     for state in plan.states:
-        actions = [a for a in state.actions if kept(a)]
+        actions = [a for a in state.actions if kept(state.scope, a)]
         if actions:
             states.append(replace(state, actions=actions))
     return replace(plan, states=states)

@@ -261,3 +261,46 @@ def test_runs_with_no_runs_says_so(tmp_path):
     assert shown.returncode == 0
     assert shown.stdout.strip() == f"no runs in {tmp_path / 'empty'}"
     assert json.loads(cli("runs", "--json", "--state-dir", str(tmp_path / "e")).stdout) == []
+
+
+def test_only_the_applications_whose_options_the_run_changed_are_rolled_back(tmp_path):
+    """ors-a's edit changed a value, ors-b's found every value in place, and no edit of the
+    second state ended (it may have changed ors-a again): only ors-a goes back, and with no
+    pair of a changed application, nothing restarts."""
+    from ors_migrate.playbook import load_playbook
+    from ors_migrate.runner import make_plan
+    from ors_migrate.site import load_site
+    from ors_migrate.undo import changed_apps, restricted, summarize
+
+    site = make_tiny_site(tmp_path / "site")
+    loaded = load_site(site.path)
+    forward = make_plan(loaded, load_playbook(str(gated_playbook(site))), read_current=False)
+    rollback = make_plan(
+        loaded, load_playbook(str(site.write_playbook("r", TINY_ROLLBACK))), read_current=False
+    )
+    journal = Journal(tmp_path / "state")
+    try:
+        run_id = journal.create_run(
+            site_name="tiny", site_path=str(site.path), site_digest="d", playbook="gated",
+            playbook_digest="d", plan_hash=forward.plan_hash,
+            plan_json=json.dumps(forward.as_dict()),
+        )  # fmt: skip
+        keys = {a.target.app: a.key for a in forward.state("configure").actions}
+        for app, old, new in (("ors-a", None, "x:1"), ("ors-b", "x:1", "x:1")):
+            change = {"section": "persistence", "option": "redis-nodes", "old": old, "new": new}
+            journal.record(run_id, "action_intent", phase="forward", action_key=keys[app],
+                           payload={"app": app, "set": "preparation"})  # fmt: skip
+            journal.record(run_id, "action_ended", phase="forward", action_key=keys[app],
+                           payload={"observed": {"app": app, "changes": [change]}})  # fmt: skip
+        apps = changed_apps(journal, journal.get_run(run_id))  # type: ignore[arg-type]
+    finally:
+        journal.close()
+
+    assert apps == {"ors-a"}
+    cut = restricted(rollback, apps, set())
+    assert [(s.id, [a.target.app for a in s.actions]) for s in cut.states] == [
+        ("disable-redis", ["ors-a"])
+    ]
+    assert summarize(cut, apps).restarts == summarize(cut, apps).switchovers == 0
+    whole = restricted(rollback, apps, {"pair-1"})
+    assert summarize(whole, apps).restarts == 1 and summarize(whole, apps).switchovers == 1

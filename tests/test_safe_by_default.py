@@ -304,3 +304,29 @@ def test_only_the_applications_whose_options_the_run_changed_are_rolled_back(tmp
     assert summarize(cut, apps).restarts == summarize(cut, apps).switchovers == 0
     whole = restricted(rollback, apps, {"pair-1"})
     assert summarize(whole, apps).restarts == 1 and summarize(whole, apps).switchovers == 1
+
+
+def test_at_a_terminal_rollback_shows_what_it_will_do_and_a_no_does_nothing(tmp_path):
+    from pty_session import finish, spawn
+
+    site = counted_site(tmp_path / "site", version="8.1.400.48")
+    state = tmp_path / "state"
+    run_id = failed_after_enabling(site, state)
+    before = (starts(site), [site.options(a).read_text() for a in APPS])
+
+    child = spawn("rollback", run_id, "--state-dir", str(state), cwd=REPO)
+    child.expect("applications whose options go back: ors-a, ors-b")
+    child.expect("restarts: 1, switchovers: 1")
+    child.expect("Roll back now?")
+    child.send("n")
+    child.send("\r")
+    assert finish(child) == 130
+    assert (starts(site), [site.options(a).read_text() for a in APPS]) == before
+
+    child = spawn("rollback", run_id, "--state-dir", str(state), cwd=REPO)
+    child.expect("Roll back now?")
+    child.send("y")
+    child.send("\r")
+    assert finish(child) == 0
+    assert len(starts(site)) == len(before[0]) + 1
+    assert all("type=cassandra" in site.options(app).read_text() for app in APPS)

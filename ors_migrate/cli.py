@@ -19,26 +19,15 @@ EXIT_CODES_HELP = (
     "blocking problem; 4 another run holds the lock; 130 interrupted or stopped at a gate."
 )
 
-app = typer.Typer(
-    name="ors-migrate",
-    help="Move Genesys ORS 8.1.4 session persistence from Cassandra to Redis Cluster, step by "
-    "documented step, resumably. " + EXIT_CODES_HELP,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    # Plain help: flags read as flags (`--yes`), not as options taking a value (`--yes <bool>`).
-    rich_markup_mode=None,
-    add_completion=True,
-)
-lab_app = typer.Typer(
-    help="The local rehearsal lab: real Redis Cluster, simulated ORS HA pairs, "
-    "CQL stand-in for Cassandra.",
-    no_args_is_help=True,
-    rich_markup_mode=None,
-)
-app.add_typer(lab_app, name="lab")
-
 # Real invocations shown at the end of each command's --help.
 EXAMPLES: dict[str, list[str]] = {
+    "": [
+        "ors-migrate validate site.yaml && ors-migrate plan site.yaml",
+        "ors-migrate run site.yaml",
+    ],
+    "lab": [
+        "ors-migrate lab up --dir /tmp/lab && ors-migrate run /tmp/lab/site.yaml --yes",
+    ],
     "validate": [
         "ors-migrate validate site.yaml",
         "ors-migrate validate site.yaml --playbook remove-cassandra --json",
@@ -104,6 +93,26 @@ def examples(command: str) -> str:
     lines = "\n".join(f"  {line}" for line in EXAMPLES[command])
     return f"Examples:\n\n\b\n{lines}"
 
+
+app = typer.Typer(
+    name="ors-migrate",
+    help="Move Genesys ORS 8.1.4 session persistence from Cassandra to Redis Cluster, step by "
+    "documented step, resumably. " + EXIT_CODES_HELP,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    # Plain help: flags read as flags (`--yes`), not as options taking a value (`--yes <bool>`).
+    rich_markup_mode=None,
+    epilog=examples(""),
+    add_completion=True,
+)
+lab_app = typer.Typer(
+    help="The local rehearsal lab: real Redis Cluster, simulated ORS HA pairs, "
+    "CQL stand-in for Cassandra.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    epilog=examples("lab"),
+)
+app.add_typer(lab_app, name="lab")
 
 SiteArg = Annotated[Path, typer.Argument(help="Site file (YAML).", show_default=False)]
 PlaybookOpt = Annotated[

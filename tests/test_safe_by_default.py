@@ -149,7 +149,9 @@ def test_abandon_ends_a_failed_run_without_touching_the_estate_and_a_new_run_can
     assert blocked.returncode == 2 and f"abandon {run_id} --reason" in blocked.stderr
     before = (starts(site), [site.options(a).read_text() for a in APPS])
 
+    site.path.rename(site.root / "gone.yaml")  # the estate behind the run is gone
     ended = cli("abandon", run_id, "--reason", "estate rebuilt", "--state-dir", str(state))
+    site.root.joinpath("gone.yaml").rename(site.path)
 
     assert ended.returncode == 0, ended.stderr
     assert (starts(site), [site.options(a).read_text() for a in APPS]) == before

@@ -220,3 +220,41 @@ def test_run_with_a_symlinked_lock_or_holder_exits_2_and_the_target_is_untouched
     assert f"{state / 'locks' / planted}: is a symbolic link" in result.stderr
     assert target.read_text() == "precious\n" and mode(target) == 0o600
     assert (state / "locks" / planted).is_symlink()
+
+
+def test_a_symlink_planted_by_another_user_in_a_shared_state_directory_is_never_followed(
+    tmp_path, other_user
+):
+    """The attack of the issue: a state directory others may write, a holder path planted by a
+    second local user pointing at a root-only file. Root's run refuses the directory (exit 2)
+    and the file is untouched."""
+    import tempfile
+
+    from tiny_site import make_tiny_site
+
+    site = make_tiny_site(tmp_path / "site")
+    shared = Path(tempfile.mkdtemp(prefix="orsm-shared-"))  # reachable by the other user
+    try:
+        os.chmod(shared, 0o755)
+        state = shared / "state"
+        state.mkdir()
+        os.chmod(state, 0o1777)
+        target = shared / "root-only"
+        target.write_text("precious\n")
+        os.chmod(target, 0o600)
+        planted = subprocess.run(
+            ["setpriv", f"--reuid={other_user.pw_uid}", f"--regid={other_user.pw_gid}",
+             "--clear-groups", "sh", "-c",
+             f"mkdir -m 777 {state}/locks && ln -s {target} {state}/locks/tiny.holder.json"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert planted.returncode == 0, planted.stderr
+
+        result = cli("run", str(site.path), "--yes", "--state-dir", str(state))
+
+        assert result.returncode == 2, result.stderr
+        assert f"{state}: the directory is writable by group and others" in result.stderr
+        assert target.read_text() == "precious\n" and mode(target) == 0o600
+        assert sorted(p.name for p in state.iterdir()) == ["locks"]
+    finally:
+        shutil.rmtree(shared)

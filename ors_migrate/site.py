@@ -143,10 +143,11 @@ JUMP_SPEC = re.compile(r"^(?:[^@\s,]+@)?(?:\[[0-9A-Fa-f:.]+\]|[^@:\s,\[\]]+)(?::
 def _check_jump_chain(hosts: dict[str, Host], start: str) -> None:
     """The jump chain from `start`, as the SSH transport builder will follow it: every hop that
     names a site host must be an SSH host, the chain must not come back on itself, and a hop
-    that names no site host must be one `[user@]host[:port]` (or ssh config alias)."""
+    that names no site host must be one `[user@]host[:port]` hop with a domain name or IP
+    address, or a Host of the ssh config (a bare unknown name is most likely a typo)."""
     chain: list[str] = []
-    name: str | None = start
-    while name is not None:
+    name = start
+    while True:
         host = hosts[name]
         jump = host.ssh.jump_host if host.ssh and host.transport == "ssh" else None
         if jump is None:

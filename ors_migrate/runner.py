@@ -390,7 +390,7 @@ class Runner:
         self._refuse_unfinished(loaded.site.name)
         ctx = self._context(loaded, "")
         try:
-            resolve_secrets(ctx)
+            resolve_secrets(ctx, plan)
             primaries = live_primaries(ctx)
             refuse_end_state(ctx, plan)
             run_id = self.journal.create_run(
@@ -672,11 +672,20 @@ def rollback_plan_of(loaded: LoadedSite, name: str | None) -> Plan | None:
     return make_plan(loaded, playbook, read_current=False, flags=frozenset({"to_start"}))
 
 
-def resolve_secrets(ctx: RunContext) -> None:
-    """Every password the run will need, resolved before anything is created or changed: an
-    unset variable or unreadable file is bad input (exit 2), not a failed run."""
-    ctx.redis_password()
-    ctx.cassandra_password()
+# Which actions need which password: Redis's to write it into the options and to check the
+# cluster and the sessions in it, Cassandra's to read and drop its keyspace.
+NEEDS_REDIS_PASSWORD = ("options.set", "redis.", "sessions.")
+NEEDS_CASSANDRA_PASSWORD = ("cassandra.", "cassandra_removal.")
+
+
+def resolve_secrets(ctx: RunContext, plan: Plan) -> None:
+    """Every password the plan's actions will need, resolved before anything is created or
+    changed: an unset variable or unreadable file is bad input (exit 2), not a failed run."""
+    names = {a.action for s in plan.states for a in s.actions}
+    if any(n.startswith(NEEDS_REDIS_PASSWORD) for n in names):
+        ctx.redis_password()
+    if any(n.startswith(NEEDS_CASSANDRA_PASSWORD) for n in names):
+        ctx.cassandra_password()
 
 
 def refuse_end_state(ctx: RunContext, plan: Plan) -> None:

@@ -673,8 +673,8 @@ def rollback_plan_of(loaded: LoadedSite, name: str | None) -> Plan | None:
 
 
 # Which actions need which password: Redis's to write it into the options and to check the
-# cluster and the sessions in it, Cassandra's to read and drop its keyspace.
-NEEDS_REDIS_PASSWORD = ("options.set", "redis.", "sessions.")
+# cluster, Cassandra's to check the cluster and to drop the keyspace.
+NEEDS_REDIS_PASSWORD = ("options.set", "redis.")
 NEEDS_CASSANDRA_PASSWORD = ("cassandra.", "cassandra_removal.")
 
 

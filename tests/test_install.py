@@ -39,10 +39,15 @@ def test_wheel_in_a_fresh_venv_plans_the_examples_from_another_directory(tmp_pat
     )
     (wheel,) = wheels.glob("ors_migrate-*.whl")
     with zipfile.ZipFile(wheel) as archive:
-        packed = {
-            Path(n).stem for n in archive.namelist() if n.startswith("ors_migrate/playbooks/")
-        }
+        names = set(archive.namelist())
+    packed = {Path(n).stem for n in names if n.startswith("ors_migrate/playbooks/")}
     assert packed == set(bundled_playbooks())
+    modules = {
+        str(path.relative_to(REPO))
+        for path in (REPO / "ors_migrate").rglob("*.py")
+        if "playbooks" not in path.parts
+    }
+    assert modules <= names, f"modules missing from the wheel: {sorted(modules - names)}"
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)

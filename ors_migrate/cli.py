@@ -469,8 +469,34 @@ def lab_up(
     secure: Annotated[
         bool, typer.Option("--secure", help="Redis with TLS and an ACL user.")
     ] = False,
+    from_site: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="Shape the lab like this site file (its clusters, pairs, application names, "
+            "Redis shape, backend, versions) and write DIR/site.yaml for it.",
+        ),
+    ] = None,
+    monitor_window_s: Annotated[
+        float | None,
+        typer.Option(
+            "--monitor-window-s",
+            min=0.5,
+            help="With --from: a shorter Redis monitoring window than the site's.",
+        ),
+    ] = None,
 ) -> None:
-    """Start a lab in DIR and write DIR/site.yaml for it."""
+    """Start a lab in DIR and write DIR/site.yaml for it.
+
+    Examples: ors-migrate lab up --dir /tmp/lab --clusters 1 --pairs-per-cluster 3;
+    ors-migrate lab up --dir /tmp/rehearsal --from site.yaml --monitor-window-s 10
+    """
+    if from_site is not None:
+        from ors_migrate.lab.from_site import describe, lab_up_from_site
+
+        lab = lab_up_from_site(directory, from_site, monitor_window_s=monitor_window_s)
+        typer.echo(describe(lab))
+        return
     from ors_migrate.lab.lab import LabShape
     from ors_migrate.lab.lab import lab_up as up
 
@@ -516,11 +542,31 @@ def demo(
         typer.Option("--keep", help="Leave the lab directory (not the processes) for inspection."),
     ] = False,
     pairs_per_cluster: Annotated[int, typer.Option(min=1, max=20)] = 2,
+    from_site: Annotated[
+        Path | None,
+        typer.Option("--from", help="Rehearse this site's own migration (see `lab up --from`)."),
+    ] = None,
+    monitor_window_s: Annotated[
+        float | None,
+        typer.Option(
+            "--monitor-window-s", min=0.5, help="With --from: a shorter monitoring window."
+        ),
+    ] = None,
 ) -> None:
-    """Lab up in a temporary directory, the whole migration with --yes, a summary, lab down."""
+    """Lab up in a temporary directory, the whole migration with --yes, a summary, lab down.
+
+    Examples: ors-migrate demo; ors-migrate demo --from site.yaml --monitor-window-s 10
+    """
     from ors_migrate.demo import run_demo
 
-    raise typer.Exit(run_demo(keep=keep, pairs_per_cluster=pairs_per_cluster))
+    raise typer.Exit(
+        run_demo(
+            keep=keep,
+            pairs_per_cluster=pairs_per_cluster,
+            from_site=from_site,
+            monitor_window_s=monitor_window_s,
+        )
+    )
 
 
 @app.command(epilog=examples("init"))

@@ -89,7 +89,13 @@ def summary_text(
     return "\n".join(lines)
 
 
-def run_demo(*, keep: bool = False, pairs_per_cluster: int = 2) -> int:
+def run_demo(
+    *,
+    keep: bool = False,
+    pairs_per_cluster: int = 2,
+    from_site: Path | None = None,
+    monitor_window_s: float | None = None,
+) -> int:
     from ors_migrate.engine import SwitchoverPolicy
     from ors_migrate.journal import Journal
     from ors_migrate.lab.lab import LabShape, lab_down, lab_status, lab_up
@@ -100,7 +106,14 @@ def run_demo(*, keep: bool = False, pairs_per_cluster: int = 2) -> int:
     print(f"demo: lab in {root}", file=sys.stderr)
     started = time.monotonic()
     try:
-        layout = lab_up(root / "lab", LabShape(pairs_per_cluster=pairs_per_cluster))
+        if from_site is None:
+            layout = lab_up(root / "lab", LabShape(pairs_per_cluster=pairs_per_cluster))
+        else:
+            from ors_migrate.lab.from_site import describe, lab_up_from_site
+
+            rehearsal = lab_up_from_site(root / "lab", from_site, monitor_window_s=monitor_window_s)
+            layout = rehearsal.layout
+            print(describe(rehearsal), file=sys.stderr)
         print(f"demo: lab up in {time.monotonic() - started:.1f} s; migrating", file=sys.stderr)
         state_dir = root / "state"
         policy = SwitchoverPolicy(below=QUIET_BELOW, wait_s=QUIET_WAIT_S)

@@ -12,6 +12,7 @@ import datetime as dt
 import html
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 from ors_migrate.journal import Event, Journal, RunRecord
@@ -40,8 +41,27 @@ def build_report(journal: Journal, run: RunRecord) -> dict[str, Any]:
         "switchovers": switchovers(events),
         "checks": checks(events),
         "redis_monitoring": redis_series(events),
+        "rehearsal": _rehearsal(run),
     }
     return scrub(report)
+
+
+def _rehearsal(run: RunRecord) -> dict[str, Any] | None:
+    """A run on a lab made by `lab up --from SITE`: the site it rehearses, both plan hashes."""
+    from ors_migrate.lab.from_site import rehearsal_facts
+
+    return rehearsal_facts(Path(run.site_path), run.playbook, run.plan_hash)
+
+
+def rehearsal_line(report: dict[str, Any]) -> str | None:
+    facts = report.get("rehearsal")
+    if not facts:
+        return None
+    production = facts["production_plan_hash"] or f"unknown ({facts['note']})"
+    return (
+        f"rehearsal of site '{facts['production_name']}' ({facts['production_site']}): "
+        f"plan hash {production} there, {facts['lab_plan_hash']} in this lab"
+    )
 
 
 def _seconds_between(start: str | None, end: str | None) -> float | None:
@@ -361,6 +381,7 @@ def as_markdown(report: dict[str, Any]) -> str:
         "",
         f"- site: `{run['site']}` ({run['site_path']})",
         f"- playbook: `{run['playbook']}`, plan hash `{run['plan_hash']}`",
+        *([f"- {line}"] if (line := rehearsal_line(report)) else []),
         f"- operator(s): {', '.join(report['operators'])} on {run['hostname']}",
         f"- started {run['created_at']}, last event after {_secs(run['duration_s'])}",
         f"- outcome: **{report['outcome']['status']}**: {report['outcome']['message'] or '-'}",
@@ -449,6 +470,7 @@ def as_text(report: dict[str, Any]) -> str:
         f"operator {', '.join(report['operators'])}@{run['hostname']}",
         f"plan {run['plan_hash'][:16]}  started {run['created_at']}  "
         f"elapsed {_secs(run['duration_s'])}",
+        *([line] if (line := rehearsal_line(report)) else []),
         "",
     ]
     for state in report["timeline"]:
@@ -539,6 +561,7 @@ def _html_facts(report: dict[str, Any]) -> str:
         ("Site", f"{run['site']} ({run['site_path']})"),
         ("Playbook", run["playbook"]),
         ("Plan hash", run["plan_hash"]),
+        *([("Rehearsal", line)] if (line := rehearsal_line(report)) else []),
         ("Operator(s)", f"{', '.join(report['operators'])} on {run['hostname']}"),
         ("Started", run["created_at"]),
         ("Last event after", _secs(run["duration_s"])),

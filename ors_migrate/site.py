@@ -450,6 +450,14 @@ class OrsSettings(StrictModel):
     fips: FipsSettings = FipsSettings()
 
 
+class RehearsalOf(StrictModel):
+    """Written by `ors-migrate lab up --from SITE`: the site file this lab site rehearses."""
+
+    site: str = Field(description="path of the production site file")
+    name: Name = Field(description="its site name")
+    sha256: str = Field(description="SHA-256 of that file when the lab was made")
+
+
 class Site(StrictModel):
     """An ors-migrate site file."""
 
@@ -462,6 +470,9 @@ class Site(StrictModel):
     ors_clusters: list[OrsCluster] = Field(min_length=1)
     redis: RedisSettings
     cassandra: CassandraSettings | None = None
+    rehearsal_of: RehearsalOf | None = Field(
+        default=None, description="set in a lab's site file made by `lab up --from`"
+    )
 
     @model_validator(mode="after")
     def _references_and_uniqueness(self) -> Site:

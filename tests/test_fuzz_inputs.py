@@ -40,7 +40,7 @@ from ruamel.yaml import YAML
 
 from ors_migrate.actions.registry import known_actions
 from ors_migrate.errors import InputError
-from ors_migrate.lab.lab import LabShape, _lab_config, _site_yaml
+from ors_migrate.lab.lab import LabShape, _lab_config, _site_yaml, generic_topology
 from ors_migrate.lab.layout import LabLayout
 from ors_migrate.playbook import (
     ActionSpec,
@@ -79,7 +79,9 @@ def lab_site_text(secure: bool) -> bytes:
     """The site file `lab up` writes for two clusters of two HA pairs (no lab is started)."""
     layout = LabLayout(Path("/nonexistent/ors-lab"))
     nodes = [f"127.0.0.1:{port}" for port in range(30001, 30007)]
-    config = _lab_config(layout, LabShape(), nodes, {"cql_port": 9042, "thrift_port": 9160})
+    config = _lab_config(
+        LabShape(), generic_topology(LabShape()), nodes, {"cql_port": 9042, "thrift_port": 9160}
+    )
     if secure:
         config["redis_tls"] = {"cacert": "/lab/ca.crt", "cert": "/lab/c.crt", "key": "/lab/c.key"}
     return _site_yaml(layout, config).encode()

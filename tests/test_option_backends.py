@@ -14,8 +14,7 @@ import pexpect
 from conftest import REPO, cli
 
 from ors_migrate.actions.options_file import read_options
-
-CFGTOOL = Path(__file__).parent / "fixtures" / "cfgtool.py"
+from ors_migrate.lab import cfgtool
 
 
 def _switch_backend(site: Path, backend: str) -> None:
@@ -26,7 +25,7 @@ def _switch_backend(site: Path, backend: str) -> None:
 
 def test_command_backend_runs_the_whole_migration_with_values_on_stdin_only(make_lab, tmp_path):
     lab = make_lab(clusters=1, pairs_per_cluster=1)
-    tool = f"{sys.executable} {CFGTOOL} {lab.root}"
+    tool = cfgtool.command(lab.root)
     _switch_backend(
         lab.site,
         (

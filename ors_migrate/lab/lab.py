@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,45 @@ class LabShape:
     secure: bool = False  # Redis with TLS and an ACL user for ORS
 
 
+@dataclass(frozen=True)
+class LabTopology:
+    """What the lab simulates: ORS clusters, HA pairs (primary first) and each application's
+    installed version, and the shape of the Redis Cluster and the Cassandra stand-in."""
+
+    site_name: str
+    clusters: dict[str, list[str]]
+    pairs: dict[str, tuple[str, str]]
+    versions: dict[str, str]
+    redis_masters: int = 3
+    redis_replicas: int = 1
+    redis_tls: bool = False
+    redis_user: str | None = None  # ACL user ORS logs in as ("default": password only)
+    cassandra_version: str = CASSANDRA_VERSION
+    cassandra_keyspace: str = CASSANDRA_KEYSPACE
+
+
+def generic_topology(shape: LabShape) -> LabTopology:
+    """`--clusters N --pairs-per-cluster M`: clusters ORS_CL1..N with pairs clI-pairJ."""
+    clusters: dict[str, list[str]] = {}
+    pairs: dict[str, tuple[str, str]] = {}
+    for c in range(1, shape.clusters + 1):
+        cluster = f"ORS_CL{c}"
+        clusters[cluster] = []
+        for p in range(1, shape.pairs_per_cluster + 1):
+            pair = f"cl{c}-pair{p}"
+            clusters[cluster].append(pair)
+            pairs[pair] = (f"ors-cl{c}-p{p}-a", f"ors-cl{c}-p{p}-b")
+    versions = {app: SIMULATOR_START_VERSION for members in pairs.values() for app in members}
+    return LabTopology(
+        site_name="ors-lab",
+        clusters=clusters,
+        pairs=pairs,
+        versions=versions,
+        redis_tls=shape.secure,
+        redis_user=REDIS_ORS_USER if shape.secure else None,
+    )
+
+
 def _free_ports(count: int) -> list[int]:
     sockets, ports = [], []
     for _ in range(count):
@@ -61,7 +101,7 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
-def _options_text(app: str, cassandra_nodes: str) -> str:
+def _options_text(app: str, cassandra_nodes: str, keyspace: str = CASSANDRA_KEYSPACE) -> str:
     return (
         f"; Options of ORS application {app}, Application object in Configuration Server\n"
         "; (exported in the Genesys options format; the lab's simulated ORS reads it at start)\n"
@@ -73,7 +113,7 @@ def _options_text(app: str, cassandra_nodes: str) -> str:
         "; Cassandra session persistence, in use before the migration\n"
         "type=cassandra\n"
         f"cassandra-nodes={cassandra_nodes}\n"
-        f"cassandra-keyspace={CASSANDRA_KEYSPACE}\n"
+        f"cassandra-keyspace={keyspace}\n"
         "\n"
         "[log]\n"
         "verbose=standard\n"
@@ -81,20 +121,48 @@ def _options_text(app: str, cassandra_nodes: str) -> str:
 
 
 def _password_file(layout: LabLayout) -> Path:
-    return layout.root / "secrets" / "redis-ors.password"
+    return secret_file(layout, "redis-ors.password")
+
+
+def secret_file(layout: LabLayout, name: str) -> Path:
+    return layout.root / "secrets" / name
+
+
+def new_secret_file(layout: LabLayout, name: str, *, reuse: bool = False) -> Path:
+    """A fresh random secret in a 0600 file under the lab's 0700 `secrets/` (kept when `reuse`
+    and it exists); site files refer to it as file:PATH."""
+    import secrets
+
+    path = secret_file(layout, name)
+    if reuse and path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_urlsafe(18) + "\n")
+    return path
 
 
 def _new_redis_password(layout: LabLayout) -> str:
     """A fresh password for the lab's ORS user, kept in a 0600 file the site file refers to."""
-    import secrets
+    return new_secret_file(layout, "redis-ors.password").read_text().strip()
 
-    path = _password_file(layout)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    password = secrets.token_urlsafe(18)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(password + "\n")
-    return password
+
+def lab_services(layout: LabLayout) -> dict[str, str]:
+    """The lab's Management Layer: `orsctl` commands for each service command of a site."""
+    ctl = (
+        f"{shlex.quote(sys.executable)} -m ors_migrate.lab.orsctl "
+        f"--dir {shlex.quote(str(layout.root))}"
+    )
+    return {
+        "start": ctl + " start {app}",
+        "stop": ctl + " stop {app}",
+        "status": ctl + " status {app}",
+        "switchover": ctl + " switchover {pair}",
+        "version": ctl + " version {app}",
+        "sessions": ctl + " sessions {app}",
+        "upgrade": ctl + " upgrade {app} {version}",
+    }
 
 
 def _start_detached(args: list[str], log: Path, cwd: Path) -> int:
@@ -123,7 +191,9 @@ def _wait_file(path: Path, pid: int, timeout: float, what: str, log: Path) -> An
     raise LabError(f"{what} did not start within {timeout:g} s; see {log}")
 
 
-def start_cassandra(layout: LabLayout, cql_port: int = 0, thrift_port: int = 0) -> dict[str, Any]:
+def start_cassandra(
+    layout: LabLayout, cql_port: int = 0, thrift_port: int = 0, release: str = CASSANDRA_VERSION
+) -> dict[str, Any]:
     """Start the lab's CQL stand-in detached (port 0: any free port) and record its pid."""
     base = layout.root / "cassandra"
     base.mkdir(parents=True, exist_ok=True)
@@ -140,7 +210,7 @@ def start_cassandra(layout: LabLayout, cql_port: int = 0, thrift_port: int = 0) 
             "--thrift-port",
             str(thrift_port),
             "--release-version",
-            CASSANDRA_VERSION,
+            release,
             "--cluster-name",
             "ors-lab",
             "--ready-file",
@@ -155,10 +225,6 @@ def start_cassandra(layout: LabLayout, cql_port: int = 0, thrift_port: int = 0) 
 
 
 def _site_yaml(layout: LabLayout, config: dict[str, Any]) -> str:
-    ctl = (
-        f"{shlex.quote(sys.executable)} -m ors_migrate.lab.orsctl "
-        f"--dir {shlex.quote(str(layout.root))}"
-    )
     apps_root = layout.root / "apps"
     lines = [
         "# Site file of a rehearsal lab made by `ors-migrate lab up`.",
@@ -174,13 +240,7 @@ def _site_yaml(layout: LabLayout, config: dict[str, Any]) -> str:
         "  kind: ini-file",
         f"  path: {json.dumps(str(apps_root) + '/{app}/options.ini')}",
         "services:",
-        f"  start: {json.dumps(ctl + ' start {app}')}",
-        f"  stop: {json.dumps(ctl + ' stop {app}')}",
-        f"  status: {json.dumps(ctl + ' status {app}')}",
-        f"  switchover: {json.dumps(ctl + ' switchover {pair}')}",
-        f"  version: {json.dumps(ctl + ' version {app}')}",
-        f"  sessions: {json.dumps(ctl + ' sessions {app}')}",
-        f"  upgrade: {json.dumps(ctl + ' upgrade {app} {version}')}",
+        *[f"  {key}: {json.dumps(command)}" for key, command in lab_services(layout).items()],
         "  ready_timeout_s: 30",
         "  poll_interval_s: 0.1",
         "ors:",
@@ -234,10 +294,20 @@ def _site_yaml(layout: LabLayout, config: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def lab_up(directory: Path, shape: LabShape = LabShape()) -> LabLayout:
+def lab_up(
+    directory: Path,
+    shape: LabShape = LabShape(),
+    *,
+    topology: LabTopology | None = None,
+    site_writer: Callable[[LabLayout, dict[str, Any]], str] | None = None,
+) -> LabLayout:
+    """Start a lab in `directory` and write its site file. By default the lab is the generic
+    estate of `shape`; with `topology` and `site_writer` it takes another shape and site file
+    (a rehearsal of a site's own migration, see `lab.from_site`)."""
     from ors_migrate.lab.cassandra_sessions import CassandraSessionStore
     from ors_migrate.lab.redis_cluster import RedisClusterLab
 
+    topology = topology or generic_topology(shape)
     layout = LabLayout(directory.resolve())
     if layout.config.exists() and any(
         pid_alive(read_pid(layout.pid(app))) for app in layout.load_config()["apps"]
@@ -245,30 +315,30 @@ def lab_up(directory: Path, shape: LabShape = LabShape()) -> LabLayout:
         raise LabError(f"a lab is already running in {layout.root}; run `lab down` first")
     layout.root.mkdir(parents=True, exist_ok=True)
     try:
-        acl = {REDIS_ORS_USER: _new_redis_password(layout)} if shape.secure else None
+        acl = {topology.redis_user: _new_redis_password(layout)} if topology.redis_user else None
         try:
             redis = RedisClusterLab(
                 layout.root,
-                masters=3,
-                replicas_per_master=1,
+                masters=topology.redis_masters,
+                replicas_per_master=topology.redis_replicas,
                 aof=True,
-                tls=shape.secure,
+                tls=topology.redis_tls,
                 acl_users=acl,
             ).start()
         except OrsMigrateError:
             raise
         except Exception as exc:
             raise LabError(f"the lab's Redis Cluster did not start: {exc}") from None
-        cassandra = start_cassandra(layout)
+        cassandra = start_cassandra(layout, release=topology.cassandra_version)
         try:
             store = CassandraSessionStore(
-                [f"127.0.0.1:{cassandra['cql_port']}"], CASSANDRA_KEYSPACE
+                [f"127.0.0.1:{cassandra['cql_port']}"], topology.cassandra_keyspace
             )
             store.ensure_schema()
             store.close()
         except Exception as exc:
             raise LabError(f"the CQL stand-in did not accept the ORS schema: {exc}") from None
-        config = _lab_config(layout, shape, redis.nodes, cassandra)
+        config = _lab_config(shape, topology, redis.nodes, cassandra)
         if redis.tls_files is not None:
             tls = redis.tls_files
             config["redis_tls"] = {
@@ -277,13 +347,14 @@ def lab_up(directory: Path, shape: LabShape = LabShape()) -> LabLayout:
                 "key": str(tls.key),
             }
         write_json_atomic(layout.config, config)
+        cassandra_nodes = f"127.0.0.1:{cassandra['cql_port']}"
         for app in config["apps"]:
             layout.app_dir(app).mkdir(parents=True, exist_ok=True)
             # Created 0600 as an operator should keep it: it will hold the Redis password.
             options = layout.options(app)
             options.touch(mode=0o600)
-            options.write_text(_options_text(app, f"127.0.0.1:{cassandra['cql_port']}"))
-            layout.installed_version(app).write_text(SIMULATOR_START_VERSION + "\n")
+            options.write_text(_options_text(app, cassandra_nodes, topology.cassandra_keyspace))
+            layout.installed_version(app).write_text(topology.versions[app] + "\n")
         for pair, info in config["pairs"].items():
             write_json_atomic(layout.pair(pair), {"primary": info["apps"][0], "since": time.time()})
         try:
@@ -292,7 +363,8 @@ def lab_up(directory: Path, shape: LabShape = LabShape()) -> LabLayout:
                     orsctl.start(layout, info["apps"][member])
         except orsctl.LabCommandError as exc:
             raise LabError(f"a simulated ORS application did not start: {exc}") from None
-        layout.site.write_text(_site_yaml(layout, config))
+        text = site_writer(layout, config) if site_writer else _site_yaml(layout, config)
+        layout.site.write_text(text)
     except BaseException:
         lab_down(layout.root)
         raise
@@ -300,27 +372,22 @@ def lab_up(directory: Path, shape: LabShape = LabShape()) -> LabLayout:
 
 
 def _lab_config(
-    layout: LabLayout, shape: LabShape, redis_nodes: list[str], cassandra: dict[str, Any]
+    shape: LabShape, topology: LabTopology, redis_nodes: list[str], cassandra: dict[str, Any]
 ) -> dict[str, Any]:
-    count = shape.clusters * shape.pairs_per_cluster * 2
-    ports = iter(_free_ports(count))
-    clusters: dict[str, list[str]] = {}
+    members = [app for pair in topology.pairs.values() for app in pair]
+    ports = iter(_free_ports(len(members)))
     pairs: dict[str, Any] = {}
     apps: dict[str, Any] = {}
-    for c in range(1, shape.clusters + 1):
-        cluster = f"ORS_CL{c}"
-        clusters[cluster] = []
-        for p in range(1, shape.pairs_per_cluster + 1):
-            pair = f"cl{c}-pair{p}"
-            members = [f"ors-cl{c}-p{p}-a", f"ors-cl{c}-p{p}-b"]
-            clusters[cluster].append(pair)
-            pairs[pair] = {"cluster": cluster, "apps": members}
-            for app in members:
+    for cluster, names in topology.clusters.items():
+        for pair in names:
+            pairs[pair] = {"cluster": cluster, "apps": list(topology.pairs[pair])}
+            for app in topology.pairs[pair]:
                 apps[app] = {"cluster": cluster, "pair": pair, "http_port": next(ports)}
     return {
-        "site_name": "ors-lab",
+        "site_name": topology.site_name,
         "python": sys.executable,
         "redis_nodes": redis_nodes,
+        "redis_user": topology.redis_user,
         "cassandra": cassandra,
         "session_rate": shape.session_rate,
         "session_min_s": 2.0,
@@ -328,7 +395,7 @@ def _lab_config(
         "session_ttl_s": 300,
         "session_wave_s": 30.0,
         "monitor_window_s": shape.monitor_window_s,
-        "clusters": clusters,
+        "clusters": {cluster: list(names) for cluster, names in topology.clusters.items()},
         "pairs": pairs,
         "apps": apps,
     }

@@ -65,6 +65,7 @@ EXAMPLES: dict[str, list[str]] = {
     "lab up": [
         "ors-migrate lab up --dir /tmp/lab",
         "ors-migrate lab up --dir /tmp/lab --secure --pairs-per-cluster 3",
+        "ors-migrate lab up --dir /tmp/rehearsal --from site.yaml --monitor-window-s 10",
     ],
     "lab status": [
         "ors-migrate lab status --dir /tmp/lab",
@@ -76,6 +77,7 @@ EXAMPLES: dict[str, list[str]] = {
     "demo": [
         "ors-migrate demo",
         "ors-migrate demo --keep --pairs-per-cluster 3",
+        "ors-migrate demo --from site.yaml --monitor-window-s 10",
     ],
     "init": [
         "ors-migrate init site.yaml",
@@ -486,11 +488,7 @@ def lab_up(
         ),
     ] = None,
 ) -> None:
-    """Start a lab in DIR and write DIR/site.yaml for it.
-
-    Examples: ors-migrate lab up --dir /tmp/lab --clusters 1 --pairs-per-cluster 3;
-    ors-migrate lab up --dir /tmp/rehearsal --from site.yaml --monitor-window-s 10
-    """
+    """Start a lab in DIR and write DIR/site.yaml for it."""
     if from_site is not None:
         from ors_migrate.lab.from_site import describe, lab_up_from_site
 
@@ -553,10 +551,7 @@ def demo(
         ),
     ] = None,
 ) -> None:
-    """Lab up in a temporary directory, the whole migration with --yes, a summary, lab down.
-
-    Examples: ors-migrate demo; ors-migrate demo --from site.yaml --monitor-window-s 10
-    """
+    """Lab up in a temporary directory, the whole migration with --yes, a summary, lab down."""
     from ors_migrate.demo import run_demo
 
     raise typer.Exit(

@@ -76,9 +76,8 @@ def validate(
     """Static checks of the site file and of the options the playbook would write, against every
     documented rule. No network. Exit 0 when valid (warnings allowed), 2 on any error."""
     from ors_migrate.errors import InputError
-    from ors_migrate.playbook import load_playbook
     from ors_migrate.rules import check, errors_in, findings_from_error, render_findings
-    from ors_migrate.runner import make_plan
+    from ors_migrate.runner import load_playbook, make_plan
     from ors_migrate.site import load_site
 
     try:
@@ -118,10 +117,9 @@ def plan(
     with option diffs, gates and the rollback point; secrets as ***. A site that breaks a
     documented rule gets its findings on stderr instead, and exit code 2."""
     from ors_migrate.errors import InputError
-    from ors_migrate.playbook import load_playbook
     from ors_migrate.render import FORMATS, render_plan
     from ors_migrate.rules import check, errors_in, render_findings
-    from ors_migrate.runner import make_plan
+    from ors_migrate.runner import load_playbook, make_plan
     from ors_migrate.site import load_site
 
     if fmt not in FORMATS:
@@ -233,8 +231,8 @@ def run(
     state_dir: StateDirOpt = None,
 ) -> None:
     """Execute a playbook against a site, journaled so that it can be resumed."""
-    from ors_migrate.engine import SwitchoverPolicy
     from ors_migrate.runner import Runner
+    from ors_migrate.step import SwitchoverPolicy
 
     policy = (
         SwitchoverPolicy(switchover_below, switchover_wait)

@@ -90,10 +90,10 @@ def summary_text(
 
 
 def run_demo(*, keep: bool = False, pairs_per_cluster: int = 2) -> int:
-    from ors_migrate.engine import SwitchoverPolicy
     from ors_migrate.journal import Journal
     from ors_migrate.lab.lab import LabShape, lab_down, lab_status, lab_up
     from ors_migrate.runner import Runner
+    from ors_migrate.step import SwitchoverPolicy
     from ors_migrate.ui import Ui
 
     root = Path(tempfile.mkdtemp(prefix="ors-migrate-demo-"))

@@ -7,145 +7,26 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ors_migrate.actions.base import CheckResult
-from ors_migrate.actions.registry import Action, get_action
-from ors_migrate.actions.service import AppStatus, ServiceControl
-from ors_migrate.actions.transports import TransportPool
-from ors_migrate.errors import (
-    GateStopped,
-    OrsMigrateError,
-    ResumeRefused,
-    TransportError,
-)
+from ors_migrate.errors import GateStopped, OrsMigrateError, TransportError
+from ors_migrate.gate import build_gate_view, gate_summary
 from ors_migrate.journal import Event, Journal
-from ors_migrate.options import PERSISTENCE
-from ors_migrate.plan import Plan, PlannedAction, PlannedState
-from ors_migrate.secrets import Secrets
-from ors_migrate.site import LoadedSite, Site
-from ors_migrate.ui import Ui, build_gate_view
+from ors_migrate.step import (
+    FORWARD,
+    ROLLBACK,
+    Action,
+    ActionTable,
+    Plan,
+    PlannedAction,
+    PlannedState,
+    RunContext,
+)
 
-FORWARD = "forward"
-ROLLBACK = "rollback"
 ROLLBACK_EVENTS = ("rollback_started", "rollback_requested")
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class SwitchoverPolicy:
-    """Before a switchover that allows it, wait up to `wait_s` for the primary to have fewer
-    than `below` sessions in progress (they are at risk at the first switchover)."""
-
-    below: int
-    wait_s: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"below": self.below, "wait_s": self.wait_s}
-
-
-@dataclass
-class RunContext:
-    """Everything an action may use. Built once per run (one composition root)."""
-
-    loaded_site: LoadedSite
-    run_id: str
-    journal: Journal
-    ui: Ui
-    secrets: Secrets
-    operator: str
-    pool: TransportPool = field(init=False)
-    services: ServiceControl = field(init=False)
-    origin_run_id: str = ""
-    phase: str = FORWARD
-    switchover_policy: SwitchoverPolicy | None = None
-
-    def __post_init__(self) -> None:
-        self.pool = TransportPool(self.site, self.secrets)
-        self.services = ServiceControl(self.site, self.pool)
-        self.origin_run_id = self.origin_run_id or self.run_id
-        self._stores: dict[str, Any] = {}
-
-    def attach(self, run_id: str) -> None:
-        """Name the run once the journal has created it (the live world is read before)."""
-        self.run_id = run_id
-        self.origin_run_id = run_id
-
-    @property
-    def site(self) -> Site:
-        return self.loaded_site.site
-
-    def redis_password(self) -> str | None:
-        return self.secrets.resolve(self.site.redis.password, what="Redis password")
-
-    def cassandra_password(self) -> str | None:
-        cass = self.site.cassandra
-        return self.secrets.resolve(cass.password if cass else None, what="Cassandra password")
-
-    def secret_option_value(self, change: Any) -> str | None:
-        if change.key == (PERSISTENCE, "password"):
-            return self.redis_password()
-        raise KeyError(change.key)
-
-    def option_store(self, app_name: str) -> Any:
-        if app_name not in self._stores:
-            from ors_migrate.actions.option_backends import open_store
-
-            self._stores[app_name] = open_store(self, app_name)
-        return self._stores[app_name]
-
-    def capture_originals(self, app_name: str) -> None:
-        """Before the first edit of an application in this run: its current values of every
-        option the procedures may touch, and (where the backend can) the whole file."""
-        if self.journal.has_originals(self.origin_run_id, app_name):
-            return
-        from ors_migrate.actions.option_actions import tracked_options
-
-        store = self.option_store(app_name)
-        store.keep_original(self.origin_run_id)
-        current = store.read()
-        values = [
-            (c.section, c.option, current.get(c.key), c.secret) for c in tracked_options(self.site)
-        ]
-        self.journal.save_originals(self.origin_run_id, app_name, values)
-
-    def record(
-        self,
-        kind: str,
-        *,
-        state_id: str | None = None,
-        action_key: str | None = None,
-        payload: dict[str, Any] | None = None,
-    ) -> None:
-        """Journal an event of this run, with every secret value resolved so far masked."""
-        self.journal.record(
-            self.run_id,
-            kind,
-            phase=self.phase,
-            state_id=state_id,
-            action_key=action_key,
-            payload=self.masked(payload or {}),
-        )
-
-    def masked(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self.secrets.mask(value)
-        if isinstance(value, dict):
-            return {k: self.masked(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [self.masked(v) for v in value]
-        return value
-
-    def record_checks(self, results: list[CheckResult]) -> None:
-        for result in results:
-            self.record("check", payload=result.as_dict())
-            if result.severity == "warning":
-                self.ui.warn(f"{result.message}" + (f" (fix: {result.fix})" if result.fix else ""))
-
-    def close(self) -> None:
-        self.pool.close_all()
 
 
 class ActionCrashed(OrsMigrateError):
@@ -193,6 +74,7 @@ class Engine:
         self,
         ctx: RunContext,
         plan: Plan,
+        actions: ActionTable,
         *,
         auto_rollback: bool = True,
         rollback_plan: Callable[[], Plan] | None = None,
@@ -201,6 +83,7 @@ class Engine:
     ) -> None:
         self.ctx = ctx
         self.plan = plan
+        self.actions = actions
         self.auto_rollback = auto_rollback
         self.rollback_plan = rollback_plan
         self.rollback_flags = rollback_flags
@@ -361,7 +244,7 @@ class Engine:
         mine = [e for e in events if e.action_key == step.key]
         if any(e.kind == "action_ended" for e in mine):
             return
-        action = get_action(step.action)
+        action = self.actions[step.action]()
         intents = [e.payload for e in mine if e.kind == "action_intent"]
         started = time.monotonic()
         note = ""
@@ -465,80 +348,3 @@ class Engine:
 
 class _RollbackRequested(OrsMigrateError):
     """The operator chose rollback at a gate."""
-
-
-def gate_summary(plan: Plan | None, state: PlannedState) -> list[str]:
-    """What comes next and where, for the gate prompt."""
-    lines = [f"next: {state.id} ({state.seed_step or 'tool step'}) - {state.title}"]
-    hosts = sorted({a.target.host for a in state.actions if a.target.host})
-    if hosts:
-        lines.append("hosts: " + ", ".join(hosts))
-    for action in state.actions:
-        lines.append(f"  - {action.preview.description}")
-    return lines
-
-
-# The live topology on resume
-def expected_primaries(
-    journal: Journal, run_id: str, initial: dict[str, str]
-) -> dict[str, set[str]]:
-    """Per HA pair, the members that may be primary now according to the journal: the last
-    completed switchover decides; a switchover started but not ended allows either member."""
-    expected = {pair: {app} for pair, app in initial.items()}
-    intents: dict[str, dict[str, Any]] = {}
-    for event in journal.events(run_id):
-        payload = event.payload
-        if event.kind == "action_intent" and "new_primary" in payload:
-            intents[event.action_key or ""] = payload
-            expected[payload["pair"]] = {payload["old_primary"], payload["new_primary"]}
-        elif event.kind == "action_ended" and event.action_key in intents:
-            intent = intents.pop(event.action_key or "")
-            expected[intent["pair"]] = {intent["new_primary"]}
-        elif event.kind == "topology":
-            for pair, app in payload.get("primaries", {}).items():
-                expected[pair] = {app}
-    return expected
-
-
-def settled_pair_status(ctx: RunContext, pair_name: str) -> dict[str, AppStatus]:
-    """The pair's roles once it has exactly one primary, waiting up to the site's ready timeout
-    for a switchover or restart that is still in flight to finish."""
-    services = ctx.site.services
-    deadline = time.monotonic() + services.ready_timeout_s
-    while True:
-        statuses = ctx.services.pair_status(pair_name)
-        primaries = [n for n, s in statuses.items() if s.role == "primary"]
-        if len(primaries) == 1 or time.monotonic() >= deadline:
-            return statuses
-        time.sleep(services.poll_interval_s)
-
-
-def live_primaries(ctx: RunContext) -> dict[str, str]:
-    """The primary of every HA pair, read from the live world; VerificationFailed when a pair
-    has no single primary."""
-    return {
-        pair.name: ctx.services.app_in_role(pair.name, "primary") for _, pair in ctx.site.pairs()
-    }
-
-
-def check_live_topology(ctx: RunContext, initial: dict[str, str]) -> None:
-    """Refuse to resume when the live primaries cannot be explained by the journal."""
-    expected = expected_primaries(ctx.journal, ctx.run_id, initial)
-    problems = []
-    for _, pair in ctx.site.pairs():
-        statuses = settled_pair_status(ctx, pair.name)
-        primaries = {n for n, s in statuses.items() if s.role == "primary"}
-        allowed = expected.get(pair.name, set())
-        if len(primaries) != 1 or not primaries <= allowed:
-            seen = ", ".join(f"{n}={s.role}" for n, s in statuses.items())
-            want = " or ".join(sorted(allowed)) or "a primary recorded at the start"
-            problems.append(
-                f"HA pair {pair.name}: the journal expects {want} as primary, "
-                f"the live roles are {seen}"
-            )
-    if problems:
-        raise ResumeRefused(
-            "the live topology does not match the run's journal: "
-            + "; ".join(problems)
-            + ". Restore the expected roles (or start a new run) before resuming."
-        )

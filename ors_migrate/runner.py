@@ -1,5 +1,8 @@
 """The composition root of a run: site + playbook -> plan -> journal, lock and engine.
 
+Here, and only here, the concrete parts meet: the table of actions (built-ins and entry
+points), the transports, service control and option stores of a run's context.
+
 Starting, resuming and rolling back all go through here: the site's lock is taken first, a
 resume is refused when the plan or the live topology no longer match the journal, and a run
 interrupted by a signal is recorded as such.
@@ -11,32 +14,87 @@ import json
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-from ors_migrate.engine import (
-    ROLLBACK,
-    ROLLBACK_EVENTS,
-    Engine,
-    Outcome,
-    RunContext,
-    SwitchoverPolicy,
+from ors_migrate import playbook as playbooks
+from ors_migrate.actions.option_backends import open_store
+from ors_migrate.actions.registry import build_action_table
+from ors_migrate.actions.service_control import (
+    ServiceControl,
     check_live_topology,
     live_primaries,
     settled_pair_status,
 )
+from ors_migrate.actions.transports import TransportPool
+from ors_migrate.context import LiveRunContext
+from ors_migrate.engine import ROLLBACK_EVENTS, Engine, Outcome
 from ors_migrate.errors import EXIT_INTERRUPTED, InputError, ResumeRefused, SiteError
 from ors_migrate.journal import Journal, RunLock, RunRecord, operator_name
-from ors_migrate.plan import OptionValues, Plan, build_plan
-from ors_migrate.playbook import LoadedPlaybook, load_playbook
+from ors_migrate.plan import build_plan
+from ors_migrate.playbook import LoadedPlaybook
 from ors_migrate.secrets import Secrets
-from ors_migrate.site import App, LoadedSite, load_site
-from ors_migrate.ui import Ui
+from ors_migrate.site import App, LoadedSite, Site, load_site
+from ors_migrate.step import (
+    ROLLBACK,
+    ActionTable,
+    OptionValues,
+    Plan,
+    RunContext,
+    RunUi,
+    SwitchoverPolicy,
+    Transports,
+)
 
 DEFAULT_PLAYBOOK = "migrate-to-redis"
 UNFINISHED = ("running", "paused", "interrupted", "failed")
 STATE_FIELDS = ("title", "seed_step", "scope", "gate", "enables_redis", "on_failure", "retry")
 TARGET_FIELDS = ("cluster", "ha_pair", "app", "host", "role")
+
+
+TransportFactory = Callable[[Site, Secrets], Transports]
+
+
+@cache
+def action_table() -> ActionTable:
+    """The built-in action families and every `ors_migrate.actions` entry point, once."""
+    return build_action_table()
+
+
+def load_playbook(name_or_path: str, actions: ActionTable | None = None) -> LoadedPlaybook:
+    """A playbook checked against the action table (the process's own unless given)."""
+    return playbooks.load_playbook(name_or_path, action_table() if actions is None else actions)
+
+
+def build_context(
+    loaded: LoadedSite,
+    run_id: str,
+    journal: Journal,
+    ui: RunUi,
+    *,
+    secrets: Secrets | None = None,
+    operator: str | None = None,
+    switchover_policy: SwitchoverPolicy | None = None,
+    transports: TransportFactory = TransportPool,
+) -> RunContext:
+    """The context of one run: one transport per host (`transports`: SSH or local by the
+    site, unless a test hands in its own), service control over them and the site's option
+    backend, handed to the engine and its actions."""
+    secrets = secrets or Secrets()
+    pool = transports(loaded.site, secrets)
+    return LiveRunContext(
+        loaded,
+        run_id,
+        journal,
+        ui,
+        secrets,
+        operator or operator_name(),
+        pool=pool,
+        services=ServiceControl(loaded.site, pool),
+        open_store=open_store,
+        switchover_policy=switchover_policy,
+    )
 
 
 def local_option_reader(loaded: LoadedSite) -> Any:
@@ -230,9 +288,15 @@ def refuse_rule_errors(
 
 class Runner:
     def __init__(
-        self, state_dir: Path, ui: Ui, *, switchover_policy: SwitchoverPolicy | None = None
+        self,
+        state_dir: Path,
+        ui: RunUi,
+        *,
+        switchover_policy: SwitchoverPolicy | None = None,
+        transports: TransportFactory = TransportPool,
     ) -> None:
         self.state_dir = state_dir
+        self.transports = transports
         self.ui = ui
         self.journal = Journal(state_dir)
         self.switchover_policy = switchover_policy
@@ -267,9 +331,15 @@ class Runner:
 
     # Composition
     def _context(self, loaded: LoadedSite, run_id: str) -> RunContext:
-        ctx = RunContext(loaded, run_id, self.journal, self.ui, Secrets(), operator_name())
-        ctx.switchover_policy = self.switchover_policy or self._journaled_policy(run_id)
-        return ctx
+        policy = self.switchover_policy or self._journaled_policy(run_id)
+        return build_context(
+            loaded,
+            run_id,
+            self.journal,
+            self.ui,
+            switchover_policy=policy,
+            transports=self.transports,
+        )
 
     def _journaled_policy(self, run_id: str) -> SwitchoverPolicy | None:
         """A resumed run keeps the switchover policy it started with."""
@@ -375,7 +445,7 @@ class Runner:
             raise
         self.ui.info(f"run {run_id}: {plan.title} ({len(plan.states)} states)")
         factory = self._rollback_plan_factory(loaded, plan.rollback_playbook, frozenset())
-        return Engine(ctx, plan, auto_rollback=auto_rollback, rollback_plan=factory)
+        return Engine(ctx, plan, action_table(), auto_rollback=auto_rollback, rollback_plan=factory)
 
     def _resumed(
         self,
@@ -406,7 +476,12 @@ class Runner:
             ctx.close()
             raise
         return Engine(
-            ctx, plan, auto_rollback=auto_rollback, rollback_plan=factory, rollback_flags=flags
+            ctx,
+            plan,
+            action_table(),
+            auto_rollback=auto_rollback,
+            rollback_plan=factory,
+            rollback_flags=flags,
         )
 
     def _resumable(self, loaded: LoadedSite, run_id: str | None) -> RunRecord:
@@ -478,4 +553,6 @@ class Runner:
         except BaseException:
             ctx.close()
             raise
-        return Engine(ctx, plan, rollback_plan=factory, rollback_flags=frozenset(flags))
+        return Engine(
+            ctx, plan, action_table(), rollback_plan=factory, rollback_flags=frozenset(flags)
+        )

@@ -326,7 +326,9 @@ class CassandraRemoval(StrictModel):
     snapshot_command: str = "nodetool snapshot -t {tag} {keyspace}"
     list_snapshots_command: str = "nodetool listsnapshots"
 
-    _check_templates = _templates(SNAPSHOT_PLACEHOLDERS, "snapshot_command", "list_snapshots_command")
+    _check_templates = _templates(
+        SNAPSHOT_PLACEHOLDERS, "snapshot_command", "list_snapshots_command"
+    )
 
 
 class CassandraSettings(StrictModel):

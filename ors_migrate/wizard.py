@@ -757,9 +757,8 @@ def dump_yaml(data: dict[str, Any], header: str = "") -> str:
 
 def check_site_text(text: str, shown_as: str) -> list[str]:
     """The errors `validate` would report for this site file content."""
-    from ors_migrate.playbook import load_playbook
     from ors_migrate.rules import check, errors_in
-    from ors_migrate.runner import make_plan
+    from ors_migrate.runner import load_playbook, make_plan
     from ors_migrate.site import load_site
 
     with tempfile.TemporaryDirectory() as tmp:

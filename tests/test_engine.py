@@ -12,15 +12,13 @@ from typing import Any
 import pytest
 from tiny_site import TinySite, make_tiny_site
 
-from ors_migrate.actions.base import Preview
-from ors_migrate.actions.registry import Action, known_actions
-from ors_migrate.engine import Engine, Outcome, RunContext
+from ors_migrate.engine import Engine, Outcome
 from ors_migrate.errors import CommandFailed, TransportError, VerificationFailed
 from ors_migrate.journal import Journal
-from ors_migrate.playbook import load_playbook
-from ors_migrate.runner import make_plan
+from ors_migrate.runner import action_table, build_context, load_playbook, make_plan
 from ors_migrate.secrets import Secrets
 from ors_migrate.site import load_site
+from ors_migrate.step import Action, Preview, RunContext
 from ors_migrate.ui import Ui
 
 
@@ -82,11 +80,13 @@ states:
 
 
 @pytest.fixture
-def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeWorld]:
+def world() -> Iterator[FakeWorld]:
     global WORLD
     WORLD = FakeWorld()
-    monkeypatch.setitem(known_actions(), FakeSwitch.name, FakeSwitch)
     yield WORLD
+
+
+ACTIONS = {**action_table(), FakeSwitch.name: FakeSwitch}
 
 
 @dataclass
@@ -99,7 +99,7 @@ class Harness:
     def engine(self, attempts: int = 4) -> Engine:
         loaded = load_site(self.site.path)
         playbook = load_playbook(
-            str(self.site.write_playbook("fake", PLAYBOOK.format(attempts=attempts)))
+            str(self.site.write_playbook("fake", PLAYBOOK.format(attempts=attempts))), ACTIONS
         )
         plan = make_plan(loaded, playbook)
         if not self.run_id:
@@ -113,8 +113,10 @@ class Harness:
                 plan_json=json.dumps(plan.as_dict()),
             )
         ui = Ui(assume_yes=True, quiet=True)
-        ctx = RunContext(loaded, self.run_id, self.journal, ui, Secrets(interactive=False), "t")
-        return Engine(ctx, plan, sleep=self.sleeps.append)
+        ctx = build_context(
+            loaded, self.run_id, self.journal, ui, secrets=Secrets(interactive=False), operator="t"
+        )
+        return Engine(ctx, plan, ACTIONS, sleep=self.sleeps.append)
 
     def run(self, attempts: int = 4) -> Outcome:
         engine = self.engine(attempts)

@@ -38,7 +38,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
-from ors_migrate.actions.registry import known_actions
 from ors_migrate.errors import InputError
 from ors_migrate.lab.lab import LabShape, _lab_config, _site_yaml
 from ors_migrate.lab.layout import LabLayout
@@ -46,12 +45,11 @@ from ors_migrate.playbook import (
     ActionSpec,
     LoadedPlaybook,
     StateSpec,
-    load_playbook,
     resolve_playbook_path,
 )
 from ors_migrate.render import FORMATS, render_plan
 from ors_migrate.rules import Finding, check
-from ors_migrate.runner import make_plan
+from ors_migrate.runner import action_table, load_playbook, make_plan
 from ors_migrate.site import LoadedSite, load_site
 
 SCALE = float(os.environ.get("ORS_MIGRATE_FUZZ_SCALE", "1"))
@@ -469,10 +467,10 @@ ACTION_ARGS = bundled_action_args()
 
 @st.composite
 def clean_actions(draw: st.DrawFn, scope: str) -> dict[str, Any]:
-    fitting = sorted(n for n, a in known_actions().items() if scope in a.scopes)
-    name = draw(st.sampled_from(fitting or sorted(known_actions())))
+    fitting = sorted(n for n, a in action_table().items() if scope in a.scopes)
+    name = draw(st.sampled_from(fitting or sorted(action_table())))
     action: dict[str, Any] = {"do": name}
-    kind = known_actions()[name]
+    kind = action_table()[name]
     if kind.needs_role and scope == "ha_pair":
         action["role"] = draw(st.sampled_from(["primary", "backup"]))
     args = draw(st.sampled_from(ACTION_ARGS.get(name, [{}])))

@@ -19,18 +19,14 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ors_migrate.actions.base import Preview
-from ors_migrate.actions.registry import Action
-from ors_migrate.actions.service import render
+from ors_migrate.actions.service_control import render
 from ors_migrate.errors import CommandFailed, GateStopped, SiteError, VerificationFailed
 from ors_migrate.options import PERSISTENCE, REDIS, TYPE, OptionChange
+from ors_migrate.step import Action, Preview
 
 if TYPE_CHECKING:
-    from ors_migrate.actions.base import Transport
-    from ors_migrate.engine import RunContext
-    from ors_migrate.plan import PlannedAction, PlanningView
     from ors_migrate.site import CassandraSettings, Site
-    from ors_migrate.ui import Ui
+    from ors_migrate.step import PlannedAction, PlanningView, RunContext, RunUi, Transport
 
 CONFIRM_ENV = "ORS_MIGRATE_CONFIRM_DROP_KEYSPACE"
 MIGRATION_PLAYBOOK = "migrate-to-redis"
@@ -257,7 +253,9 @@ class SnapshotKeyspace(Action):
         return {}
 
 
-def confirm_drop(ui: Ui, keyspace: str, who: str, environ: Mapping[str, str] = os.environ) -> str:
+def confirm_drop(
+    ui: RunUi, keyspace: str, who: str, environ: Mapping[str, str] = os.environ
+) -> str:
     """How the operator confirmed dropping `keyspace` ("environment" or "typed"), or
     GateStopped. `--yes` alone never confirms it."""
     named = environ.get(CONFIRM_ENV)

@@ -6,13 +6,11 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from ors_migrate.actions.base import CheckResult, Preview
-from ors_migrate.actions.registry import Action
 from ors_migrate.errors import VerificationFailed
+from ors_migrate.step import Action, CheckResult, Preview
 
 if TYPE_CHECKING:
-    from ors_migrate.engine import RunContext
-    from ors_migrate.plan import PlannedAction, PlanningView
+    from ors_migrate.step import PlannedAction, PlanningView, RunContext
 
 
 def raise_on_blocking(results: list[CheckResult], what: str) -> dict[str, Any]:

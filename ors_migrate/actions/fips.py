@@ -19,15 +19,13 @@ import shlex
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ors_migrate.actions.base import Preview, Transport
-from ors_migrate.actions.registry import Action
 from ors_migrate.errors import CommandFailed, SiteError, VerificationFailed
 from ors_migrate.options import OptionChange, version_at_least
+from ors_migrate.step import Action, Preview, Transport
 
 if TYPE_CHECKING:
-    from ors_migrate.engine import RunContext
-    from ors_migrate.plan import PlannedAction, PlanningView
     from ors_migrate.site import Site
+    from ors_migrate.step import PlannedAction, PlanningView, RunContext
 
 SCXML = "scxml"
 FIPS_ENABLED = "fips-enabled"

@@ -15,14 +15,14 @@ import secrets as random_tokens
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ors_migrate.actions.base import Transport
 from ors_migrate.actions.options_file import IniFileOptions, read_options
-from ors_migrate.actions.service import render
+from ors_migrate.actions.service_control import render
 from ors_migrate.errors import CommandFailed, VerificationFailed
 from ors_migrate.options import PERSISTENCE, OptionChange
+from ors_migrate.step import Transport
 
 if TYPE_CHECKING:
-    from ors_migrate.engine import RunContext
+    from ors_migrate.step import RunContext
 
 OptionValues = dict[tuple[str, str], str]
 

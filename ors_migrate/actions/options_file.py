@@ -11,9 +11,9 @@ import re
 from configupdater import ConfigUpdater
 from configupdater.parser import ParsingError
 
-from ors_migrate.actions.base import Transport
 from ors_migrate.errors import InputError
 from ors_migrate.options import OptionChange
+from ors_migrate.step import Transport
 
 SPACED = re.compile(r"^\s*[^#;\[\s][^=]*\s=\s", re.MULTILINE)
 

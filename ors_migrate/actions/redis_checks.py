@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ors_migrate.actions.base import CheckResult
 from ors_migrate.errors import TransportError, VerificationFailed
 from ors_migrate.site import MonitorSettings, RedisSettings, TlsSettings
+from ors_migrate.step import CheckResult
 
 TOTAL_SLOTS = 16384
 MIN_MASTERS = 3

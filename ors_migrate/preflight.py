@@ -14,7 +14,7 @@ from typing import Any
 from ors_migrate.errors import OrsMigrateError
 from ors_migrate.options import PERSISTENCE, REDIS, TYPE, version_at_least
 from ors_migrate.site import LoadedSite
-from ors_migrate.step import CheckResult
+from ors_migrate.step import CheckResult, Severity
 
 ProbeResults = list[tuple[str, CheckResult]]
 
@@ -143,7 +143,7 @@ def _options(ctx: Any) -> ProbeResults:
             values = ctx.option_store(app.name).read()
             current = values.get((PERSISTENCE, TYPE), "(unset: cassandra)")
             nodes = values.get((PERSISTENCE, "redis-nodes"))
-            severity = "warning" if current == REDIS else "ok"
+            severity: Severity = "warning" if current == REDIS else "ok"
             message = f"{app.name}: [persistence] type={current}"
             if nodes:
                 message += f", redis-nodes={nodes}"

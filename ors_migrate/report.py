@@ -168,7 +168,7 @@ def _on_gate_decision(row: dict[str, Any], event: Event, planned: dict[str, Any]
     row["status"] = {
         "stop": "stopped at its gate",
         "rollback": "rolled back at its gate",
-    }.get(event.payload.get("decision"), "started, not ended")
+    }.get(str(event.payload.get("decision")), "started, not ended")
 
 
 STATE_EVENTS = {

@@ -19,9 +19,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--require-all", action="store_true",
-                     help="a test that lacks a system package or privilege fails instead of skips "
-                          "(also CI=true or ORS_MIGRATE_REQUIRE_ALL=1)")
+    parser.addoption(
+        "--require-all",
+        action="store_true",
+        help="a test that lacks a system package or privilege fails instead of skips "
+        "(also CI=true or ORS_MIGRATE_REQUIRE_ALL=1)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -51,8 +54,11 @@ def processes_under(directory: Path) -> list[str]:
     """Command lines of live processes that mention `directory` (lab processes do)."""
     out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
     needle = str(directory)
-    return [line.strip() for line in out.splitlines()
-            if needle in line and "ps -eo" not in line and str(os.getpid()) != line.split()[0]]
+    return [
+        line.strip()
+        for line in out.splitlines()
+        if needle in line and "ps -eo" not in line and str(os.getpid()) != line.split()[0]
+    ]
 
 
 @pytest.fixture
@@ -75,12 +81,17 @@ def make_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...,
         assert not left, f"processes left running after lab down: {left}"
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
-        stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 600, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run `ors-migrate` as an operator would: a separate process, no terminal."""
     return subprocess.run(
         [sys.executable, "-m", "ors_migrate", *args],
-        capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
         env={**os.environ, "NO_COLOR": "1", "ORS_MIGRATE_DEBUG": "1", **(env or {})},
-        stdin=subprocess.DEVNULL if stdin is None else None, input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
+        input=stdin,
     )

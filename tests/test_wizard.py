@@ -338,8 +338,9 @@ def test_first_screen_as_an_80_column_terminal_shows_it(tmp_path):
         deadline = time.monotonic() + 20
         screen = ""
         while time.monotonic() < deadline:
-            screen = subprocess.run([*tmux, "capture-pane", "-p"], capture_output=True,
-                                    text=True).stdout
+            screen = subprocess.run(
+                [*tmux, "capture-pane", "-p"], capture_output=True, text=True
+            ).stdout
             if "?" in screen:
                 break
             time.sleep(0.2)

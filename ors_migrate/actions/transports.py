@@ -33,11 +33,18 @@ class TransportPool:
         settings = host.ssh or SshSettings()
         jump = None
         if settings.jump_host and settings.jump_host in self.site.hosts:
-            jump = self.for_host(settings.jump_host)
+            hop = self.for_host(settings.jump_host)
+            if not isinstance(hop, SshTransport):
+                raise SiteError(
+                    f"host '{host_name}' jumps through '{settings.jump_host}', which uses the "
+                    "local transport; a jump host is reached over SSH",
+                    field=f"hosts.{host_name}.ssh.jump_host",
+                )
+            jump = hop
         passphrase = self.secrets.resolve(
             settings.key_passphrase, what=f"SSH key passphrase for host {host_name}"
         )
-        return SshTransport(  # type: ignore[return-value]
+        return SshTransport(
             host_name, settings, platform=host.platform, passphrase=passphrase, jump=jump
         )
 

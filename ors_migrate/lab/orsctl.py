@@ -131,7 +131,7 @@ def switchover(layout: LabLayout, pair: str) -> dict[str, Any]:
     if pair not in config["pairs"]:
         raise LabCommandError(f"no HA pair {pair} in this lab")
     members = config["pairs"][pair]["apps"]
-    current = (read_json(layout.pair(pair)) or {}).get("primary")
+    current = str((read_json(layout.pair(pair)) or {}).get("primary"))
     new = next(a for a in members if a != current)
     if status(layout, new)["role"] != "backup":
         raise LabCommandError(f"{new} is not running as backup; switchover refused")

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ors_migrate.errors import GateStopped, OrsMigrateError, TransportError
+from ors_migrate.errors import GateStopped, OrsMigrateError, StateTimedOut, TransportError
 from ors_migrate.gate import build_gate_view, gate_summary
 from ors_migrate.journal import Event, Journal
 from ors_migrate.step import (
@@ -80,6 +80,7 @@ class Engine:
         rollback_plan: Callable[[], Plan] | None = None,
         rollback_flags: frozenset[str] = frozenset(),
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ctx = ctx
         self.plan = plan
@@ -88,6 +89,8 @@ class Engine:
         self.rollback_plan = rollback_plan
         self.rollback_flags = rollback_flags
         self.sleep = sleep
+        self.clock = clock
+        self._deadline: float | None = None
 
     @property
     def journal(self) -> Journal:
@@ -194,13 +197,15 @@ class Engine:
                     "state_started", state_id=state.id, payload={"seed_step": state.seed_step}
                 )
             self._gate(state, phase, events)
-            started = time.monotonic()
+            started = self.clock()
+            self._deadline = started + state.timeout_s if state.timeout_s else None
             for step in state.actions:
                 self._run_action(state, step, events)
+            self._deadline = None
             self.ctx.record(
                 "state_ended",
                 state_id=state.id,
-                payload={"seconds": round(time.monotonic() - started, 3)},
+                payload={"seconds": round(self.clock() - started, 3)},
             )
             events = self._events(phase)
 
@@ -244,6 +249,7 @@ class Engine:
         mine = [e for e in events if e.action_key == step.key]
         if any(e.kind == "action_ended" for e in mine):
             return
+        self._within_timeout(state, step)
         action = self.actions[step.action]()
         intents = [e.payload for e in mine if e.kind == "action_intent"]
         started = time.monotonic()
@@ -313,6 +319,7 @@ class Engine:
         self, state: PlannedState, step: PlannedAction, exc: OrsMigrateError, attempt: int
     ) -> None:
         delay = backoff_delay(state, attempt)
+        self._within_timeout(state, step, delay)
         message = self.ctx.secrets.mask(str(exc))
         self.ctx.ui.warn(f"{step.key}: transient failure ({message}); retry in {delay:g} s")
         self.ctx.record(
@@ -322,6 +329,25 @@ class Engine:
             payload={"error": message, "attempt": attempt, "delay_s": delay},
         )
         self.sleep(delay)
+
+    def _within_timeout(self, state: PlannedState, step: PlannedAction, wait_s: float = 0) -> None:
+        """Stop the state when its `timeout_s` has passed (or would, after waiting `wait_s`),
+        before `step` starts or retries. The check is cooperative: an action under way runs
+        to its own end or timeout first."""
+        if self._deadline is None or self.clock() + wait_s < self._deadline:
+            return
+        assert state.timeout_s is not None
+        elapsed = state.timeout_s - (self._deadline - self.clock())
+        self.ctx.record(
+            "state_timed_out",
+            state_id=state.id,
+            action_key=step.key,
+            payload={"timeout_s": state.timeout_s, "elapsed_s": round(elapsed, 3)},
+        )
+        raise StateTimedOut(
+            f"state {state.id} ran past its timeout_s of {state.timeout_s:g} s "
+            f"({elapsed:.1f} s spent; stopped before {step.key})"
+        )
 
     def _ended(
         self,

@@ -68,6 +68,11 @@ class TransportError(OrsMigrateError):
     transient = True
 
 
+class StateTimedOut(TransportError):
+    """A state ran past its `timeout_s`: it stops before its next action or retry, like a
+    transient failure whose retries are spent (a resume starts the state's clock again)."""
+
+
 class LoginRefused(TransportError):
     """The host refused our credentials: retrying will not help."""
 

@@ -7,7 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 from ors_migrate.errors import OrsMigrateError
-from ors_migrate.step import GateView, Plan, PlannedState, RunContext, SessionCount
+from ors_migrate.step import (
+    GateView,
+    Plan,
+    PlannedState,
+    RunContext,
+    SessionCount,
+    sessions_in_progress,
+)
 
 
 def gate_summary(plan: Plan | None, state: PlannedState) -> list[str]:
@@ -82,8 +89,7 @@ def _count_on(ctx: RunContext, pair: str, primary: str, host: str) -> SessionCou
         result = ctx.services.run("sessions", primary, check=False)
     except OrsMigrateError as exc:
         return SessionCount(pair, primary, host, None, str(exc))
-    words = result.stdout.split()
-    if result.exit_code != 0 or not words or not words[0].isdigit():
-        reason = f"`sessions` exited {result.exit_code}: {result.stdout.strip()[:60]!r}"
-        return SessionCount(pair, primary, host, None, reason)
-    return SessionCount(pair, primary, host, int(words[0]))
+    count = sessions_in_progress(result)
+    if isinstance(count, str):
+        return SessionCount(pair, primary, host, None, count)
+    return SessionCount(pair, primary, host, count)

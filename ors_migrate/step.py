@@ -12,6 +12,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
+from ors_migrate.errors import CommandFailed
+
 if TYPE_CHECKING:
     from ors_migrate.journal import Journal
     from ors_migrate.options import OptionChange
@@ -40,6 +42,15 @@ class CommandResult:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0
+
+
+def sessions_in_progress(result: CommandResult) -> int | str:
+    """What the site's `sessions` command said: the count of sessions in progress (the first
+    word of its output), or why there is no count."""
+    words = result.stdout.split()
+    if result.exit_code != 0 or not words or not words[0].isdigit():
+        return f"`sessions` exited {result.exit_code}: {result.stdout.strip()[:60]!r}"
+    return int(words[0])
 
 
 @dataclass(frozen=True)
@@ -323,6 +334,28 @@ class Transport(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def run_checked(
+    transport: Transport,
+    command: str,
+    *,
+    stdin: str | None = None,
+    timeout: float | None = None,
+    shown_as: str | None = None,
+    stdout_when_silent: bool = False,
+) -> CommandResult:
+    """Run a command that must succeed: CommandFailed (host, command or `shown_as`, exit code,
+    stderr) on a non-zero exit. The one "run, raise on failure" of the actions. Only with
+    `stdout_when_silent` (scripts that report errors on stdout) does a failure quote stdout:
+    a site command's output may hold option values."""
+    result = transport.run(command, stdin=stdin, timeout=timeout)
+    if result.exit_code != 0:
+        tail = result.stderr
+        if stdout_when_silent:
+            tail = result.stderr.strip() or result.stdout.strip() or "no output"
+        raise CommandFailed(transport.name, shown_as or command, result.exit_code, tail)
+    return result
 
 
 class Transports(Protocol):

@@ -38,8 +38,8 @@ def backend_commands(site: Site, app_name: str) -> list[str]:
     from ors_migrate.actions.service_control import render
 
     backend = site.options_backend
-    cluster, pair, app = site.find_app(app_name)
-    values = {"app": app.name, "cluster": cluster.name, "pair": pair.name, "host": app.host}
+    _, _, app = site.find_app(app_name)
+    values = site.placeholder_values(app_name)
     if backend.kind == "ini-file":
         path = site.options_path(app_name)
         return [

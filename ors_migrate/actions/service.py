@@ -27,18 +27,8 @@ def _service_preview(
         template = getattr(site.services, kind)
         if template is None:
             continue
-        cluster, pair, app = site.find_app(app_name)
-        peer = next(a.name for a in pair.apps if a.name != app_name)
-        values = {
-            "app": app_name,
-            "host": app.host,
-            "cluster": cluster.name,
-            "pair": pair.name,
-            "peer": peer,
-            "install_dir": app.install_dir or "",
-            **extra,
-        }
-        commands.append(f"[{app.host}] {render(template, values)}")
+        values = {**site.placeholder_values(app_name), **extra}
+        commands.append(f"[{values['host']}] {render(template, values)}")
     return commands
 
 

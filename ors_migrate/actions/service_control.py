@@ -10,10 +10,17 @@ import shlex
 import time
 from typing import Any
 
-from ors_migrate.errors import CommandFailed, OrsMigrateError, ResumeRefused, VerificationFailed
+from ors_migrate.errors import OrsMigrateError, ResumeRefused, VerificationFailed
 from ors_migrate.journal import Journal
 from ors_migrate.site import Site
-from ors_migrate.step import AppStatus, CommandResult, RunContext, Transports
+from ors_migrate.step import (
+    AppStatus,
+    CommandResult,
+    RunContext,
+    Transports,
+    run_checked,
+    sessions_in_progress,
+)
 
 ROLES = ("primary", "backup", "down")
 
@@ -60,16 +67,7 @@ class ServiceControl:
         self.services = site.services
 
     def placeholders(self, app_name: str) -> dict[str, str]:
-        cluster, pair, app = self.site.find_app(app_name)
-        peer = next(a.name for a in pair.apps if a.name != app_name)
-        return {
-            "app": app.name,
-            "host": app.host,
-            "cluster": cluster.name,
-            "pair": pair.name,
-            "peer": peer,
-            "install_dir": app.install_dir or "",
-        }
+        return self.site.placeholder_values(app_name)
 
     def command(self, kind: str, app_name: str, **extra: str) -> str:
         template = getattr(self.services, kind)
@@ -81,10 +79,9 @@ class ServiceControl:
         _, _, app = self.site.find_app(app_name)
         transport = self.pool.for_host(app.host)
         command = self.command(kind, app_name, **extra)
-        result = transport.run(command, timeout=self.services.ready_timeout_s)
-        if check and result.exit_code != 0:
-            raise CommandFailed(transport.name, command, result.exit_code, result.stderr)
-        return result
+        if check:
+            return run_checked(transport, command, timeout=self.services.ready_timeout_s)
+        return transport.run(command, timeout=self.services.ready_timeout_s)
 
     def status(self, app_name: str) -> AppStatus:
         return parse_status(app_name, self.run("status", app_name, check=False))
@@ -102,10 +99,8 @@ class ServiceControl:
             result = self.run("sessions", app_name, check=False)
         except OrsMigrateError:
             return None
-        words = result.stdout.split()
-        if result.exit_code != 0 or not words or not words[0].isdigit():
-            return None
-        return int(words[0])
+        count = sessions_in_progress(result)
+        return None if isinstance(count, str) else count
 
     def app_in_role(self, pair_name: str, role: str) -> str:
         statuses = self.pair_status(pair_name)

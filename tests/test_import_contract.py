@@ -27,6 +27,7 @@ LAYER_OF_MODULE = {
     "secrets": "model",
     "journal": "model",
     "events": "model",
+    "processes": "model",
     "step": "protocol",
     "playbook": "planning",
     "plan": "planning",

@@ -19,7 +19,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ors_migrate.lab.layout import LabLayout, pid_alive, read_json, read_pid, write_json_atomic
+from ors_migrate.lab.layout import LabLayout, read_json, read_pid, write_json_atomic
+from ors_migrate.processes import pid_alive
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0

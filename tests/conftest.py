@@ -32,6 +32,28 @@ def pytest_configure(config: pytest.Config) -> None:
     set_strict(bool(config.getoption("--require-all")) or strict_from_environment())
 
 
+# What starts a server (Redis Cluster, CQL stand-in, sshd) or a whole lab: a test that uses
+# one of these fixtures or needs one of these programs is `slow`, so that `-m "not slow"` is
+# the fast loop. Tests that start a lab themselves (`cli("lab", "up", ...)`) say so with
+# `@pytest.mark.slow`.
+SERVER_FIXTURES = frozenset(
+    {"make_lab", "standin", "driver", "root_sshd", "plain_lab", "bare_lab", "tls_lab", "lab"}
+)
+SERVER_PROGRAMS = frozenset({"redis-server", "sshd"})
+
+
+def starts_a_server(item: pytest.Item) -> bool:
+    fixtures = set(getattr(item, "fixturenames", ()))
+    needed = {name for marker in item.iter_markers("needs") for name in marker.args}
+    return bool(fixtures & SERVER_FIXTURES or needed & SERVER_PROGRAMS)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if starts_a_server(item):
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     for marker in item.iter_markers("needs"):
         require(*marker.args)

@@ -883,6 +883,7 @@ def test_every_seed_site_plans_with_a_seed_playbook():
     assert ACTION_ARGS, "the bundled playbooks give the generator its action arguments"
 
 
+@pytest.mark.slow
 @fuzz_settings(650)
 @given(case=mutated_sites())
 def test_mutated_site_files_get_a_located_error_or_a_plan(case, playbooks, workdir):
@@ -891,6 +892,7 @@ def test_mutated_site_files_get_a_located_error_or_a_plan(case, playbooks, workd
     check_input(raw, workdir / "site.yaml", site_runner(playbook), playbook.path, "site mutated")
 
 
+@pytest.mark.slow
 @fuzz_settings(450)
 @given(raw=generated(clean_sites()), chosen=any_playbook)
 def test_generated_site_files_get_a_located_error_or_a_plan(raw, chosen, playbooks, workdir):
@@ -899,6 +901,7 @@ def test_generated_site_files_get_a_located_error_or_a_plan(raw, chosen, playboo
     check_input(raw, workdir / "site.yaml", runner, playbook.path, "site generated")
 
 
+@pytest.mark.slow
 @fuzz_settings(450)
 @given(case=mutated_playbooks())
 def test_mutated_playbooks_get_a_located_error_or_a_plan(case, sites, workdir):
@@ -909,6 +912,7 @@ def test_mutated_playbooks_get_a_located_error_or_a_plan(case, sites, workdir):
     )
 
 
+@pytest.mark.slow
 @fuzz_settings(450)
 @given(raw=generated(clean_playbooks()), chosen=any_site)
 def test_generated_playbooks_get_a_located_error_or_a_plan(raw, chosen, sites, workdir):
@@ -997,6 +1001,7 @@ def run_cli_case(index: int, case: CliCase, directory: Path, seed_sites: list[Pa
     return problems
 
 
+@pytest.mark.slow
 def test_the_command_line_answers_bad_input_with_exit_2_and_never_a_traceback(workdir):
     batch: list[CliCase] = []
 
@@ -1054,6 +1059,7 @@ def run_limited(args: list[str]) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(HOSTILE_FILES))
 def test_hostile_files_are_refused_quickly_within_bounded_memory(name, workdir):
     path = workdir / f"{name}.yaml"
@@ -1229,6 +1235,7 @@ def test_found_by_fuzzing_now_gets_a_located_error_or_a_plan(site_text, playbook
 FUZZ_KINDS = {"site mutated", "site generated", "playbook mutated", "playbook generated"}
 
 
+@pytest.mark.slow
 def test_the_fuzzing_ran_at_least_2000_cases_and_reached_the_planner(capsys):
     if not FUZZ_KINDS | {"command line"} <= set(CASES):
         pytest.skip("counted only when the whole module runs")

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from ors_migrate.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, OrsMigrateError
+from ors_migrate.events import EventKind
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 success; 1 a run failed or was rolled back; 2 bad input (site file, playbook, "
@@ -329,12 +330,12 @@ def status(
         screen = status_screen(runner.journal, record, summary["status"])
     finally:
         runner.close()
-    done = [e.state_id for e in events if e.kind == "state_ended" and e.phase == "forward"]
+    done = [e.state_id for e in events if e.kind == EventKind.STATE_ENDED and e.phase == "forward"]
     summary["states_done"] = done
     summary["rollback_states_done"] = [
-        e.state_id for e in events if e.kind == "state_ended" and e.phase == "rollback"
+        e.state_id for e in events if e.kind == EventKind.STATE_ENDED and e.phase == "rollback"
     ]
-    failures = [e.payload.get("error") for e in events if e.kind == "action_failed"]
+    failures = [e.payload.get("error") for e in events if e.kind == EventKind.ACTION_FAILED]
     summary["last_error"] = failures[-1] if failures else None
     if as_json:
         _print_json(summary)

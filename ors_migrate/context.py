@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ors_migrate.events import EventKind
 from ors_migrate.journal import Journal
 from ors_migrate.options import PERSISTENCE, OptionChange, tracked_options
 from ors_migrate.secrets import Secrets
@@ -115,7 +116,7 @@ class LiveRunContext:
 
     def record_checks(self, results: list[CheckResult]) -> None:
         for result in results:
-            self.record("check", payload=result.as_dict())
+            self.record(EventKind.CHECK, payload=result.as_dict())
             if result.severity == "warning":
                 self.ui.warn(f"{result.message}" + (f" (fix: {result.fix})" if result.fix else ""))
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ors_migrate.errors import OrsMigrateError
+from ors_migrate.events import EventKind
 
 # The lab's call load swings between about 7 and 50 sessions in progress per primary over
 # 30 s; the demo waits up to one swing for fewer than 14 before the first switchover.
@@ -20,9 +21,9 @@ def _state_durations(journal: Any, run_id: str) -> list[tuple[str, str, float]]:
     rows = []
     seeds = {}
     for event in journal.events(run_id):
-        if event.kind == "state_started":
+        if event.kind == EventKind.STATE_STARTED:
             seeds[(event.phase, event.state_id)] = event.payload.get("seed_step")
-        if event.kind == "state_ended":
+        if event.kind == EventKind.STATE_ENDED:
             seed = seeds.get((event.phase, event.state_id)) or "tool step"
             rows.append(
                 (
@@ -40,7 +41,7 @@ def _quiet_wait_lines(journal: Any, run_id: str) -> list[str]:
     lines = ["First switchover (enable.1): sessions lost without waiting vs. with waiting:"]
     at_risk = lost_total = 0
     for event in journal.events(run_id):
-        observed = event.payload.get("observed", {}) if event.kind == "action_ended" else {}
+        observed = event.payload.get("observed", {}) if event.kind == EventKind.ACTION_ENDED else {}
         wait = observed.get("quiet_wait")
         if not wait:
             continue

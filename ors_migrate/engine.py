@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ors_migrate.errors import GateStopped, OrsMigrateError, StateTimedOut, TransportError
+from ors_migrate.events import EventKind, GateDecision
 from ors_migrate.gate import build_gate_view, gate_summary
 from ors_migrate.journal import Event, Journal
 from ors_migrate.step import (
@@ -23,8 +24,6 @@ from ors_migrate.step import (
     PlannedState,
     RunContext,
 )
-
-ROLLBACK_EVENTS = ("rollback_started", "rollback_requested")
 
 T = TypeVar("T")
 
@@ -103,7 +102,8 @@ class Engine:
         """True once a state that enables Redis has started in this run."""
         enabling = {s.id for s in self.plan.states if s.enables_redis}
         return any(
-            e.kind == "state_started" and e.state_id in enabling for e in self._events(FORWARD)
+            e.kind == EventKind.STATE_STARTED and e.state_id in enabling
+            for e in self._events(FORWARD)
         )
 
     # Running a phase
@@ -143,7 +143,7 @@ class Engine:
 
     def _rollback_reason(self) -> str:
         """Why the rollback that is being resumed started."""
-        started = [e for e in self._events(ROLLBACK) if e.kind == "rollback_started"]
+        started = [e for e in self._events(ROLLBACK) if e.kind == EventKind.ROLLBACK_STARTED]
         return str(started[0].payload.get("reason")) if started else "an earlier rollback"
 
     def run_rollback(self, *, reason: str, resumed: bool = False) -> Outcome:
@@ -158,7 +158,7 @@ class Engine:
         self.ctx.phase = ROLLBACK
         if first or not resumed:
             self.ctx.record(
-                "rollback_started" if first else "rollback_requested",
+                EventKind.ROLLBACK_STARTED if first else EventKind.ROLLBACK_REQUESTED,
                 payload={
                     "reason": reason,
                     "plan_hash": plan.plan_hash,
@@ -185,16 +185,20 @@ class Engine:
     def _run_states(self, plan: Plan, phase: str) -> None:
         self.ctx.phase = phase
         events = self._events(phase)
-        finished = {e.state_id for e in events if e.kind == "state_ended"}
+        finished = {e.state_id for e in events if e.kind == EventKind.STATE_ENDED}
         total = len(plan.states)
         for index, state in enumerate(plan.states, start=1):
             if state.id in finished:
                 continue
             self.journal.set_status(self.ctx.run_id, "running", current_state=state.id, phase=phase)
             self.ctx.ui.state_started(index, total, state.id, state.title, state.seed_step)
-            if not any(e.kind == "state_started" and e.state_id == state.id for e in events):
+            if not any(
+                e.kind == EventKind.STATE_STARTED and e.state_id == state.id for e in events
+            ):
                 self.ctx.record(
-                    "state_started", state_id=state.id, payload={"seed_step": state.seed_step}
+                    EventKind.STATE_STARTED,
+                    state_id=state.id,
+                    payload={"seed_step": state.seed_step},
                 )
             self._gate(state, phase, events)
             started = self.clock()
@@ -203,7 +207,7 @@ class Engine:
                 self._run_action(state, step, events)
             self._deadline = None
             self.ctx.record(
-                "state_ended",
+                EventKind.STATE_ENDED,
                 state_id=state.id,
                 payload={"seconds": round(self.clock() - started, 3)},
             )
@@ -213,9 +217,9 @@ class Engine:
         if not state.gate:
             return
         if any(
-            e.kind == "gate_decision"
+            e.kind == EventKind.GATE_DECISION
             and e.state_id == state.id
-            and e.payload.get("decision") == "approve"
+            and GateDecision.from_payload(e.payload).decision == "approve"
             for e in events
         ):
             return
@@ -223,14 +227,14 @@ class Engine:
         view = build_gate_view(self.ctx, self.plan if phase == FORWARD else None, state)
         decision = self.ctx.ui.gate(state.title, summary, view)
         self.ctx.record(
-            "gate_decision",
+            EventKind.GATE_DECISION,
             state_id=state.id,
-            payload={
-                "decision": decision,
-                "by": self.ctx.operator,
-                "assumed": self.ctx.ui.assume_yes,
-                "sessions_in_progress": {s.ha_pair: s.active for s in view.sessions},
-            },
+            payload=GateDecision(
+                decision,
+                self.ctx.operator,
+                self.ctx.ui.assume_yes,
+                {s.ha_pair: s.active for s in view.sessions},
+            ).as_dict(),
         )
         if decision == "stop":
             raise GateStopped(f"stopped at gate '{state.id}'; resume with --resume")
@@ -247,11 +251,11 @@ class Engine:
         result was interrupted: its `check()` decides whether it already took effect, and it is
         applied again (with the same intent) only when it did not."""
         mine = [e for e in events if e.action_key == step.key]
-        if any(e.kind == "action_ended" for e in mine):
+        if any(e.kind == EventKind.ACTION_ENDED for e in mine):
             return
         self._within_timeout(state, step)
         action = self.actions[step.action]()
-        intents = [e.payload for e in mine if e.kind == "action_intent"]
+        intents = [e.payload for e in mine if e.kind == EventKind.ACTION_INTENT]
         started = time.monotonic()
         note = ""
         try:
@@ -264,14 +268,17 @@ class Engine:
             else:
                 intent = self._attempts(state, step, lambda _: action.prepare(self.ctx, step))
                 self.ctx.record(
-                    "action_intent", state_id=state.id, action_key=step.key, payload=intent
+                    EventKind.ACTION_INTENT, state_id=state.id, action_key=step.key, payload=intent
                 )
             observed = self._attempts(
                 state, step, lambda attempt: self._apply(step, action, intent, attempt)
             )
         except OrsMigrateError as exc:
             self.ctx.record(
-                "action_failed", state_id=state.id, action_key=step.key, payload=failure(exc)
+                EventKind.ACTION_FAILED,
+                state_id=state.id,
+                action_key=step.key,
+                payload=failure(exc),
             )
             raise
         self._ended(state, step, observed, started, note)
@@ -281,7 +288,7 @@ class Engine:
     ) -> bool:
         done = bool(self._attempts(state, step, lambda _: action.check(self.ctx, step, intent)))
         self.ctx.record(
-            "action_reconciled",
+            EventKind.ACTION_RECONCILED,
             state_id=state.id,
             action_key=step.key,
             payload={"already_done": done, "intent": intent},
@@ -323,7 +330,7 @@ class Engine:
         message = self.ctx.secrets.mask(str(exc))
         self.ctx.ui.warn(f"{step.key}: transient failure ({message}); retry in {delay:g} s")
         self.ctx.record(
-            "action_retry",
+            EventKind.ACTION_RETRY,
             state_id=state.id,
             action_key=step.key,
             payload={"error": message, "attempt": attempt, "delay_s": delay},
@@ -339,7 +346,7 @@ class Engine:
         assert state.timeout_s is not None
         elapsed = state.timeout_s - (self._deadline - self.clock())
         self.ctx.record(
-            "state_timed_out",
+            EventKind.STATE_TIMED_OUT,
             state_id=state.id,
             action_key=step.key,
             payload={"timeout_s": state.timeout_s, "elapsed_s": round(elapsed, 3)},
@@ -359,7 +366,7 @@ class Engine:
     ) -> None:
         seconds = time.monotonic() - started
         self.ctx.record(
-            "action_ended",
+            EventKind.ACTION_ENDED,
             state_id=state.id,
             action_key=step.key,
             payload={"observed": observed, "seconds": round(seconds, 3)},

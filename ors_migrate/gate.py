@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from ors_migrate.errors import OrsMigrateError
+from ors_migrate.events import EventKind, GateDecision
 from ors_migrate.step import (
     GateView,
     Plan,
@@ -53,17 +54,17 @@ def done_from_journal(events: list[Any]) -> list[str]:
     seeds: dict[str, str | None] = {}
     lines = []
     for event in events:
-        if event.kind == "state_started":
+        if event.kind == EventKind.STATE_STARTED:
             seeds[event.state_id] = event.payload.get("seed_step")
-        elif event.kind == "state_ended":
+        elif event.kind == EventKind.STATE_ENDED:
             seed = seeds.get(event.state_id) or "tool step"
             seconds = float(event.payload.get("seconds", 0.0))
             rollback = " (rollback)" if event.phase == "rollback" else ""
             lines.append(f"{seed:<10} {event.state_id}{rollback}  {seconds:.1f} s")
-        elif event.kind == "gate_decision":
-            who = event.payload.get("by", "?")
-            how = " (--yes)" if event.payload.get("assumed") else ""
-            lines.append(f"gate {event.state_id}: {event.payload.get('decision')} by {who}{how}")
+        elif event.kind == EventKind.GATE_DECISION:
+            gate = GateDecision.from_payload(event.payload)
+            how = " (--yes)" if gate.assumed else ""
+            lines.append(f"gate {event.state_id}: {gate.decision} by {gate.by}{how}")
     return lines
 
 

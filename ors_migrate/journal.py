@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ors_migrate.errors import OrsMigrateError, RunLocked
+from ors_migrate.events import EventKind
 from ors_migrate.processes import pid_alive, process_started
 
 RUN_STATUSES = ("running", "paused", "interrupted", "succeeded", "failed", "rolled_back")
@@ -233,7 +234,9 @@ class Journal:
                     playbook_path,
                 ),
             )
-            self._event(db, run_id, "run_created", "forward", None, None, {"plan_hash": plan_hash})
+            self._event(
+                db, run_id, EventKind.RUN_CREATED, "forward", None, None, {"plan_hash": plan_hash}
+            )
         return run_id
 
     def get_run(self, run_id: str) -> RunRecord | None:

@@ -29,8 +29,9 @@ from ors_migrate.actions.service_control import (
 )
 from ors_migrate.actions.transports import TransportPool
 from ors_migrate.context import LiveRunContext
-from ors_migrate.engine import ROLLBACK_EVENTS, Engine, Outcome
+from ors_migrate.engine import Engine, Outcome
 from ors_migrate.errors import EXIT_INTERRUPTED, InputError, ResumeRefused, SiteError
+from ors_migrate.events import ROLLBACK_EVENTS, EventKind
 from ors_migrate.journal import Journal, RunLock, RunRecord, operator_name
 from ors_migrate.plan import build_plan
 from ors_migrate.playbook import LoadedPlaybook
@@ -346,7 +347,7 @@ class Runner:
         if not run_id:
             return None
         for event in self.journal.events(run_id):
-            if event.kind == "switchover_policy":
+            if event.kind == EventKind.SWITCHOVER_POLICY:
                 return SwitchoverPolicy(int(event.payload["below"]), float(event.payload["wait_s"]))
         return None
 
@@ -435,11 +436,13 @@ class Runner:
                 playbook_path=playbook.path,
             )
             ctx.attach(run_id)
-            ctx.record("topology", payload={"primaries": primaries})
+            ctx.record(EventKind.TOPOLOGY, payload={"primaries": primaries})
             if overridden:
-                ctx.record("rules_overridden", payload={"rules": overridden, "by": ctx.operator})
+                ctx.record(
+                    EventKind.RULES_OVERRIDDEN, payload={"rules": overridden, "by": ctx.operator}
+                )
             if ctx.switchover_policy is not None:
-                ctx.record("switchover_policy", payload=ctx.switchover_policy.as_dict())
+                ctx.record(EventKind.SWITCHOVER_POLICY, payload=ctx.switchover_policy.as_dict())
         except BaseException:
             ctx.close()
             raise
@@ -507,10 +510,10 @@ class Runner:
         """The primaries recorded when the run started. A run killed before it recorded them
         had not run any action yet: the live primaries are its starting point."""
         for event in self.journal.events(ctx.run_id):
-            if event.kind == "topology":
+            if event.kind == EventKind.TOPOLOGY:
                 return dict(event.payload.get("primaries", {}))
         primaries = live_primaries(ctx)
-        ctx.record("topology", payload={"primaries": primaries})
+        ctx.record(EventKind.TOPOLOGY, payload={"primaries": primaries})
         return primaries
 
     def _refuse_unfinished(self, site_name: str) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from ors_migrate.actions.service_control import render
 from ors_migrate.errors import VerificationFailed
+from ors_migrate.events import SwitchoverDone, SwitchoverIntent
 from ors_migrate.options import CASSANDRA, PERSISTENCE, REDIS, TYPE, version_at_least
 from ors_migrate.site import Site
 from ors_migrate.step import Action, PlannedAction, PlanningView, Preview, RunContext
@@ -94,7 +95,7 @@ class Switchover(Action):
         assert step.target.ha_pair
         old = ctx.services.app_in_role(step.target.ha_pair, "primary")
         new = ctx.services.app_in_role(step.target.ha_pair, "backup")
-        return {"pair": step.target.ha_pair, "old_primary": old, "new_primary": new}
+        return SwitchoverIntent(step.target.ha_pair, old, new).as_dict()
 
     def check(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> bool:
         """Whether the interrupted switchover took effect. One the Management Layer accepted
@@ -126,15 +127,13 @@ class Switchover(Action):
         promoted = ctx.services.switchover(
             intent["pair"], intent["old_primary"], intent["new_primary"]
         )
-        observed = {
-            "primary": intent["new_primary"],
-            "backup": intent["old_primary"],
-            "type": promoted.type,
-            "promotion": promoted.details.get("last_promotion"),
-        }
-        if quiet_wait is not None:
-            observed["quiet_wait"] = quiet_wait
-        return observed
+        return SwitchoverDone(
+            primary=intent["new_primary"],
+            backup=intent["old_primary"],
+            type=promoted.type,
+            promotion=promoted.details.get("last_promotion"),
+            quiet_wait=quiet_wait,
+        ).as_dict()
 
     @staticmethod
     def _wait_for_quiet(

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import shlex
 import time
-from typing import Any
 
 from ors_migrate.errors import OrsMigrateError, ResumeRefused, VerificationFailed
+from ors_migrate.events import EventKind, SwitchoverIntent
 from ors_migrate.journal import Journal
 from ors_migrate.site import Site
 from ors_migrate.step import (
@@ -183,17 +183,19 @@ def expected_primaries(
     """Per HA pair, the members that may be primary now according to the journal: the last
     completed switchover decides; a switchover started but not ended allows either member."""
     expected = {pair: {app} for pair, app in initial.items()}
-    intents: dict[str, dict[str, Any]] = {}
+    intents: dict[str, SwitchoverIntent] = {}
     for event in journal.events(run_id):
-        payload = event.payload
-        if event.kind == "action_intent" and "new_primary" in payload:
-            intents[event.action_key or ""] = payload
-            expected[payload["pair"]] = {payload["old_primary"], payload["new_primary"]}
-        elif event.kind == "action_ended" and event.action_key in intents:
+        switchover = None
+        if event.kind == EventKind.ACTION_INTENT:
+            switchover = SwitchoverIntent.from_payload(event.payload)
+        if switchover is not None:
+            intents[event.action_key or ""] = switchover
+            expected[switchover.pair] = {switchover.old_primary, switchover.new_primary}
+        elif event.kind == EventKind.ACTION_ENDED and event.action_key in intents:
             intent = intents.pop(event.action_key or "")
-            expected[intent["pair"]] = {intent["new_primary"]}
-        elif event.kind == "topology":
-            for pair, app in payload.get("primaries", {}).items():
+            expected[intent.pair] = {intent.new_primary}
+        elif event.kind == EventKind.TOPOLOGY:
+            for pair, app in event.payload.get("primaries", {}).items():
                 expected[pair] = {app}
     return expected
 

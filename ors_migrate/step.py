@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar
 
 from ors_migrate.errors import CommandFailed
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 FORWARD = "forward"
 ROLLBACK = "rollback"
+T = TypeVar("T")
 Severity = Literal["ok", "warning", "error"]
 Decision = str  # "approve" | "stop" | "rollback"
 OptionValues = dict[tuple[str, str], str]
@@ -356,6 +357,24 @@ def run_checked(
             tail = result.stderr.strip() or result.stdout.strip() or "no output"
         raise CommandFailed(transport.name, shown_as or command, result.exit_code, tail)
     return result
+
+
+def poll_until(
+    probe: Callable[[], T], done: Callable[[T], bool], *, timeout_s: float, interval_s: float
+) -> tuple[T, bool]:
+    """Call `probe` every `interval_s` until `done(result)` or `timeout_s` has passed since
+    the first call: the last result and whether it was done. An exception of `probe` ends the
+    polling at once. The one poll-until of the actions (tenacity does the waiting)."""
+    from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+
+    polling = Retrying(
+        retry=retry_if_result(lambda result: not done(result)),
+        stop=stop_after_delay(timeout_s),
+        wait=wait_fixed(interval_s),
+        retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+    )
+    result: T = polling(probe)
+    return result, done(result)
 
 
 class Transports(Protocol):

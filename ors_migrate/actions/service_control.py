@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import time
 
 from ors_migrate.errors import OrsMigrateError, ResumeRefused, VerificationFailed
 from ors_migrate.events import EventKind, SwitchoverIntent
@@ -18,6 +17,7 @@ from ors_migrate.step import (
     CommandResult,
     RunContext,
     Transports,
+    poll_until,
     run_checked,
     sessions_in_progress,
 )
@@ -116,18 +116,18 @@ class ServiceControl:
     def wait_for_role(
         self, app_name: str, roles: tuple[str, ...], *, other_instance: str | None = None
     ) -> AppStatus:
-        deadline = time.monotonic() + self.services.ready_timeout_s
-        while True:
-            status = self.status(app_name)
-            fresh = other_instance is None or status.instance != other_instance
-            if status.role in roles and fresh:
-                return status
-            if time.monotonic() >= deadline:
-                raise VerificationFailed(
-                    f"{app_name} did not become {' or '.join(roles)} within "
-                    f"{self.services.ready_timeout_s:g} s (last seen: {status.role})"
-                )
-            time.sleep(self.services.poll_interval_s)
+        status, became = poll_until(
+            lambda: self.status(app_name),
+            lambda s: s.role in roles and (other_instance is None or s.instance != other_instance),
+            timeout_s=self.services.ready_timeout_s,
+            interval_s=self.services.poll_interval_s,
+        )
+        if not became:
+            raise VerificationFailed(
+                f"{app_name} did not become {' or '.join(roles)} within "
+                f"{self.services.ready_timeout_s:g} s (last seen: {status.role})"
+            )
+        return status
 
     def ensure_peer_primary(self, app_name: str) -> None:
         """Refuse to stop an application unless its peer is up as primary."""
@@ -204,13 +204,13 @@ def settled_pair_status(ctx: RunContext, pair_name: str) -> dict[str, AppStatus]
     """The pair's roles once it has exactly one primary, waiting up to the site's ready timeout
     for a switchover or restart that is still in flight to finish."""
     services = ctx.site.services
-    deadline = time.monotonic() + services.ready_timeout_s
-    while True:
-        statuses = ctx.services.pair_status(pair_name)
-        primaries = [n for n, s in statuses.items() if s.role == "primary"]
-        if len(primaries) == 1 or time.monotonic() >= deadline:
-            return statuses
-        time.sleep(services.poll_interval_s)
+    statuses, _ = poll_until(
+        lambda: ctx.services.pair_status(pair_name),
+        lambda seen: [s.role for s in seen.values()].count("primary") == 1,
+        timeout_s=services.ready_timeout_s,
+        interval_s=services.poll_interval_s,
+    )
+    return statuses
 
 
 def live_primaries(ctx: RunContext) -> dict[str, str]:

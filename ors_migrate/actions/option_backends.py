@@ -13,28 +13,16 @@ from __future__ import annotations
 import json
 import secrets as random_tokens
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from ors_migrate.actions.options_file import IniFileOptions, read_options
 from ors_migrate.actions.service_control import render
 from ors_migrate.errors import VerificationFailed
 from ors_migrate.options import PERSISTENCE, OptionChange
-from ors_migrate.step import Transport, run_checked
+from ors_migrate.step import OptionStore, OptionValues, Transport, run_checked
 
 if TYPE_CHECKING:
     from ors_migrate.step import RunContext
-
-OptionValues = dict[tuple[str, str], str]
-
-
-class OptionStore(Protocol):
-    def read(self) -> OptionValues: ...
-
-    def write(self, changes: list[tuple[OptionChange, str | None]]) -> None: ...
-
-    def keep_original(self, run_id: str) -> Any: ...
-
-    def restore_original(self, run_id: str) -> bool: ...
 
 
 def _changes_document(app: str, changes: list[tuple[OptionChange, str | None]]) -> dict[str, Any]:

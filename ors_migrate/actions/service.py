@@ -12,7 +12,15 @@ from ors_migrate.errors import VerificationFailed
 from ors_migrate.events import SwitchoverDone, SwitchoverIntent
 from ors_migrate.options import CASSANDRA, PERSISTENCE, REDIS, TYPE, version_at_least
 from ors_migrate.site import Site
-from ors_migrate.step import Action, PlannedAction, PlanningView, Preview, RunContext
+from ors_migrate.step import (
+    Action,
+    AppStatus,
+    PlannedAction,
+    PlanningView,
+    Preview,
+    RunContext,
+    poll_until,
+)
 
 SWITCHOVER_SETTLE_S = 2.0
 
@@ -103,24 +111,30 @@ class Switchover(Action):
         for a settle window."""
         services = ctx.site.services
         settle_s = max(SWITCHOVER_SETTLE_S, 4 * services.poll_interval_s)
-        deadline = time.monotonic() + services.ready_timeout_s
-        last: list[str] | None = None
-        since = time.monotonic()
-        while True:
+        members = (intent["new_primary"], intent["old_primary"])
+        seen: dict[str, Any] = {"primaries": None, "since": 0.0}
+
+        def probe() -> tuple[dict[str, AppStatus], list[str]]:
             statuses = ctx.services.pair_status(intent["pair"])
             primaries = sorted(n for n, s in statuses.items() if s.role == "primary")
-            now = time.monotonic()
-            if primaries != last:
-                last, since = primaries, now
-            elif len(primaries) == 1 and now - since >= settle_s:
-                if primaries[0] in (intent["new_primary"], intent["old_primary"]):
-                    return primaries[0] == intent["new_primary"]
-            if now >= deadline:
-                seen = ", ".join(f"{n}={s.role}" for n, s in statuses.items())
-                raise VerificationFailed(
-                    f"cannot tell whether the switchover of {intent['pair']} happened: {seen}"
-                )
-            time.sleep(services.poll_interval_s)
+            if primaries != seen["primaries"]:
+                seen.update(primaries=primaries, since=time.monotonic())
+            return statuses, primaries
+
+        def settled(result: tuple[dict[str, AppStatus], list[str]]) -> bool:
+            primaries = result[1]
+            steady = time.monotonic() - seen["since"] >= settle_s
+            return len(primaries) == 1 and steady and primaries[0] in members
+
+        (statuses, primaries), done = poll_until(
+            probe, settled, timeout_s=services.ready_timeout_s, interval_s=services.poll_interval_s
+        )
+        if done:
+            return primaries[0] == intent["new_primary"]
+        roles = ", ".join(f"{n}={s.role}" for n, s in statuses.items())
+        raise VerificationFailed(
+            f"cannot tell whether the switchover of {intent['pair']} happened: {roles}"
+        )
 
     def apply(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> dict[str, Any]:
         quiet_wait = self._wait_for_quiet(ctx, step, intent)

@@ -25,8 +25,8 @@ import ors_migrate.engine as engine_module
 from ors_migrate.engine import Engine
 from ors_migrate.journal import Journal
 from ors_migrate.lab.lab import LabShape, lab_down, lab_up
-from ors_migrate.plan import PlannedAction
 from ors_migrate.runner import Runner
+from ors_migrate.step import PlannedAction
 from ors_migrate.ui import Ui
 
 
@@ -112,9 +112,9 @@ def warm_imports() -> None:
 
     import ors_migrate.actions.cassandra_checks  # noqa: F401
     import ors_migrate.actions.redis_checks  # noqa: F401
-    from ors_migrate.actions.registry import known_actions
+    from ors_migrate.runner import action_table
 
-    known_actions()
+    action_table()
 
 
 def migrate(pairs: int) -> Iterator[str]:

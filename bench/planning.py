@@ -142,10 +142,9 @@ def _in_process(label: str, step: Callable[[], T]) -> tuple[str, T]:
 
 
 def large_plan(pairs: int, directory: Path, repeat: int) -> Iterator[str]:
-    from ors_migrate.playbook import load_playbook
     from ors_migrate.render import render_plan
     from ors_migrate.rules import check
-    from ors_migrate.runner import make_plan
+    from ors_migrate.runner import load_playbook, make_plan
     from ors_migrate.site import load_site
 
     site = directory / f"site-{pairs}-pairs.yaml"

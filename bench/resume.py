@@ -12,8 +12,8 @@ been killed there. Then each step of a resume is timed on a fresh copy of that j
    that check runs on every pair are world reads, not timed here);
 5. `Engine.run()` up to the first action that is not done: it loads the events, skips the
    finished states, scans the interrupted state's actions, records the state's restart. The
-   engine's `get_action` is replaced for this step so that the first action that would touch a
-   host raises instead.
+   engine is given an action table that refuses every lookup, so that the first action that
+   would touch a host raises instead.
 """
 
 from __future__ import annotations
@@ -29,14 +29,13 @@ from typing import Any
 
 from rich.console import Console
 
-import ors_migrate.engine as engine_module
-from ors_migrate.engine import Engine, RunContext, expected_primaries
+from ors_migrate.actions.service_control import expected_primaries
+from ors_migrate.engine import Engine
 from ors_migrate.journal import Journal
-from ors_migrate.plan import Plan, PlannedAction
-from ors_migrate.playbook import load_playbook
-from ors_migrate.runner import make_plan
+from ors_migrate.runner import build_context, load_playbook, make_plan
 from ors_migrate.secrets import Secrets
 from ors_migrate.site import LoadedSite, load_site
+from ors_migrate.step import Action, Plan, PlannedAction
 from ors_migrate.ui import Ui
 
 CHECK_ACTIONS = ("redis.", "cassandra.", "sessions.", "service.verify_pair")
@@ -48,6 +47,13 @@ class WorldReached(Exception):
     def __init__(self, action: str) -> None:
         super().__init__(action)
         self.action = action
+
+
+class RefusingTable(dict[str, type[Action]]):
+    """An action table whose every lookup is the first action that would touch a host."""
+
+    def __getitem__(self, name: str) -> type[Action]:
+        raise WorldReached(name)
 
 
 class EventWriter:
@@ -143,26 +149,12 @@ def _timed(step: Callable[[], Any]) -> tuple[float, Any]:
 
 def _engine_until_world(journal: Journal, loaded: LoadedSite, plan: Plan, run_id: str) -> str:
     ui = Ui(assume_yes=True, quiet=True, interactive=False, console=Console(file=io.StringIO()))
-    ctx = RunContext(
-        loaded_site=loaded,
-        run_id=run_id,
-        journal=journal,
-        ui=ui,
-        secrets=Secrets(),
-        operator="bench",
-    )
-
-    def refuse(name: str) -> Any:
-        raise WorldReached(name)
-
-    original = engine_module.get_action
-    engine_module.get_action = refuse  # type: ignore[assignment]
+    ctx = build_context(loaded, run_id, journal, ui, secrets=Secrets(), operator="bench")
     try:
-        Engine(ctx, plan, auto_rollback=False).run()
+        Engine(ctx, plan, RefusingTable(), auto_rollback=False).run()
     except WorldReached as reached:
         return reached.action
     finally:
-        engine_module.get_action = original
         ctx.close()
     return "(none: every action was done)"
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from ors_migrate.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, OrsMigrateError
+from ors_migrate.events import EventKind
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 success; 1 a run failed or was rolled back; 2 bad input (site file, playbook, "
@@ -161,9 +162,8 @@ def validate(
     """Static checks of the site file and of the options the playbook would write, against every
     documented rule. No network. Exit 0 when valid (warnings allowed), 2 on any error."""
     from ors_migrate.errors import InputError
-    from ors_migrate.playbook import load_playbook
     from ors_migrate.rules import check, errors_in, findings_from_error, render_findings
-    from ors_migrate.runner import make_plan
+    from ors_migrate.runner import load_playbook, make_plan
     from ors_migrate.site import load_site
 
     try:
@@ -203,10 +203,9 @@ def plan(
     with option diffs, gates and the rollback point; secrets as ***. A site that breaks a
     documented rule gets its findings on stderr instead, and exit code 2."""
     from ors_migrate.errors import InputError
-    from ors_migrate.playbook import load_playbook
     from ors_migrate.render import FORMATS, render_plan
     from ors_migrate.rules import check, errors_in, render_findings
-    from ors_migrate.runner import make_plan
+    from ors_migrate.runner import load_playbook, make_plan
     from ors_migrate.site import load_site
 
     if fmt not in FORMATS:
@@ -320,9 +319,9 @@ def run(
     state_dir: StateDirOpt = None,
 ) -> None:
     """Execute a playbook against a site, journaled so that it can be resumed."""
-    from ors_migrate.engine import SwitchoverPolicy
     from ors_migrate.errors import InputError
     from ors_migrate.runner import Runner
+    from ors_migrate.step import SwitchoverPolicy
 
     if run_id is not None and not resume:
         raise InputError(
@@ -450,12 +449,12 @@ def status(
         screen = status_screen(runner.journal, record, summary["status"])
     finally:
         runner.close()
-    done = [e.state_id for e in events if e.kind == "state_ended" and e.phase == "forward"]
+    done = [e.state_id for e in events if e.kind == EventKind.STATE_ENDED and e.phase == "forward"]
     summary["states_done"] = done
     summary["rollback_states_done"] = [
-        e.state_id for e in events if e.kind == "state_ended" and e.phase == "rollback"
+        e.state_id for e in events if e.kind == EventKind.STATE_ENDED and e.phase == "rollback"
     ]
-    failures = [e.payload.get("error") for e in events if e.kind == "action_failed"]
+    failures = [e.payload.get("error") for e in events if e.kind == EventKind.ACTION_FAILED]
     summary["last_error"] = failures[-1] if failures else None
     if as_json:
         _print_json(summary)
@@ -490,7 +489,7 @@ def lab_up(
 ) -> None:
     """Start a lab in DIR and write DIR/site.yaml for it."""
     if from_site is not None:
-        from ors_migrate.lab.from_site import describe, lab_up_from_site
+        from ors_migrate.rehearsal import describe, lab_up_from_site
 
         lab = lab_up_from_site(directory, from_site, monitor_window_s=monitor_window_s)
         typer.echo(describe(lab))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ors_migrate.errors import OrsMigrateError
+from ors_migrate.events import EventKind
 
 # The lab's call load swings between about 7 and 50 sessions in progress per primary over
 # 30 s; the demo waits up to one swing for fewer than 14 before the first switchover.
@@ -20,9 +21,9 @@ def _state_durations(journal: Any, run_id: str) -> list[tuple[str, str, float]]:
     rows = []
     seeds = {}
     for event in journal.events(run_id):
-        if event.kind == "state_started":
+        if event.kind == EventKind.STATE_STARTED:
             seeds[(event.phase, event.state_id)] = event.payload.get("seed_step")
-        if event.kind == "state_ended":
+        if event.kind == EventKind.STATE_ENDED:
             seed = seeds.get((event.phase, event.state_id)) or "tool step"
             rows.append(
                 (
@@ -40,7 +41,7 @@ def _quiet_wait_lines(journal: Any, run_id: str) -> list[str]:
     lines = ["First switchover (enable.1): sessions lost without waiting vs. with waiting:"]
     at_risk = lost_total = 0
     for event in journal.events(run_id):
-        observed = event.payload.get("observed", {}) if event.kind == "action_ended" else {}
+        observed = event.payload.get("observed", {}) if event.kind == EventKind.ACTION_ENDED else {}
         wait = observed.get("quiet_wait")
         if not wait:
             continue
@@ -96,10 +97,10 @@ def run_demo(
     from_site: Path | None = None,
     monitor_window_s: float | None = None,
 ) -> int:
-    from ors_migrate.engine import SwitchoverPolicy
     from ors_migrate.journal import Journal
     from ors_migrate.lab.lab import LabShape, lab_down, lab_status, lab_up
     from ors_migrate.runner import Runner
+    from ors_migrate.step import SwitchoverPolicy
     from ors_migrate.ui import Ui
 
     root = Path(tempfile.mkdtemp(prefix="ors-migrate-demo-"))
@@ -109,7 +110,7 @@ def run_demo(
         if from_site is None:
             layout = lab_up(root / "lab", LabShape(pairs_per_cluster=pairs_per_cluster))
         else:
-            from ors_migrate.lab.from_site import describe, lab_up_from_site
+            from ors_migrate.rehearsal import describe, lab_up_from_site
 
             rehearsal = lab_up_from_site(root / "lab", from_site, monitor_window_s=monitor_window_s)
             layout = rehearsal.layout

@@ -7,145 +7,25 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ors_migrate.actions.base import CheckResult
-from ors_migrate.actions.registry import Action, get_action
-from ors_migrate.actions.service import AppStatus, ServiceControl
-from ors_migrate.actions.transports import TransportPool
-from ors_migrate.errors import (
-    GateStopped,
-    OrsMigrateError,
-    ResumeRefused,
-    TransportError,
-)
+from ors_migrate.errors import GateStopped, OrsMigrateError, StateTimedOut, TransportError
+from ors_migrate.events import EventKind, GateDecision
+from ors_migrate.gate import build_gate_view, gate_summary
 from ors_migrate.journal import Event, Journal
-from ors_migrate.options import PERSISTENCE
-from ors_migrate.plan import Plan, PlannedAction, PlannedState
-from ors_migrate.secrets import Secrets
-from ors_migrate.site import LoadedSite, Site
-from ors_migrate.ui import Ui, build_gate_view
-
-FORWARD = "forward"
-ROLLBACK = "rollback"
-ROLLBACK_EVENTS = ("rollback_started", "rollback_requested")
+from ors_migrate.step import (
+    FORWARD,
+    ROLLBACK,
+    Action,
+    ActionTable,
+    Plan,
+    PlannedAction,
+    PlannedState,
+    RunContext,
+)
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class SwitchoverPolicy:
-    """Before a switchover that allows it, wait up to `wait_s` for the primary to have fewer
-    than `below` sessions in progress (they are at risk at the first switchover)."""
-
-    below: int
-    wait_s: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"below": self.below, "wait_s": self.wait_s}
-
-
-@dataclass
-class RunContext:
-    """Everything an action may use. Built once per run (one composition root)."""
-
-    loaded_site: LoadedSite
-    run_id: str
-    journal: Journal
-    ui: Ui
-    secrets: Secrets
-    operator: str
-    pool: TransportPool = field(init=False)
-    services: ServiceControl = field(init=False)
-    origin_run_id: str = ""
-    phase: str = FORWARD
-    switchover_policy: SwitchoverPolicy | None = None
-
-    def __post_init__(self) -> None:
-        self.pool = TransportPool(self.site, self.secrets)
-        self.services = ServiceControl(self.site, self.pool)
-        self.origin_run_id = self.origin_run_id or self.run_id
-        self._stores: dict[str, Any] = {}
-
-    def attach(self, run_id: str) -> None:
-        """Name the run once the journal has created it (the live world is read before)."""
-        self.run_id = run_id
-        self.origin_run_id = run_id
-
-    @property
-    def site(self) -> Site:
-        return self.loaded_site.site
-
-    def redis_password(self) -> str | None:
-        return self.secrets.resolve(self.site.redis.password, what="Redis password")
-
-    def cassandra_password(self) -> str | None:
-        cass = self.site.cassandra
-        return self.secrets.resolve(cass.password if cass else None, what="Cassandra password")
-
-    def secret_option_value(self, change: Any) -> str | None:
-        if change.key == (PERSISTENCE, "password"):
-            return self.redis_password()
-        raise KeyError(change.key)
-
-    def option_store(self, app_name: str) -> Any:
-        if app_name not in self._stores:
-            from ors_migrate.actions.option_backends import open_store
-
-            self._stores[app_name] = open_store(self, app_name)
-        return self._stores[app_name]
-
-    def capture_originals(self, app_name: str) -> None:
-        """Before the first edit of an application in this run: its current values of every
-        option the procedures may touch, and (where the backend can) the whole file."""
-        if self.journal.has_originals(self.origin_run_id, app_name):
-            return
-        from ors_migrate.actions.option_actions import tracked_options
-
-        store = self.option_store(app_name)
-        store.keep_original(self.origin_run_id)
-        current = store.read()
-        values = [
-            (c.section, c.option, current.get(c.key), c.secret) for c in tracked_options(self.site)
-        ]
-        self.journal.save_originals(self.origin_run_id, app_name, values)
-
-    def record(
-        self,
-        kind: str,
-        *,
-        state_id: str | None = None,
-        action_key: str | None = None,
-        payload: dict[str, Any] | None = None,
-    ) -> None:
-        """Journal an event of this run, with every secret value resolved so far masked."""
-        self.journal.record(
-            self.run_id,
-            kind,
-            phase=self.phase,
-            state_id=state_id,
-            action_key=action_key,
-            payload=self.masked(payload or {}),
-        )
-
-    def masked(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self.secrets.mask(value)
-        if isinstance(value, dict):
-            return {k: self.masked(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [self.masked(v) for v in value]
-        return value
-
-    def record_checks(self, results: list[CheckResult]) -> None:
-        for result in results:
-            self.record("check", payload=result.as_dict())
-            if result.severity == "warning":
-                self.ui.warn(f"{result.message}" + (f" (fix: {result.fix})" if result.fix else ""))
-
-    def close(self) -> None:
-        self.pool.close_all()
 
 
 class ActionCrashed(OrsMigrateError):
@@ -193,18 +73,23 @@ class Engine:
         self,
         ctx: RunContext,
         plan: Plan,
+        actions: ActionTable,
         *,
         auto_rollback: bool = True,
         rollback_plan: Callable[[], Plan] | None = None,
         rollback_flags: frozenset[str] = frozenset(),
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ctx = ctx
         self.plan = plan
+        self.actions = actions
         self.auto_rollback = auto_rollback
         self.rollback_plan = rollback_plan
         self.rollback_flags = rollback_flags
         self.sleep = sleep
+        self.clock = clock
+        self._deadline: float | None = None
 
     @property
     def journal(self) -> Journal:
@@ -217,7 +102,8 @@ class Engine:
         """True once a state that enables Redis has started in this run."""
         enabling = {s.id for s in self.plan.states if s.enables_redis}
         return any(
-            e.kind == "state_started" and e.state_id in enabling for e in self._events(FORWARD)
+            e.kind == EventKind.STATE_STARTED and e.state_id in enabling
+            for e in self._events(FORWARD)
         )
 
     # Running a phase
@@ -257,7 +143,7 @@ class Engine:
 
     def _rollback_reason(self) -> str:
         """Why the rollback that is being resumed started."""
-        started = [e for e in self._events(ROLLBACK) if e.kind == "rollback_started"]
+        started = [e for e in self._events(ROLLBACK) if e.kind == EventKind.ROLLBACK_STARTED]
         return str(started[0].payload.get("reason")) if started else "an earlier rollback"
 
     def run_rollback(self, *, reason: str, resumed: bool = False) -> Outcome:
@@ -272,7 +158,7 @@ class Engine:
         self.ctx.phase = ROLLBACK
         if first or not resumed:
             self.ctx.record(
-                "rollback_started" if first else "rollback_requested",
+                EventKind.ROLLBACK_STARTED if first else EventKind.ROLLBACK_REQUESTED,
                 payload={
                     "reason": reason,
                     "plan_hash": plan.plan_hash,
@@ -299,25 +185,31 @@ class Engine:
     def _run_states(self, plan: Plan, phase: str) -> None:
         self.ctx.phase = phase
         events = self._events(phase)
-        finished = {e.state_id for e in events if e.kind == "state_ended"}
+        finished = {e.state_id for e in events if e.kind == EventKind.STATE_ENDED}
         total = len(plan.states)
         for index, state in enumerate(plan.states, start=1):
             if state.id in finished:
                 continue
             self.journal.set_status(self.ctx.run_id, "running", current_state=state.id, phase=phase)
             self.ctx.ui.state_started(index, total, state.id, state.title, state.seed_step)
-            if not any(e.kind == "state_started" and e.state_id == state.id for e in events):
+            if not any(
+                e.kind == EventKind.STATE_STARTED and e.state_id == state.id for e in events
+            ):
                 self.ctx.record(
-                    "state_started", state_id=state.id, payload={"seed_step": state.seed_step}
+                    EventKind.STATE_STARTED,
+                    state_id=state.id,
+                    payload={"seed_step": state.seed_step},
                 )
             self._gate(state, phase, events)
-            started = time.monotonic()
+            started = self.clock()
+            self._deadline = started + state.timeout_s if state.timeout_s else None
             for step in state.actions:
                 self._run_action(state, step, events)
+            self._deadline = None
             self.ctx.record(
-                "state_ended",
+                EventKind.STATE_ENDED,
                 state_id=state.id,
-                payload={"seconds": round(time.monotonic() - started, 3)},
+                payload={"seconds": round(self.clock() - started, 3)},
             )
             events = self._events(phase)
 
@@ -325,9 +217,9 @@ class Engine:
         if not state.gate:
             return
         if any(
-            e.kind == "gate_decision"
+            e.kind == EventKind.GATE_DECISION
             and e.state_id == state.id
-            and e.payload.get("decision") == "approve"
+            and GateDecision.from_payload(e.payload).decision == "approve"
             for e in events
         ):
             return
@@ -335,14 +227,14 @@ class Engine:
         view = build_gate_view(self.ctx, self.plan if phase == FORWARD else None, state)
         decision = self.ctx.ui.gate(state.title, summary, view)
         self.ctx.record(
-            "gate_decision",
+            EventKind.GATE_DECISION,
             state_id=state.id,
-            payload={
-                "decision": decision,
-                "by": self.ctx.operator,
-                "assumed": self.ctx.ui.assume_yes,
-                "sessions_in_progress": {s.ha_pair: s.active for s in view.sessions},
-            },
+            payload=GateDecision(
+                decision,
+                self.ctx.operator,
+                self.ctx.ui.assume_yes,
+                {s.ha_pair: s.active for s in view.sessions},
+            ).as_dict(),
         )
         if decision == "stop":
             raise GateStopped(f"stopped at gate '{state.id}'; resume with --resume")
@@ -359,10 +251,11 @@ class Engine:
         result was interrupted: its `check()` decides whether it already took effect, and it is
         applied again (with the same intent) only when it did not."""
         mine = [e for e in events if e.action_key == step.key]
-        if any(e.kind == "action_ended" for e in mine):
+        if any(e.kind == EventKind.ACTION_ENDED for e in mine):
             return
-        action = get_action(step.action)
-        intents = [e.payload for e in mine if e.kind == "action_intent"]
+        self._within_timeout(state, step)
+        action = self.actions[step.action]()
+        intents = [e.payload for e in mine if e.kind == EventKind.ACTION_INTENT]
         started = time.monotonic()
         note = ""
         try:
@@ -375,14 +268,17 @@ class Engine:
             else:
                 intent = self._attempts(state, step, lambda _: action.prepare(self.ctx, step))
                 self.ctx.record(
-                    "action_intent", state_id=state.id, action_key=step.key, payload=intent
+                    EventKind.ACTION_INTENT, state_id=state.id, action_key=step.key, payload=intent
                 )
             observed = self._attempts(
                 state, step, lambda attempt: self._apply(step, action, intent, attempt)
             )
         except OrsMigrateError as exc:
             self.ctx.record(
-                "action_failed", state_id=state.id, action_key=step.key, payload=failure(exc)
+                EventKind.ACTION_FAILED,
+                state_id=state.id,
+                action_key=step.key,
+                payload=failure(exc),
             )
             raise
         self._ended(state, step, observed, started, note)
@@ -392,7 +288,7 @@ class Engine:
     ) -> bool:
         done = bool(self._attempts(state, step, lambda _: action.check(self.ctx, step, intent)))
         self.ctx.record(
-            "action_reconciled",
+            EventKind.ACTION_RECONCILED,
             state_id=state.id,
             action_key=step.key,
             payload={"already_done": done, "intent": intent},
@@ -430,15 +326,35 @@ class Engine:
         self, state: PlannedState, step: PlannedAction, exc: OrsMigrateError, attempt: int
     ) -> None:
         delay = backoff_delay(state, attempt)
+        self._within_timeout(state, step, delay)
         message = self.ctx.secrets.mask(str(exc))
         self.ctx.ui.warn(f"{step.key}: transient failure ({message}); retry in {delay:g} s")
         self.ctx.record(
-            "action_retry",
+            EventKind.ACTION_RETRY,
             state_id=state.id,
             action_key=step.key,
             payload={"error": message, "attempt": attempt, "delay_s": delay},
         )
         self.sleep(delay)
+
+    def _within_timeout(self, state: PlannedState, step: PlannedAction, wait_s: float = 0) -> None:
+        """Stop the state when its `timeout_s` has passed (or would, after waiting `wait_s`),
+        before `step` starts or retries. The check is cooperative: an action under way runs
+        to its own end or timeout first."""
+        if self._deadline is None or self.clock() + wait_s < self._deadline:
+            return
+        assert state.timeout_s is not None
+        elapsed = state.timeout_s - (self._deadline - self.clock())
+        self.ctx.record(
+            EventKind.STATE_TIMED_OUT,
+            state_id=state.id,
+            action_key=step.key,
+            payload={"timeout_s": state.timeout_s, "elapsed_s": round(elapsed, 3)},
+        )
+        raise StateTimedOut(
+            f"state {state.id} ran past its timeout_s of {state.timeout_s:g} s "
+            f"({elapsed:.1f} s spent; stopped before {step.key})"
+        )
 
     def _ended(
         self,
@@ -450,7 +366,7 @@ class Engine:
     ) -> None:
         seconds = time.monotonic() - started
         self.ctx.record(
-            "action_ended",
+            EventKind.ACTION_ENDED,
             state_id=state.id,
             action_key=step.key,
             payload={"observed": observed, "seconds": round(seconds, 3)},
@@ -465,80 +381,3 @@ class Engine:
 
 class _RollbackRequested(OrsMigrateError):
     """The operator chose rollback at a gate."""
-
-
-def gate_summary(plan: Plan | None, state: PlannedState) -> list[str]:
-    """What comes next and where, for the gate prompt."""
-    lines = [f"next: {state.id} ({state.seed_step or 'tool step'}) - {state.title}"]
-    hosts = sorted({a.target.host for a in state.actions if a.target.host})
-    if hosts:
-        lines.append("hosts: " + ", ".join(hosts))
-    for action in state.actions:
-        lines.append(f"  - {action.preview.description}")
-    return lines
-
-
-# The live topology on resume
-def expected_primaries(
-    journal: Journal, run_id: str, initial: dict[str, str]
-) -> dict[str, set[str]]:
-    """Per HA pair, the members that may be primary now according to the journal: the last
-    completed switchover decides; a switchover started but not ended allows either member."""
-    expected = {pair: {app} for pair, app in initial.items()}
-    intents: dict[str, dict[str, Any]] = {}
-    for event in journal.events(run_id):
-        payload = event.payload
-        if event.kind == "action_intent" and "new_primary" in payload:
-            intents[event.action_key or ""] = payload
-            expected[payload["pair"]] = {payload["old_primary"], payload["new_primary"]}
-        elif event.kind == "action_ended" and event.action_key in intents:
-            intent = intents.pop(event.action_key or "")
-            expected[intent["pair"]] = {intent["new_primary"]}
-        elif event.kind == "topology":
-            for pair, app in payload.get("primaries", {}).items():
-                expected[pair] = {app}
-    return expected
-
-
-def settled_pair_status(ctx: RunContext, pair_name: str) -> dict[str, AppStatus]:
-    """The pair's roles once it has exactly one primary, waiting up to the site's ready timeout
-    for a switchover or restart that is still in flight to finish."""
-    services = ctx.site.services
-    deadline = time.monotonic() + services.ready_timeout_s
-    while True:
-        statuses = ctx.services.pair_status(pair_name)
-        primaries = [n for n, s in statuses.items() if s.role == "primary"]
-        if len(primaries) == 1 or time.monotonic() >= deadline:
-            return statuses
-        time.sleep(services.poll_interval_s)
-
-
-def live_primaries(ctx: RunContext) -> dict[str, str]:
-    """The primary of every HA pair, read from the live world; VerificationFailed when a pair
-    has no single primary."""
-    return {
-        pair.name: ctx.services.app_in_role(pair.name, "primary") for _, pair in ctx.site.pairs()
-    }
-
-
-def check_live_topology(ctx: RunContext, initial: dict[str, str]) -> None:
-    """Refuse to resume when the live primaries cannot be explained by the journal."""
-    expected = expected_primaries(ctx.journal, ctx.run_id, initial)
-    problems = []
-    for _, pair in ctx.site.pairs():
-        statuses = settled_pair_status(ctx, pair.name)
-        primaries = {n for n, s in statuses.items() if s.role == "primary"}
-        allowed = expected.get(pair.name, set())
-        if len(primaries) != 1 or not primaries <= allowed:
-            seen = ", ".join(f"{n}={s.role}" for n, s in statuses.items())
-            want = " or ".join(sorted(allowed)) or "a primary recorded at the start"
-            problems.append(
-                f"HA pair {pair.name}: the journal expects {want} as primary, "
-                f"the live roles are {seen}"
-            )
-    if problems:
-        raise ResumeRefused(
-            "the live topology does not match the run's journal: "
-            + "; ".join(problems)
-            + ". Restore the expected roles (or start a new run) before resuming."
-        )

@@ -68,6 +68,11 @@ class TransportError(OrsMigrateError):
     transient = True
 
 
+class StateTimedOut(TransportError):
+    """A state ran past its `timeout_s`: it stops before its next action or retry, like a
+    transient failure whose retries are spent (a resume starts the state's clock again)."""
+
+
 class LoginRefused(TransportError):
     """The host refused our credentials: retrying will not help."""
 
@@ -114,3 +119,10 @@ class GateStopped(OrsMigrateError):
     """The operator stopped the run at a gate, or a gate needs a terminal that is not there."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+class TerminalRequired(GateStopped):
+    """An answer is needed and there is no terminal to ask on. The run pauses where it is
+    (resumable) and the command exits 2, as for any input the command line lacks."""
+
+    exit_code = EXIT_BAD_INPUT

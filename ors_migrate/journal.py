@@ -22,6 +22,8 @@ from typing import Any
 
 from ors_migrate import statedir
 from ors_migrate.errors import OrsMigrateError, RunLocked
+from ors_migrate.events import EventKind
+from ors_migrate.processes import pid_alive, process_started
 from ors_migrate.statedir import StateDirError
 
 RUN_STATUSES = (
@@ -291,7 +293,9 @@ class Journal:
                     playbook_path,
                 ),
             )
-            self._event(db, run_id, "run_created", "forward", None, None, {"plan_hash": plan_hash})
+            self._event(
+                db, run_id, EventKind.RUN_CREATED, "forward", None, None, {"plan_hash": plan_hash}
+            )
         return run_id
 
     def get_run(self, run_id: str) -> RunRecord | None:
@@ -528,7 +532,7 @@ class RunLock:
         if info is None:
             return None
         if info.get("host") == socket.gethostname():
-            return info if _alive_since(info.get("pid"), info.get("pid_started")) else None
+            return info if pid_alive(info.get("pid"), started=info.get("pid_started")) else None
         return info if self._held_elsewhere() else None
 
     def _held_elsewhere(self) -> bool:
@@ -562,31 +566,3 @@ class RunLock:
                 self.info_path.unlink(missing_ok=True)
                 self._wrote_info = False
             self._lock.release()
-
-
-def _alive_since(pid: Any, started: Any) -> bool:
-    """Whether process `pid` runs and is the one that started at `started` (where /proc can
-    tell), so that a pid reused by another process is not mistaken for the holder."""
-    if not isinstance(pid, int):
-        return False
-    seen = process_started(pid)
-    if seen is not None:
-        return seen == started
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def process_started(pid: int) -> str | None:
-    """When a running process started, in clock ticks since boot, from /proc; "dead" for a
-    zombie; None when there is no such process or no /proc."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields_after_name = fh.read().rsplit(") ", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return "dead" if fields_after_name[0] in ("Z", "X") else fields_after_name[19]

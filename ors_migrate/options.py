@@ -91,3 +91,8 @@ def version_tuple(version: str) -> tuple[int, ...]:
 
 def version_at_least(version: str, minimum: str) -> bool:
     return version_tuple(version) >= version_tuple(minimum)
+
+
+def tracked_options(site: Site) -> list[OptionChange]:
+    """Every option the procedures may touch: captured before the first edit."""
+    return [*preparation_changes(site), *enable_changes()]

@@ -1,6 +1,7 @@
 """A playbook expanded against a site: the concrete, deterministic plan and its hash.
 
-Pure: no host, Redis or Cassandra is contacted. Roles are predicted from the site file and the
+Pure: no host, Redis or Cassandra is contacted; the actions come from the table the playbook
+was loaded with. Roles are predicted from the site file and the
 switchovers planned before each step; the run resolves them again from the live world.
 """
 
@@ -8,155 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
-from ors_migrate.actions.base import Preview, Target
-from ors_migrate.actions.registry import get_action
 from ors_migrate.errors import InputError
 from ors_migrate.playbook import LoadedPlaybook, StateSpec
-from ors_migrate.site import App, LoadedSite, Site
+from ors_migrate.site import LoadedSite, Site
+from ors_migrate.step import (
+    ActionTable,
+    CurrentOptions,
+    Plan,
+    PlannedAction,
+    PlannedState,
+    PlanningView,
+    Target,
+)
 from ors_migrate.yamlfile import LocatedDocument
-
-OptionValues = dict[tuple[str, str], str]
-CurrentOptions = Callable[[App], OptionValues | None]
-
-
-@dataclass
-class PlannedAction:
-    key: str
-    action: str
-    target: Target
-    args: dict[str, Any]
-    role: str | None
-    changes_world: bool
-    preview: Preview = field(default_factory=lambda: Preview(""))
-
-    def as_dict(self, *, with_old: bool = True) -> dict[str, Any]:
-        changes = [
-            {k: v for k, v in c.items() if with_old or k not in ("old", "old_known")}
-            for c in self.preview.option_changes
-        ]
-        return {
-            "key": self.key,
-            "action": self.action,
-            **self.target.as_dict(),
-            "changes_world": self.changes_world,
-            "args": self.args,
-            "description": self.preview.description,
-            "commands": self.preview.commands,
-            "option_changes": changes,
-        }
-
-
-@dataclass
-class PlannedState:
-    id: str
-    title: str
-    seed_step: str | None
-    scope: str
-    gate: str | None
-    enables_redis: bool
-    on_failure: str | None
-    retry_attempts: int
-    retry_backoff_s: float
-    timeout_s: float | None
-    actions: list[PlannedAction]
-
-    def as_dict(self, *, with_old: bool = True) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "title": self.title,
-            "seed_step": self.seed_step,
-            "scope": self.scope,
-            "gate": self.gate,
-            "enables_redis": self.enables_redis,
-            "on_failure": self.on_failure,
-            "retry": {"attempts": self.retry_attempts, "backoff_s": self.retry_backoff_s},
-            "timeout_s": self.timeout_s,
-            "actions": [a.as_dict(with_old=with_old) for a in self.actions],
-        }
-
-
-@dataclass
-class Plan:
-    playbook: str
-    title: str
-    site: str
-    rollback_playbook: str | None
-    states: list[PlannedState]
-    plan_hash: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "playbook": self.playbook,
-            "title": self.title,
-            "site": self.site,
-            "plan_hash": self.plan_hash,
-            "rollback_playbook": self.rollback_playbook,
-            "states": [s.as_dict() for s in self.states],
-        }
-
-    def state(self, state_id: str) -> PlannedState:
-        return next(s for s in self.states if s.id == state_id)
-
-    def action(self, key: str) -> PlannedAction:
-        for state in self.states:
-            for action in state.actions:
-                if action.key == key:
-                    return action
-        raise KeyError(key)
-
-    def rollback_point(self) -> str | None:
-        """The first state after which a failure rolls back instead of stopping."""
-        return next((s.id for s in self.states if s.enables_redis), None)
-
-
-class PlanningView:
-    """What the planner predicts about the world as the plan unfolds: who is primary in each
-    pair, and each application's option values (None where they could not be read)."""
-
-    def __init__(
-        self,
-        site: Site,
-        current_options: CurrentOptions | None,
-        document: LocatedDocument | None = None,
-    ) -> None:
-        self.site = site
-        self.document = document
-        self.primary: dict[str, str] = {
-            pair.name: pair.app_with_role("primary").name for _, pair in site.pairs()
-        }
-        self.options: dict[str, OptionValues | None] = {}
-        for _, _, app in site.apps():
-            self.options[app.name] = current_options(app) if current_options else None
-
-    def app_in_role(self, pair_name: str, role: str) -> str:
-        _, pair = self.site.find_pair(pair_name)
-        primary = self.primary[pair_name]
-        if role == "primary":
-            return primary
-        return next(a.name for a in pair.apps if a.name != primary)
-
-    def switch(self, pair_name: str) -> None:
-        self.primary[pair_name] = self.app_in_role(pair_name, "backup")
-
-    def option(self, app: str, section: str, option: str) -> str | None:
-        values = self.options.get(app)
-        return None if values is None else values.get((section, option))
-
-    def options_known(self, app: str) -> bool:
-        return self.options.get(app) is not None
-
-    def set_option(self, app: str, section: str, option: str, value: str | None) -> None:
-        values = self.options.get(app)
-        if values is None:
-            return
-        if value is None:
-            values.pop((section, option), None)
-        else:
-            values[(section, option)] = value
 
 
 def _condition_holds(site: Site, when: str) -> bool:
@@ -207,7 +73,9 @@ def _with_role(site: Site, unit: Target, role: str | None, view: PlanningView) -
     )
 
 
-def _expand_state(site: Site, state: StateSpec, view: PlanningView) -> PlannedState:
+def _expand_state(
+    site: Site, state: StateSpec, view: PlanningView, actions: ActionTable
+) -> PlannedState:
     # Scope is the outer loop: every action of a state happens for one pair (or app) before the
     # next, so a rolling restart finishes one HA pair before it touches another.
     planned: list[PlannedAction] = []
@@ -215,7 +83,7 @@ def _expand_state(site: Site, state: StateSpec, view: PlanningView) -> PlannedSt
         for index, spec in enumerate(state.actions):
             if not _condition_holds(site, spec.when):
                 continue
-            action = get_action(spec.do)
+            action = actions[spec.do]()
             step = PlannedAction(
                 key=f"{state.id}/{unit.label()}/{index}",
                 action=spec.do,
@@ -287,7 +155,7 @@ def build_plan(
     site = loaded_site.site
     view = PlanningView(site, current_options, loaded_site.document)
     states = [
-        _expand_state(site, state, view)
+        _expand_state(site, state, view, playbook.actions)
         for state in playbook.spec.states
         if _state_included(site, state, flags)
     ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ors_migrate.errors import PlaybookError
 from ors_migrate.site import site_error_from_validation
+from ors_migrate.step import ActionTable
 from ors_migrate.yamlfile import LocatedDocument, load_yaml
 
 PLAYBOOK_DIR = Path(__file__).resolve().parent / "playbooks"
@@ -90,6 +91,7 @@ class LoadedPlaybook:
     path: str
     digest: str
     document: LocatedDocument
+    actions: ActionTable = field(repr=False, compare=False)
 
 
 def resolve_playbook_path(name_or_path: str) -> Path:
@@ -104,9 +106,9 @@ def bundled_playbooks() -> list[str]:
     return sorted(p.stem for p in PLAYBOOK_DIR.glob("*.yaml"))
 
 
-def load_playbook(name_or_path: str) -> LoadedPlaybook:
-    from ors_migrate.actions.registry import known_actions
-
+def load_playbook(name_or_path: str, actions: ActionTable) -> LoadedPlaybook:
+    """Load and check a playbook against the table of known actions (which it keeps, for the
+    planner)."""
     path = resolve_playbook_path(name_or_path)
     if not path.exists() and path.parent == PLAYBOOK_DIR:
         raise PlaybookError(
@@ -122,7 +124,6 @@ def load_playbook(name_or_path: str) -> LoadedPlaybook:
         raise PlaybookError(
             err.detail, file=err.file, line=err.line, field=err.field, rule=err.rule
         ) from None
-    actions = known_actions()
     for s_index, state in enumerate(spec.states):
         for a_index, action in enumerate(state.actions):
             if action.do not in actions:
@@ -143,4 +144,4 @@ def load_playbook(name_or_path: str) -> LoadedPlaybook:
                     rule="action-scope",
                 )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return LoadedPlaybook(spec, str(path), digest, document)
+    return LoadedPlaybook(spec, str(path), digest, document, actions)

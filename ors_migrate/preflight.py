@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ors_migrate.actions.base import CheckResult
 from ors_migrate.errors import OrsMigrateError
 from ors_migrate.options import PERSISTENCE, REDIS, TYPE, version_at_least
 from ors_migrate.site import LoadedSite
+from ors_migrate.step import CheckResult, Severity
 
 ProbeResults = list[tuple[str, CheckResult]]
 
@@ -143,7 +143,7 @@ def _options(ctx: Any) -> ProbeResults:
             values = ctx.option_store(app.name).read()
             current = values.get((PERSISTENCE, TYPE), "(unset: cassandra)")
             nodes = values.get((PERSISTENCE, "redis-nodes"))
-            severity = "warning" if current == REDIS else "ok"
+            severity: Severity = "warning" if current == REDIS else "ok"
             message = f"{app.name}: [persistence] type={current}"
             if nodes:
                 message += f", redis-nodes={nodes}"
@@ -212,12 +212,11 @@ def _static(loaded: LoadedSite) -> ProbeResults:
 
 
 def run_preflight(loaded: LoadedSite, state_dir: Path, ui: Any) -> list[dict[str, Any]]:
-    from ors_migrate.engine import RunContext
-    from ors_migrate.journal import Journal, operator_name
-    from ors_migrate.secrets import Secrets
+    from ors_migrate.journal import Journal
+    from ors_migrate.runner import build_context
 
     journal = Journal(state_dir, create=False)
-    ctx = RunContext(loaded, "preflight", journal, ui, Secrets(), operator_name())
+    ctx = build_context(loaded, "preflight", journal, ui)
     try:
         findings = _static(loaded)
         for probe in (_hosts, _pairs, _options, _redis, _cassandra):

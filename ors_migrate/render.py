@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ors_migrate.plan import Plan, PlannedAction
+from ors_migrate.step import Plan, PlannedAction
 
 FORMATS = ("text", "json", "markdown", "mermaid")
 

@@ -12,9 +12,11 @@ import datetime as dt
 import html
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ors_migrate.events import CheckRecord, EventKind, GateDecision, SwitchoverDone
 from ors_migrate.journal import Event, Journal, RunRecord
 from ors_migrate.site import SECRET_REF
 
@@ -48,7 +50,7 @@ def build_report(journal: Journal, run: RunRecord) -> dict[str, Any]:
 
 def _rehearsal(run: RunRecord) -> dict[str, Any] | None:
     """A run on a lab made by `lab up --from SITE`: the site it rehearses, both plan hashes."""
-    from ors_migrate.lab.from_site import rehearsal_facts
+    from ors_migrate.rehearsal import rehearsal_facts
 
     return rehearsal_facts(Path(run.site_path), run.playbook, run.plan_hash)
 
@@ -78,11 +80,15 @@ def _run_facts(run: RunRecord, events: list[Event]) -> dict[str, Any]:
 
 
 def _deciders(events: list[Event]) -> set[str]:
-    return {str(e.payload["by"]) for e in events if e.kind == "gate_decision" and "by" in e.payload}
+    return {
+        GateDecision.from_payload(e.payload).by
+        for e in events
+        if e.kind == EventKind.GATE_DECISION and "by" in e.payload
+    }
 
 
 def _outcome(run: RunRecord, events: list[Event]) -> dict[str, Any]:
-    rollback = next((e for e in events if e.kind == "rollback_started"), None)
+    rollback = next((e for e in events if e.kind == EventKind.ROLLBACK_STARTED), None)
     return {
         "status": run.status,
         "message": run.outcome,
@@ -188,16 +194,16 @@ def _on_gate_decision(row: dict[str, Any], event: Event, planned: dict[str, Any]
     row["status"] = {
         "stop": "stopped at its gate",
         "rollback": "rolled back at its gate",
-    }.get(event.payload.get("decision"), "started, not ended")
+    }.get(str(event.payload.get("decision")), "started, not ended")
 
 
-STATE_EVENTS = {
-    "state_started": _on_state_started,
-    "state_ended": _on_state_ended,
-    "action_intent": _on_action_intent,
-    "action_ended": _on_action_ended,
-    "action_failed": _on_action_failed,
-    "gate_decision": _on_gate_decision,
+STATE_EVENTS: dict[str, Callable[[dict[str, Any], Event, dict[str, Any]], None]] = {
+    EventKind.STATE_STARTED: _on_state_started,
+    EventKind.STATE_ENDED: _on_state_ended,
+    EventKind.ACTION_INTENT: _on_action_intent,
+    EventKind.ACTION_ENDED: _on_action_ended,
+    EventKind.ACTION_FAILED: _on_action_failed,
+    EventKind.GATE_DECISION: _on_gate_decision,
 }
 
 
@@ -206,7 +212,7 @@ def milestones(events: list[Event]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     last_status = None
     for event in events:
-        if event.kind == "run_created":
+        if event.kind == EventKind.RUN_CREATED:
             out.append({"at": event.ts, "what": "run created"})
         elif event.kind.startswith("rollback_"):
             what = event.kind.replace("_", " ")
@@ -221,26 +227,30 @@ def milestones(events: list[Event]) -> list[dict[str, Any]]:
 
 
 def gate_decisions(events: list[Event]) -> list[dict[str, Any]]:
-    return [
-        {
-            "at": e.ts,
-            "state_id": e.state_id,
-            "phase": e.phase,
-            "decision": e.payload.get("decision"),
-            "by": e.payload.get("by"),
-            "approved_by_yes": bool(e.payload.get("assumed")),
-            "sessions_in_progress": e.payload.get("sessions_in_progress"),
-        }
-        for e in events
-        if e.kind == "gate_decision"
-    ]
+    rows = []
+    for e in events:
+        if e.kind != EventKind.GATE_DECISION:
+            continue
+        gate = GateDecision.from_payload(e.payload)
+        rows.append(
+            {
+                "at": e.ts,
+                "state_id": e.state_id,
+                "phase": e.phase,
+                "decision": gate.decision,
+                "by": gate.by,
+                "approved_by_yes": gate.assumed,
+                "sessions_in_progress": gate.sessions_in_progress,
+            }
+        )
+    return rows
 
 
 def option_changes(events: list[Event]) -> list[dict[str, Any]]:
     """Option values as written by the run (secrets as ***), in order."""
     rows = []
     for event in events:
-        observed = event.payload.get("observed", {}) if event.kind == "action_ended" else {}
+        observed = event.payload.get("observed", {}) if event.kind == EventKind.ACTION_ENDED else {}
         for change in observed.get("changes", []):
             rows.append(
                 {
@@ -257,14 +267,15 @@ def option_changes(events: list[Event]) -> list[dict[str, Any]]:
 def switchovers(events: list[Event]) -> list[dict[str, Any]]:
     rows = []
     for event in events:
-        observed = event.payload.get("observed", {}) if event.kind == "action_ended" else {}
-        promotion = observed.get("promotion")
-        if isinstance(promotion, dict):
+        observed = event.payload.get("observed", {}) if event.kind == EventKind.ACTION_ENDED else {}
+        done = SwitchoverDone.from_observed(observed)
+        if done is not None and done.promotion is not None:
+            promotion = done.promotion
             rows.append(
                 {
                     "at": event.ts,
                     "state_id": event.state_id,
-                    "new_primary": observed.get("primary"),
+                    "new_primary": done.primary,
                     "old_primary": promotion.get("from"),
                     **{k: promotion.get(k) for k in ("store", "in_progress", "restored", "lost")},
                 }
@@ -277,17 +288,20 @@ def checks(events: list[Event]) -> list[dict[str, Any]]:
     rows = []
     running: tuple[str | None, str | None] = (None, None)
     for event in events:
-        if event.kind == "action_intent":
+        if event.kind == EventKind.ACTION_INTENT:
             running = (event.state_id, event.action_key)
-        elif event.kind == "check":
-            payload = event.payload
+        elif event.kind == EventKind.CHECK:
+            record = CheckRecord.from_payload(event.payload)
             rows.append(
                 {
                     "at": event.ts,
                     "state_id": running[0],
                     "action_key": running[1],
-                    **{k: payload.get(k) for k in ("check", "severity", "message", "fix")},
-                    "observed": payload.get("observed", {}),
+                    "check": record.check,
+                    "severity": record.severity,
+                    "message": record.message,
+                    "fix": record.fix,
+                    "observed": record.observed,
                 }
             )
     return rows
@@ -298,7 +312,7 @@ def redis_series(events: list[Event]) -> list[dict[str, Any]]:
     memory % and used MB per node."""
     windows = []
     for event in events:
-        observed = event.payload.get("observed", {}) if event.kind == "action_ended" else {}
+        observed = event.payload.get("observed", {}) if event.kind == EventKind.ACTION_ENDED else {}
         samples = [s for s in observed.get("samples", []) if isinstance(s, dict)]
         if not samples:
             continue

@@ -32,8 +32,8 @@ from ors_migrate.options import (
 from ors_migrate.site import LoadedSite, Site, field_path, parse_host_port
 
 if TYPE_CHECKING:
-    from ors_migrate.plan import Plan
     from ors_migrate.playbook import LoadedPlaybook
+    from ors_migrate.step import Plan
 
 Severity = Literal["error", "warning"]
 ERROR: Severity = "error"

@@ -1,5 +1,8 @@
 """The composition root of a run: site + playbook -> plan -> journal, lock and engine.
 
+Here, and only here, the concrete parts meet: the table of actions (built-ins and entry
+points), the transports, service control and option stores of a run's context.
+
 Starting, resuming and rolling back all go through here: the site's lock is taken first, a
 resume is refused when the plan or the live topology no longer match the journal, and a run
 interrupted by a signal is recorded as such.
@@ -11,36 +14,50 @@ import json
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-from ors_migrate.engine import (
-    ROLLBACK,
-    ROLLBACK_EVENTS,
-    Engine,
-    Outcome,
-    RunContext,
-    SwitchoverPolicy,
+from ors_migrate import playbook as playbooks
+from ors_migrate.actions.option_backends import open_store
+from ors_migrate.actions.registry import build_action_table
+from ors_migrate.actions.service_control import (
+    ServiceControl,
     check_live_topology,
     live_primaries,
     settled_pair_status,
 )
+from ors_migrate.actions.transports import TransportPool
+from ors_migrate.context import LiveRunContext
+from ors_migrate.engine import Engine, Outcome
 from ors_migrate.errors import (
     EXIT_INTERRUPTED,
     GateStopped,
     InputError,
     ResumeRefused,
     SiteError,
+    TerminalRequired,
     VerificationFailed,
 )
 from ors_migrate.estate_lock import estate_claims
+from ors_migrate.events import ROLLBACK_EVENTS, EventKind
+from ors_migrate.gate import session_counts
 from ors_migrate.journal import Journal, RunLock, RunRecord, operator_name
 from ors_migrate.options import PERSISTENCE, TYPE
-from ors_migrate.plan import OptionValues, Plan, build_plan, plan_hash
-from ors_migrate.playbook import LoadedPlaybook, load_playbook
+from ors_migrate.plan import build_plan, plan_hash
+from ors_migrate.playbook import LoadedPlaybook
 from ors_migrate.secrets import Secrets
-from ors_migrate.site import App, LoadedSite, load_site
-from ors_migrate.ui import TerminalRequired, Ui, session_counts
+from ors_migrate.site import App, LoadedSite, Site, load_site
+from ors_migrate.step import (
+    ROLLBACK,
+    ActionTable,
+    OptionValues,
+    Plan,
+    RunContext,
+    RunUi,
+    SwitchoverPolicy,
+    Transports,
+)
 from ors_migrate.undo import changed_apps, restricted, summarize
 
 DEFAULT_PLAYBOOK = "migrate-to-redis"
@@ -48,6 +65,50 @@ UNFINISHED = ("running", "paused", "interrupted", "failed")
 ABANDONABLE = ("paused", "interrupted", "failed")
 STATE_FIELDS = ("title", "seed_step", "scope", "gate", "enables_redis", "on_failure", "retry")
 TARGET_FIELDS = ("cluster", "ha_pair", "app", "host", "role")
+
+
+TransportFactory = Callable[[Site, Secrets], Transports]
+
+
+@cache
+def action_table() -> ActionTable:
+    """The built-in action families and every `ors_migrate.actions` entry point, once."""
+    return build_action_table()
+
+
+def load_playbook(name_or_path: str, actions: ActionTable | None = None) -> LoadedPlaybook:
+    """A playbook checked against the action table (the process's own unless given)."""
+    return playbooks.load_playbook(name_or_path, action_table() if actions is None else actions)
+
+
+def build_context(
+    loaded: LoadedSite,
+    run_id: str,
+    journal: Journal,
+    ui: RunUi,
+    *,
+    secrets: Secrets | None = None,
+    operator: str | None = None,
+    switchover_policy: SwitchoverPolicy | None = None,
+    transports: TransportFactory = TransportPool,
+) -> RunContext:
+    """The context of one run: one transport per host (`transports`: SSH or local by the
+    site, unless a test hands in its own), service control over them and the site's option
+    backend, handed to the engine and its actions."""
+    secrets = secrets or Secrets()
+    pool = transports(loaded.site, secrets)
+    return LiveRunContext(
+        loaded,
+        run_id,
+        journal,
+        ui,
+        secrets,
+        operator or operator_name(),
+        pool=pool,
+        services=ServiceControl(loaded.site, pool),
+        open_store=open_store,
+        switchover_policy=switchover_policy,
+    )
 
 
 def local_option_reader(loaded: LoadedSite) -> Any:
@@ -250,12 +311,14 @@ class Runner:
     def __init__(
         self,
         state_dir: Path,
-        ui: Ui,
+        ui: RunUi,
         *,
         switchover_policy: SwitchoverPolicy | None = None,
+        transports: TransportFactory = TransportPool,
         create: bool = True,
     ) -> None:
         self.state_dir = state_dir
+        self.transports = transports
         self.ui = ui
         self.journal = Journal(state_dir, create=create)
         self.switchover_policy = switchover_policy
@@ -290,16 +353,22 @@ class Runner:
 
     # Composition
     def _context(self, loaded: LoadedSite, run_id: str) -> RunContext:
-        ctx = RunContext(loaded, run_id, self.journal, self.ui, Secrets(), operator_name())
-        ctx.switchover_policy = self.switchover_policy or self._journaled_policy(run_id)
-        return ctx
+        policy = self.switchover_policy or self._journaled_policy(run_id)
+        return build_context(
+            loaded,
+            run_id,
+            self.journal,
+            self.ui,
+            switchover_policy=policy,
+            transports=self.transports,
+        )
 
     def _journaled_policy(self, run_id: str) -> SwitchoverPolicy | None:
         """A resumed run keeps the switchover policy it started with."""
         if not run_id:
             return None
         for event in self.journal.events(run_id):
-            if event.kind == "switchover_policy":
+            if event.kind == EventKind.SWITCHOVER_POLICY:
                 return SwitchoverPolicy(int(event.payload["below"]), float(event.payload["wait_s"]))
         return None
 
@@ -404,11 +473,13 @@ class Runner:
                 playbook_path=playbook.path,
             )
             ctx.attach(run_id)
-            ctx.record("topology", payload={"primaries": primaries})
+            ctx.record(EventKind.TOPOLOGY, payload={"primaries": primaries})
             if overridden:
-                ctx.record("rules_overridden", payload={"rules": overridden, "by": ctx.operator})
+                ctx.record(
+                    EventKind.RULES_OVERRIDDEN, payload={"rules": overridden, "by": ctx.operator}
+                )
             if ctx.switchover_policy is not None:
-                ctx.record("switchover_policy", payload=ctx.switchover_policy.as_dict())
+                ctx.record(EventKind.SWITCHOVER_POLICY, payload=ctx.switchover_policy.as_dict())
             recorded_rollback = rollback_plan_of(loaded, plan.rollback_playbook)
             if recorded_rollback is not None:
                 ctx.record(
@@ -423,7 +494,7 @@ class Runner:
             raise
         self.ui.info(f"run {run_id}: {plan.title} ({len(plan.states)} states)")
         factory = self._rollback_plan_factory(loaded, plan.rollback_playbook, frozenset(), run_id)
-        return Engine(ctx, plan, auto_rollback=auto_rollback, rollback_plan=factory)
+        return Engine(ctx, plan, action_table(), auto_rollback=auto_rollback, rollback_plan=factory)
 
     def _resumed(
         self,
@@ -454,7 +525,12 @@ class Runner:
             ctx.close()
             raise
         return Engine(
-            ctx, plan, auto_rollback=auto_rollback, rollback_plan=factory, rollback_flags=flags
+            ctx,
+            plan,
+            action_table(),
+            auto_rollback=auto_rollback,
+            rollback_plan=factory,
+            rollback_flags=flags,
         )
 
     def _resumable(self, loaded: LoadedSite, run_id: str | None) -> RunRecord:
@@ -480,10 +556,10 @@ class Runner:
         """The primaries recorded when the run started. A run killed before it recorded them
         had not run any action yet: the live primaries are its starting point."""
         for event in self.journal.events(ctx.run_id):
-            if event.kind == "topology":
+            if event.kind == EventKind.TOPOLOGY:
                 return dict(event.payload.get("primaries", {}))
         primaries = live_primaries(ctx)
-        ctx.record("topology", payload={"primaries": primaries})
+        ctx.record(EventKind.TOPOLOGY, payload={"primaries": primaries})
         return primaries
 
     def _refuse_unfinished(self, site_name: str) -> None:
@@ -574,7 +650,7 @@ class Runner:
         """A run that changed no option ends here: no restart, no switchover."""
         message = "nothing to roll back: the run changed no option of any application"
         self.journal.record(
-            run.run_id, "rollback_requested", phase=ROLLBACK, payload={"reason": message}
+            run.run_id, EventKind.ROLLBACK_REQUESTED, phase=ROLLBACK, payload={"reason": message}
         )
         if self.display_status(run) in UNFINISHED:
             self.journal.set_status(run.run_id, "rolled_back", outcome=message)
@@ -626,7 +702,9 @@ class Runner:
         except BaseException:
             ctx.close()
             raise
-        return Engine(ctx, plan, rollback_plan=factory, rollback_flags=frozenset(flags))
+        return Engine(
+            ctx, plan, action_table(), rollback_plan=factory, rollback_flags=frozenset(flags)
+        )
 
     # Ending a run without touching the estate
     def abandon(self, run_id: str, reason: str) -> RunRecord:
@@ -647,7 +725,7 @@ class Runner:
                 )
             self.journal.record(
                 run.run_id,
-                "abandoned",
+                EventKind.ABANDONED,
                 phase=run.phase,
                 payload={"by": operator_name(), "reason": reason, "was": status},
             )
@@ -659,7 +737,7 @@ class Runner:
         return self.find_run(run.run_id)
 
 
-ROLLBACK_AT_START = "rollback_plan_at_start"
+ROLLBACK_AT_START = EventKind.ROLLBACK_PLAN_AT_START
 
 
 def rollback_plan_of(loaded: LoadedSite, name: str | None) -> Plan | None:

@@ -25,6 +25,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -168,7 +169,7 @@ def _check_jump_chain(hosts: dict[str, Host], start: str) -> None:
                 )
             name = jump
             continue
-        if not JUMP_SPEC.match(jump) or not _known_jump(jump, host.ssh):
+        if not JUMP_SPEC.match(jump) or not known_jump(jump, host.ssh):
             close = difflib.get_close_matches(jump.split("@")[-1], list(hosts), n=1)
             hint = f"; did you mean the site host '{close[0]}'?" if close else ""
             raise LocatedValueError(
@@ -180,7 +181,7 @@ def _check_jump_chain(hosts: dict[str, Host], start: str) -> None:
         return
 
 
-def _known_jump(spec: str, ssh: SshSettings | None) -> bool:
+def known_jump(spec: str, ssh: SshSettings | None) -> bool:
     """A jump hop outside the site is known when it names a domain or an IP address, or a
     `Host` pattern of the ssh config matches it (a bare name would otherwise be a typo)."""
     hostname = spec.split("@")[-1]
@@ -224,6 +225,25 @@ SET_COMMAND_PLACEHOLDERS = BACKEND_PLACEHOLDERS | {"changes_file"}
 FIPS_PATH_PLACEHOLDERS = frozenset({"host", "app", "install_dir"})
 LCA_RESTART_PLACEHOLDERS = frozenset({"host", "env_file"})
 SNAPSHOT_PLACEHOLDERS = frozenset({"tag", "keyspace"})
+# Every template field of the site file and the placeholders it may use: the one source the
+# model's validators and the wizard's answer checks read.
+TEMPLATE_PLACEHOLDERS: dict[str, frozenset[str]] = {
+    "options_backend.path": BACKEND_PLACEHOLDERS,
+    "options_backend.get_command": BACKEND_PLACEHOLDERS,
+    "options_backend.set_command": SET_COMMAND_PLACEHOLDERS,
+    **{
+        f"services.{name}": SERVICE_PLACEHOLDERS
+        for name in ("start", "stop", "status", "version", "sessions")
+    },
+    "services.switchover": SWITCHOVER_PLACEHOLDERS,
+    "services.upgrade": UPGRADE_PLACEHOLDERS,
+    "cassandra.removal.snapshot_command": SNAPSHOT_PLACEHOLDERS,
+    "cassandra.removal.list_snapshots_command": SNAPSHOT_PLACEHOLDERS,
+    "ors.fips.lca_env_file": FIPS_PATH_PLACEHOLDERS,
+    "ors.fips.openssl": FIPS_PATH_PLACEHOLDERS,
+    "ors.fips.windows_config_dir": FIPS_PATH_PLACEHOLDERS,
+    "ors.fips.lca_restart": LCA_RESTART_PLACEHOLDERS,
+}
 
 
 def check_template(value: str | None, allowed: frozenset[str]) -> str | None:
@@ -244,8 +264,13 @@ def check_template(value: str | None, allowed: frozenset[str]) -> str | None:
     return value
 
 
-def _templates(allowed: frozenset[str], *names: str) -> Any:
-    return field_validator(*names)(lambda value: check_template(value, allowed))
+def _templates(section: str, *names: str) -> Any:
+    """Validate each named field of `section` against its entry in TEMPLATE_PLACEHOLDERS."""
+
+    def check(value: str | None, info: ValidationInfo) -> str | None:
+        return check_template(value, TEMPLATE_PLACEHOLDERS[f"{section}.{info.field_name}"])
+
+    return field_validator(*names)(check)
 
 
 class OptionsBackend(StrictModel):
@@ -259,8 +284,7 @@ class OptionsBackend(StrictModel):
     get_command: str | None = None
     set_command: str | None = None
 
-    _check_templates = _templates(BACKEND_PLACEHOLDERS, "path", "get_command")
-    _set_template = _templates(SET_COMMAND_PLACEHOLDERS, "set_command")
+    _check_templates = _templates("options_backend", "path", "get_command", "set_command")
 
     @model_validator(mode="after")
     def _fields_for_kind(self) -> OptionsBackend:
@@ -292,10 +316,8 @@ class Services(StrictModel):
     poll_interval_s: float = Field(default=0.5, gt=0)
 
     _check_templates = _templates(
-        SERVICE_PLACEHOLDERS, "start", "stop", "status", "version", "sessions"
+        "services", "start", "stop", "status", "version", "sessions", "switchover", "upgrade"
     )
-    _check_switchover = _templates(SWITCHOVER_PLACEHOLDERS, "switchover")
-    _check_upgrade = _templates(UPGRADE_PLACEHOLDERS, "upgrade")
 
 
 class App(StrictModel):
@@ -390,9 +412,7 @@ class CassandraRemoval(StrictModel):
     snapshot_command: str = "nodetool snapshot -t {tag} {keyspace}"
     list_snapshots_command: str = "nodetool listsnapshots"
 
-    _check_templates = _templates(
-        SNAPSHOT_PLACEHOLDERS, "snapshot_command", "list_snapshots_command"
-    )
+    _check_templates = _templates("cassandra.removal", "snapshot_command", "list_snapshots_command")
 
 
 class CassandraSettings(StrictModel):
@@ -428,10 +448,9 @@ class FipsSettings(StrictModel):
     windows_config_dir: str | None = None
     verify_providers: bool = True
 
-    _path_templates = _templates(
-        FIPS_PATH_PLACEHOLDERS, "lca_env_file", "openssl", "windows_config_dir"
+    _check_templates = _templates(
+        "ors.fips", "lca_env_file", "openssl", "windows_config_dir", "lca_restart"
     )
-    _restart_template = _templates(LCA_RESTART_PLACEHOLDERS, "lca_restart")
 
 
 class OrsSettings(StrictModel):
@@ -529,14 +548,27 @@ class Site(StrictModel):
                 return found
         raise KeyError(name)
 
+    def placeholder_values(self, app_name: str) -> dict[str, str]:
+        """What an application's {placeholders} stand for in the site's commands and paths
+        (SERVICE_PLACEHOLDERS; the backend's and the FIPS paths' are a subset)."""
+        cluster, pair, app = self.find_app(app_name)
+        return {
+            "app": app.name,
+            "host": app.host,
+            "cluster": cluster.name,
+            "pair": pair.name,
+            "peer": next(a.name for a in pair.apps if a.name != app_name),
+            "install_dir": app.install_dir or "",
+        }
+
     def options_path(self, app_name: str) -> str:
         """Where the ini-file backend finds an application's options: its own `options_path`,
         or the backend's template filled in ({app} {cluster} {pair} {host})."""
-        cluster, pair, app = self.find_app(app_name)
+        _, _, app = self.find_app(app_name)
         if app.options_path:
             return app.options_path
         template = self.options_backend.path or ""
-        return template.format(app=app.name, cluster=cluster.name, pair=pair.name, host=app.host)
+        return template.format_map(self.placeholder_values(app_name))
 
     def app_loc(self, name: str) -> tuple[str | int, ...]:
         """The path of keys to an application in the site file, to name its line."""

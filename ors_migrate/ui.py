@@ -15,56 +15,17 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ors_migrate.errors import EXIT_BAD_INPUT, GateStopped, OrsMigrateError
+from ors_migrate.errors import GateStopped, TerminalRequired
+from ors_migrate.step import Decision, GateView
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
     from rich.progress import Progress, TaskID
 
-    from ors_migrate.engine import RunContext
-    from ors_migrate.plan import Plan, PlannedState
-
-Decision = str  # "approve" | "stop" | "rollback"
 DECISIONS = ("approve", "stop", "rollback")
-
-
-class TerminalRequired(GateStopped):
-    """An answer is needed and there is no terminal to ask on. The run pauses where it is
-    (resumable) and the command exits 2, as for any input the command line lacks."""
-
-    exit_code = EXIT_BAD_INPUT
-
-
-@dataclass(frozen=True)
-class SessionCount:
-    """Sessions in progress on one primary, from the site's `sessions` command."""
-
-    ha_pair: str
-    app: str
-    host: str
-    active: int | None
-    error: str | None = None
-
-
-@dataclass
-class GateView:
-    """Everything a gate shows before it asks."""
-
-    title: str
-    state_id: str
-    seed_step: str | None
-    position: str
-    risk: str | None
-    done: list[str] = field(default_factory=list)
-    next_actions: list[str] = field(default_factory=list)
-    hosts: list[str] = field(default_factory=list)
-    sessions: list[SessionCount] = field(default_factory=list)
-
-    def sessions_at_risk(self) -> int:
-        return sum(s.active or 0 for s in self.sessions)
 
 
 @dataclass
@@ -213,7 +174,7 @@ class Ui:
 
     def gate(self, title: str, summary: list[str], view: GateView | None = None) -> Decision:
         """Show what is done, what comes next and what is at risk; ask approve / stop /
-        rollback. --yes approves. `view`, when the engine builds one (`build_gate_view`),
+        rollback. --yes approves. `view`, when the engine builds one (`gate.build_gate_view`),
         replaces the plain summary lines with live facts such as session counts."""
         if self.assume_yes:
             return "approve"
@@ -521,72 +482,3 @@ def gate_lines(view: GateView) -> list[str]:
         for s in view.sessions
     ]
     return lines
-
-
-# Building a gate from the run: the engine calls this where it has the context and the plan.
-def build_gate_view(ctx: RunContext, plan: Plan | None, state: PlannedState) -> GateView:
-    """The gate of `state` from the journal (what is done) and the live world (who is primary
-    now and how many sessions each primary has in progress). `plan`, when given, places the
-    state in it."""
-    states = plan.states if plan else []
-    index = next((n for n, s in enumerate(states, start=1) if s.id == state.id), 0)
-    pairs = list(dict.fromkeys(a.target.ha_pair for a in state.actions if a.target.ha_pair))
-    return GateView(
-        title=state.title,
-        state_id=state.id,
-        seed_step=state.seed_step,
-        position=f"state {index} of {len(states)}" if index else "",
-        risk=state.gate,
-        done=done_from_journal(ctx.journal.events(ctx.run_id)),
-        next_actions=[a.preview.description for a in state.actions],
-        hosts=sorted({a.target.host for a in state.actions if a.target.host}),
-        sessions=session_counts(ctx, pairs),
-    )
-
-
-def done_from_journal(events: list[Any]) -> list[str]:
-    """States ended, gate decisions and switchovers, oldest first."""
-    seeds: dict[str, str | None] = {}
-    lines = []
-    for event in events:
-        if event.kind == "state_started":
-            seeds[event.state_id] = event.payload.get("seed_step")
-        elif event.kind == "state_ended":
-            seed = seeds.get(event.state_id) or "tool step"
-            seconds = float(event.payload.get("seconds", 0.0))
-            rollback = " (rollback)" if event.phase == "rollback" else ""
-            lines.append(f"{seed:<10} {event.state_id}{rollback}  {seconds:.1f} s")
-        elif event.kind == "gate_decision":
-            who = event.payload.get("by", "?")
-            how = " (--yes)" if event.payload.get("assumed") else ""
-            lines.append(f"gate {event.state_id}: {event.payload.get('decision')} by {who}{how}")
-    return lines
-
-
-def session_counts(ctx: RunContext, pairs: list[str]) -> list[SessionCount]:
-    """Each pair's live primary and its sessions in progress; empty when the site has no
-    `sessions` command. A command that fails gives an unknown count, never a failed gate."""
-    if not ctx.site.services.sessions:
-        return []
-    counts = []
-    for pair in pairs:
-        try:
-            primary = ctx.services.app_in_role(pair, "primary")
-        except OrsMigrateError as exc:
-            counts.append(SessionCount(pair, "?", "?", None, str(exc)))
-            continue
-        host = ctx.site.find_app(primary)[2].host
-        counts.append(_count_on(ctx, pair, primary, host))
-    return counts
-
-
-def _count_on(ctx: RunContext, pair: str, primary: str, host: str) -> SessionCount:
-    try:
-        result = ctx.services.run("sessions", primary, check=False)
-    except OrsMigrateError as exc:
-        return SessionCount(pair, primary, host, None, str(exc))
-    words = result.stdout.split()
-    if result.exit_code != 0 or not words or not words[0].isdigit():
-        reason = f"`sessions` exited {result.exit_code}: {result.stdout.strip()[:60]!r}"
-        return SessionCount(pair, primary, host, None, reason)
-    return SessionCount(pair, primary, host, int(words[0]))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ors_migrate.journal import Journal, RunRecord
-from ors_migrate.plan import Plan, PlannedAction
+from ors_migrate.step import Plan, PlannedAction
 
 # Actions that edit an application's options (each captures the originals before its first edit).
 OPTION_EDITS = ("options.set", "cassandra_removal.remove_options", "fips.set_option")

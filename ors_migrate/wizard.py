@@ -28,7 +28,17 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from ors_migrate.errors import EXIT_BAD_INPUT, InputError
-from ors_migrate.site import HOST_PORT, NAME, SECRET_REF, parse_host_port
+from ors_migrate.site import (
+    HOST_PORT,
+    JUMP_SPEC,
+    NAME,
+    SECRET_REF,
+    TEMPLATE_PLACEHOLDERS,
+    SshSettings,
+    known_jump,
+    parse_host_port,
+)
+from ors_migrate.site import check_template as check_site_template
 
 Answer = str | bool
 Check = Callable[[Any], str | None]
@@ -36,18 +46,21 @@ Kind = Literal["text", "select", "confirm"]
 
 NAME_RE = re.compile(NAME)
 ADDRESS_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]*|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)$")
-JUMP_RE = re.compile(r"^([^@\s,]+@)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9_.-]*)(:[0-9]{1,5})?$")
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 MAX_CLUSTERS = 20
 MAX_PAIRS = 50
-APP_PLACEHOLDERS = ("app", "host", "cluster", "pair", "peer", "install_dir")
-PATH_PLACEHOLDERS = ("app", "host", "cluster", "pair")
 SERVICE_COMMANDS: list[tuple[str, str, tuple[str, ...], bool]] = [
-    # (key, what it does, placeholders of which one is needed, optional)
+    # (key, what it does, placeholders of which one is needed, optional); the placeholders a
+    # command may use are the site model's (site.TEMPLATE_PLACEHOLDERS)
     ("start", "starts an application", ("app",), False),
     ("stop", "stops an application", ("app",), False),
     ("status", "prints an application's role (primary|backup|down)", ("app",), False),
-    ("switchover", "switches an HA pair over to its backup", ("pair", "app"), False),
+    (
+        "switchover",
+        "switches an HA pair over to its backup",
+        ("pair", "app", "primary", "backup"),
+        False,
+    ),
     ("version", "prints an application's ORS version", ("app",), True),
     ("sessions", "prints an application's count of sessions in progress", ("app",), True),
     ("upgrade", "installs ORS {version} for an application", ("app",), True),
@@ -200,8 +213,17 @@ def check_address(value: str) -> str | None:
 
 
 def check_jump(value: str) -> str | None:
-    if value and not JUMP_RE.match(value):
+    """The site model's rule for a jump host outside the site (every host the wizard writes
+    shares these SSH settings, so a jump through one of them would be a cycle)."""
+    if not value:
+        return None
+    if not JUMP_SPEC.match(value):
         return "give one jump host as [user@]host[:port]"
+    if not known_jump(value, SshSettings()):
+        return (
+            "unknown jump host: give a domain name or an IP address, or a Host of your "
+            "~/.ssh/config"
+        )
     return None
 
 
@@ -241,23 +263,21 @@ def check_nodes(minimum: int) -> Check:
     return check
 
 
-def placeholders_in(template: str) -> set[str] | str:
-    """The {names} a template uses, or the reason it is not a valid template."""
-    try:
-        return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-    except ValueError as exc:
-        return f"unbalanced braces: {exc}"
+def placeholders_in(template: str) -> set[str]:
+    """The {names} of a template that the site model accepted."""
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
 
 
-def check_template(allowed: tuple[str, ...], needs_one_of: tuple[str, ...]) -> Check:
+def check_template(site_field: str, needs_one_of: tuple[str, ...]) -> Check:
+    """The site model's check of the template field `site_field` (the placeholders it may
+    use), and the wizard's own: the command names its target with one of `needs_one_of`."""
+
     def check(value: str) -> str | None:
+        try:
+            check_site_template(value, TEMPLATE_PLACEHOLDERS[site_field])
+        except ValueError as exc:
+            return str(exc)
         names = placeholders_in(value)
-        if isinstance(names, str):
-            return names
-        unknown = sorted(names - set(allowed))
-        if unknown:
-            known = " ".join(f"{{{n}}}" for n in allowed)
-            return f"unknown placeholder {{{unknown[0]}}}; use {known}"
         if needs_one_of and not names & set(needs_one_of):
             wanted = " or ".join(f"{{{n}}}" for n in needs_one_of)
             return f"the command must name its target with {wanted}"
@@ -434,24 +454,23 @@ class Wizard:
             self.text(
                 "options.path",
                 "Options file path on the host; placeholders {app} {cluster} {pair} {host}",
-                check=check_template(PATH_PLACEHOLDERS, ("app",)),
+                check=check_template("options_backend.path", ("app",)),
             )
         elif kind == "command":
             for which in ("get", "set"):
                 self.text(
                     f"options.{which}_command",
                     f"Command that {which}s an application's options (values on stdin)",
-                    check=check_template(APP_PLACEHOLDERS, ("app",)),
+                    check=check_template(f"options_backend.{which}_command", ("app",)),
                 )
 
     def ask_services(self) -> None:
         for name, what, needs, optional in SERVICE_COMMANDS:
-            allowed = (*APP_PLACEHOLDERS, "version") if name == "upgrade" else APP_PLACEHOLDERS
             self.text(
                 f"services.{name}",
                 f"Command that {what}" + (" (empty: none)" if optional else ""),
                 optional=optional,
-                check=allow_empty(check_template(allowed, needs)),
+                check=allow_empty(check_template(f"services.{name}", needs)),
             )
 
     def ask_redis(self) -> None:
@@ -756,9 +775,8 @@ def dump_yaml(data: dict[str, Any], header: str = "") -> str:
 
 def check_site_text(text: str, shown_as: str) -> list[str]:
     """The errors `validate` would report for this site file content."""
-    from ors_migrate.playbook import load_playbook
     from ors_migrate.rules import check, errors_in
-    from ors_migrate.runner import make_plan
+    from ors_migrate.runner import load_playbook, make_plan
     from ors_migrate.site import load_site
 
     with tempfile.TemporaryDirectory() as tmp:

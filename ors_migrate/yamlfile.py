@@ -142,7 +142,7 @@ def _unbuildable_scalar_line(yaml: YAML, text: str) -> int | None:
                 except ValueError:
                     return node.start_mark.line + 1
         elif isinstance(node, MappingNode):
-            for key, value in node.value:
+            for key, _value in node.value:
                 if not isinstance(key, ScalarNode):
                     # A list or mapping used as a key (`? [a, b]`) cannot be a dict key.
                     return key.start_mark.line + 1

@@ -19,14 +19,39 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--require-all", action="store_true",
-                     help="a test that lacks a system package or privilege fails instead of skips "
-                          "(also CI=true or ORS_MIGRATE_REQUIRE_ALL=1)")
+    parser.addoption(
+        "--require-all",
+        action="store_true",
+        help="a test that lacks a system package or privilege fails instead of skips "
+        "(also CI=true or ORS_MIGRATE_REQUIRE_ALL=1)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "needs(*names): system packages or privileges")
     set_strict(bool(config.getoption("--require-all")) or strict_from_environment())
+
+
+# What starts a server (Redis Cluster, CQL stand-in, sshd) or a whole lab: a test that uses
+# one of these fixtures or needs one of these programs is `slow`, so that `-m "not slow"` is
+# the fast loop. Tests that start a lab themselves (`cli("lab", "up", ...)`) say so with
+# `@pytest.mark.slow`.
+SERVER_FIXTURES = frozenset(
+    {"make_lab", "standin", "driver", "root_sshd", "plain_lab", "bare_lab", "tls_lab", "lab"}
+)
+SERVER_PROGRAMS = frozenset({"redis-server", "sshd"})
+
+
+def starts_a_server(item: pytest.Item) -> bool:
+    fixtures = set(getattr(item, "fixturenames", ()))
+    needed = {name for marker in item.iter_markers("needs") for name in marker.args}
+    return bool(fixtures & SERVER_FIXTURES or needed & SERVER_PROGRAMS)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if starts_a_server(item):
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -51,8 +76,11 @@ def processes_under(directory: Path) -> list[str]:
     """Command lines of live processes that mention `directory` (lab processes do)."""
     out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
     needle = str(directory)
-    return [line.strip() for line in out.splitlines()
-            if needle in line and "ps -eo" not in line and str(os.getpid()) != line.split()[0]]
+    return [
+        line.strip()
+        for line in out.splitlines()
+        if needle in line and "ps -eo" not in line and str(os.getpid()) != line.split()[0]
+    ]
 
 
 @pytest.fixture
@@ -75,12 +103,17 @@ def make_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...,
         assert not left, f"processes left running after lab down: {left}"
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
-        stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 600, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run `ors-migrate` as an operator would: a separate process, no terminal."""
     return subprocess.run(
         [sys.executable, "-m", "ors_migrate", *args],
-        capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
         env={**os.environ, "NO_COLOR": "1", "ORS_MIGRATE_DEBUG": "1", **(env or {})},
-        stdin=subprocess.DEVNULL if stdin is None else None, input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
+        input=stdin,
     )

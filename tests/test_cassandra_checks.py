@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from ors_migrate.actions.base import CheckResult
 from ors_migrate.actions.cassandra_checks import (
     CHECK_KEYSPACE,
     CHECK_REACHABLE,
@@ -27,6 +26,7 @@ from ors_migrate.errors import InputError, TransportError
 from ors_migrate.lab.cassandra_sessions import CassandraSessionStore
 from ors_migrate.lab.cql_standin import CqlStandIn
 from ors_migrate.site import CassandraSettings
+from ors_migrate.step import CheckResult
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -412,6 +412,7 @@ def test_session_store_names_the_contact_point_it_cannot_reach(standin) -> None:
 # --------------------------------------------------------------------------- command line
 
 
+@pytest.mark.slow
 def test_command_line_runs_until_sigterm_with_ready_file(tmp_path: Path) -> None:
     password_file = tmp_path / "pw"
     password_file.write_text("from-a-file\n")

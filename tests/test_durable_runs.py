@@ -8,8 +8,8 @@ Runs are separate processes, killed from outside: the test watches the run's SQL
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -381,7 +381,14 @@ def test_second_run_exits_4_naming_the_holder_and_a_killed_holder_needs_no_unloc
 
     for args in ([], ["--resume"]):
         second = cli(
-            "run", str(site.path), "--playbook", str(playbook), "--yes", *args, "--state-dir", state,
+            "run",
+            str(site.path),
+            "--playbook",
+            str(playbook),
+            "--yes",
+            *args,
+            "--state-dir",
+            state,
             *PARTIAL_ENABLE,
         )
         assert second.returncode == 4, second.stderr

@@ -12,15 +12,13 @@ from typing import Any
 import pytest
 from tiny_site import TinySite, make_tiny_site
 
-from ors_migrate.actions.base import Preview
-from ors_migrate.actions.registry import Action, known_actions
-from ors_migrate.engine import Engine, Outcome, RunContext
+from ors_migrate.engine import Engine, Outcome
 from ors_migrate.errors import CommandFailed, TransportError, VerificationFailed
 from ors_migrate.journal import Journal
-from ors_migrate.playbook import load_playbook
-from ors_migrate.runner import make_plan
+from ors_migrate.runner import action_table, build_context, load_playbook, make_plan
 from ors_migrate.secrets import Secrets
 from ors_migrate.site import load_site
+from ors_migrate.step import Action, Preview, RunContext
 from ors_migrate.ui import Ui
 
 
@@ -35,6 +33,11 @@ class FakeWorld:
     switched: int = 0
     applied: int = 0
     checked: int = 0
+    clock: float = 0.0
+    cost_s: float = 0.0
+
+    def now(self) -> float:
+        return self.clock
 
     @property
     def on(self) -> bool:
@@ -60,6 +63,7 @@ class FakeSwitch(Action):
 
     def apply(self, ctx: RunContext, step: Any, intent: dict[str, Any]) -> dict[str, Any]:
         WORLD.applied += 1
+        WORLD.clock += WORLD.cost_s
         if WORLD.failures:
             if WORLD.effect_lands:
                 WORLD.switched += 1
@@ -82,11 +86,13 @@ states:
 
 
 @pytest.fixture
-def world(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeWorld]:
+def world() -> Iterator[FakeWorld]:
     global WORLD
     WORLD = FakeWorld()
-    monkeypatch.setitem(known_actions(), FakeSwitch.name, FakeSwitch)
     yield WORLD
+
+
+ACTIONS = {**action_table(), FakeSwitch.name: FakeSwitch}
 
 
 @dataclass
@@ -96,10 +102,10 @@ class Harness:
     sleeps: list[float]
     run_id: str = ""
 
-    def engine(self, attempts: int = 4) -> Engine:
+    def engine(self, attempts: int = 4, text: str = PLAYBOOK) -> Engine:
         loaded = load_site(self.site.path)
         playbook = load_playbook(
-            str(self.site.write_playbook("fake", PLAYBOOK.format(attempts=attempts)))
+            str(self.site.write_playbook("fake", text.format(attempts=attempts))), ACTIONS
         )
         plan = make_plan(loaded, playbook)
         if not self.run_id:
@@ -113,11 +119,13 @@ class Harness:
                 plan_json=json.dumps(plan.as_dict()),
             )
         ui = Ui(assume_yes=True, quiet=True)
-        ctx = RunContext(loaded, self.run_id, self.journal, ui, Secrets(interactive=False), "t")
-        return Engine(ctx, plan, sleep=self.sleeps.append)
+        ctx = build_context(
+            loaded, self.run_id, self.journal, ui, secrets=Secrets(interactive=False), operator="t"
+        )
+        return Engine(ctx, plan, ACTIONS, sleep=self.sleeps.append, clock=WORLD.now)
 
-    def run(self, attempts: int = 4) -> Outcome:
-        engine = self.engine(attempts)
+    def run(self, attempts: int = 4, text: str = PLAYBOOK) -> Outcome:
+        engine = self.engine(attempts, text)
         try:
             return engine.run()
         finally:
@@ -246,3 +254,56 @@ def test_a_finished_action_is_skipped_on_resume(world, harness):
 
     assert harness.run().status == "succeeded"
     assert world.applied == 1 and world.checked == 0
+
+
+TIMED_PLAYBOOK = """
+name: fake
+title: A fake procedure
+states:
+  - id: flip
+    title: Flip the switch three times
+    seed_step: null
+    timeout_s: 5
+    retry: {{attempts: {attempts}, backoff_s: 10}}
+    actions:
+      - do: test.switch
+      - do: test.switch
+      - do: test.switch
+"""
+
+
+def test_a_state_past_its_timeout_stops_before_its_next_action_and_resumes(world, harness):
+    world.cost_s = 4.0  # each flip takes 4 s of the state's 5
+
+    stopped = harness.run(text=TIMED_PLAYBOOK)
+
+    assert stopped.status == "failed" and stopped.exit_code == 1
+    assert "state flip ran past its timeout_s of 5 s" in stopped.message
+    assert world.applied == 2
+    timed_out = [e for e in harness.journal.events(harness.run_id) if e.kind == "state_timed_out"]
+    assert [(e.state_id, e.action_key) for e in timed_out] == [("flip", "flip/site/2")]
+    assert timed_out[0].payload == {"timeout_s": 5.0, "elapsed_s": 8.0}
+
+    resumed = harness.run(text=TIMED_PLAYBOOK)
+
+    assert resumed.status == "succeeded"
+    assert world.applied == 3
+
+
+def test_a_retry_that_would_wait_past_the_timeout_stops_the_state_instead(world, harness):
+    world.failures = [TransportError("`orsctl status` did not finish within 30 s")]
+
+    outcome = harness.run(text=TIMED_PLAYBOOK)
+
+    assert outcome.status == "failed" and "ran past its timeout_s of 5 s" in outcome.message
+    assert harness.sleeps == [] and world.applied == 1
+    failed = [
+        e.payload for e in harness.journal.events(harness.run_id) if e.kind == "action_failed"
+    ]
+    assert failed[-1]["kind"] == "StateTimedOut"
+
+
+def test_a_state_without_timeout_runs_however_long_it_takes(world, harness):
+    world.cost_s = 3600.0
+
+    assert harness.run().status == "succeeded"

@@ -14,7 +14,6 @@ import pytest
 from conftest import REPO, cli
 from ruamel.yaml import YAML
 
-from ors_migrate.actions.base import CommandResult
 from ors_migrate.actions.fips import (
     decode_invocation,
     fips_library_path,
@@ -27,8 +26,8 @@ from ors_migrate.actions.fips import (
     update_env_file,
 )
 from ors_migrate.actions.options_file import read_options
-from ors_migrate.actions.transports import TransportPool
 from ors_migrate.lab.layout import LabLayout
+from ors_migrate.step import CommandResult
 from ors_migrate.ui import Ui
 
 FAKE_INSTALL = Path(__file__).parent / "fixtures" / "fake_ors_install"
@@ -304,14 +303,30 @@ def windows_world(version: str) -> dict[str, Any]:
     }
 
 
+class FakeHosts:
+    """The run's transports (`step.Transports`): the fake Windows hosts by name."""
+
+    def __init__(self, hosts: dict[str, FakeWindowsHost]) -> None:
+        self.hosts = hosts
+
+    def for_host(self, host_name: str) -> FakeWindowsHost:
+        return self.hosts[host_name]
+
+    def close_all(self) -> None:
+        pass
+
+
 def run_on_fake_windows(
     world: dict[str, Any], state_dir: Path, monkeypatch: pytest.MonkeyPatch, *, resume: bool = False
 ) -> Any:
     from ors_migrate.runner import Runner
 
     hosts = {name: FakeWindowsHost(name, world) for name in ("ors-win-01", "ors-win-02")}
-    monkeypatch.setattr(TransportPool, "_connect", lambda self, host: hosts[host])
-    runner = Runner(state_dir, Ui(assume_yes=True, quiet=True))
+    runner = Runner(
+        state_dir,
+        Ui(assume_yes=True, quiet=True),
+        transports=lambda site, secrets: FakeHosts(hosts),
+    )
     try:
         _, outcome = runner.start(
             str(WINDOWS_SITE), "fips-windows", resume=resume, run_id=None, auto_rollback=True

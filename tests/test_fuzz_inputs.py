@@ -38,7 +38,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
-from ors_migrate.actions.registry import known_actions
 from ors_migrate.errors import InputError
 from ors_migrate.lab.lab import LabShape, _lab_config, _site_yaml, generic_topology
 from ors_migrate.lab.layout import LabLayout
@@ -46,12 +45,11 @@ from ors_migrate.playbook import (
     ActionSpec,
     LoadedPlaybook,
     StateSpec,
-    load_playbook,
     resolve_playbook_path,
 )
 from ors_migrate.render import FORMATS, render_plan
 from ors_migrate.rules import Finding, check
-from ors_migrate.runner import make_plan
+from ors_migrate.runner import action_table, load_playbook, make_plan
 from ors_migrate.site import LoadedSite, load_site
 
 SCALE = float(os.environ.get("ORS_MIGRATE_FUZZ_SCALE", "1"))
@@ -471,10 +469,10 @@ ACTION_ARGS = bundled_action_args()
 
 @st.composite
 def clean_actions(draw: st.DrawFn, scope: str) -> dict[str, Any]:
-    fitting = sorted(n for n, a in known_actions().items() if scope in a.scopes)
-    name = draw(st.sampled_from(fitting or sorted(known_actions())))
+    fitting = sorted(n for n, a in action_table().items() if scope in a.scopes)
+    name = draw(st.sampled_from(fitting or sorted(action_table())))
     action: dict[str, Any] = {"do": name}
-    kind = known_actions()[name]
+    kind = action_table()[name]
     if kind.needs_role and scope == "ha_pair":
         action["role"] = draw(st.sampled_from(["primary", "backup"]))
     args = draw(st.sampled_from(ACTION_ARGS.get(name, [{}])))
@@ -887,6 +885,7 @@ def test_every_seed_site_plans_with_a_seed_playbook():
     assert ACTION_ARGS, "the bundled playbooks give the generator its action arguments"
 
 
+@pytest.mark.slow
 @fuzz_settings(650)
 @given(case=mutated_sites())
 def test_mutated_site_files_get_a_located_error_or_a_plan(case, playbooks, workdir):
@@ -895,6 +894,7 @@ def test_mutated_site_files_get_a_located_error_or_a_plan(case, playbooks, workd
     check_input(raw, workdir / "site.yaml", site_runner(playbook), playbook.path, "site mutated")
 
 
+@pytest.mark.slow
 @fuzz_settings(450)
 @given(raw=generated(clean_sites()), chosen=any_playbook)
 def test_generated_site_files_get_a_located_error_or_a_plan(raw, chosen, playbooks, workdir):
@@ -903,6 +903,7 @@ def test_generated_site_files_get_a_located_error_or_a_plan(raw, chosen, playboo
     check_input(raw, workdir / "site.yaml", runner, playbook.path, "site generated")
 
 
+@pytest.mark.slow
 @fuzz_settings(450)
 @given(case=mutated_playbooks())
 def test_mutated_playbooks_get_a_located_error_or_a_plan(case, sites, workdir):
@@ -913,6 +914,7 @@ def test_mutated_playbooks_get_a_located_error_or_a_plan(case, sites, workdir):
     )
 
 
+@pytest.mark.slow
 @fuzz_settings(450)
 @given(raw=generated(clean_playbooks()), chosen=any_site)
 def test_generated_playbooks_get_a_located_error_or_a_plan(raw, chosen, sites, workdir):
@@ -1001,6 +1003,7 @@ def run_cli_case(index: int, case: CliCase, directory: Path, seed_sites: list[Pa
     return problems
 
 
+@pytest.mark.slow
 def test_the_command_line_answers_bad_input_with_exit_2_and_never_a_traceback(workdir):
     batch: list[CliCase] = []
 
@@ -1058,6 +1061,7 @@ def run_limited(args: list[str]) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(HOSTILE_FILES))
 def test_hostile_files_are_refused_quickly_within_bounded_memory(name, workdir):
     path = workdir / f"{name}.yaml"
@@ -1233,6 +1237,7 @@ def test_found_by_fuzzing_now_gets_a_located_error_or_a_plan(site_text, playbook
 FUZZ_KINDS = {"site mutated", "site generated", "playbook mutated", "playbook generated"}
 
 
+@pytest.mark.slow
 def test_the_fuzzing_ran_at_least_2000_cases_and_reached_the_planner(capsys):
     if not FUZZ_KINDS | {"command line"} <= set(CASES):
         pytest.skip("counted only when the whole module runs")

@@ -13,22 +13,14 @@ from conftest import cli
 from pty_session import choose, finish, spawn
 from rich.console import Console
 
-from ors_migrate.engine import RunContext
-from ors_migrate.errors import EXIT_BAD_INPUT, GateStopped
+from ors_migrate.errors import EXIT_BAD_INPUT, GateStopped, TerminalRequired
+from ors_migrate.gate import build_gate_view
 from ors_migrate.journal import Journal, operator_name
-from ors_migrate.playbook import load_playbook
-from ors_migrate.runner import make_plan
+from ors_migrate.runner import build_context, load_playbook, make_plan
 from ors_migrate.secrets import Secrets
 from ors_migrate.site import load_site
-from ors_migrate.ui import (
-    GateView,
-    SessionCount,
-    TerminalRequired,
-    Ui,
-    build_gate_view,
-    gate_lines,
-    render_gate,
-)
+from ors_migrate.step import GateView, SessionCount
+from ors_migrate.ui import Ui, gate_lines, render_gate
 
 FIRST_GATE = "Gate: Set type=redis on the backups"
 SECOND_GATE = "Gate: Set type=redis on the new backups"
@@ -124,13 +116,12 @@ def gate_view_of(site, state_dir, run_id, state_id) -> GateView:
     loaded = load_site(site)
     plan = make_plan(loaded, load_playbook("migrate-to-redis"))
     journal = Journal(state_dir)
-    ctx = RunContext(
+    ctx = build_context(
         loaded,
         run_id,
         journal,
         Ui(quiet=True, interactive=False),
-        Secrets(interactive=False),
-        operator_name(),
+        secrets=Secrets(interactive=False),
     )
     try:
         return build_gate_view(ctx, plan, plan.state(state_id))

@@ -12,11 +12,10 @@ from typing import Any
 
 import pytest
 
-from ors_migrate.plan import Plan
-from ors_migrate.playbook import load_playbook
 from ors_migrate.render import FORMATS, render_plan
-from ors_migrate.runner import make_plan
+from ors_migrate.runner import load_playbook, make_plan
 from ors_migrate.site import load_site
+from ors_migrate.step import Plan
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "site.yaml"

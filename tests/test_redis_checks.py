@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from ors_migrate.actions import redis_checks
-from ors_migrate.actions.base import CheckResult
 from ors_migrate.errors import TransportError, VerificationFailed
 from ors_migrate.lab.redis_cluster import (
     RedisClusterLab,
@@ -26,6 +25,7 @@ from ors_migrate.lab.redis_cluster import (
     pick_ports,
 )
 from ors_migrate.site import MonitorSettings, RedisSettings
+from ors_migrate.step import CheckResult
 
 pytestmark = pytest.mark.needs("redis-server", "redis-cli")
 

@@ -10,9 +10,10 @@ import pytest
 from conftest import REPO, cli
 from ruamel.yaml import YAML
 
-from ors_migrate.lab.from_site import plan_outline, rehearsal_of, rehearsal_site_text
+from ors_migrate.lab.from_site import rehearsal_of, rehearsal_site_text
 from ors_migrate.lab.lab import LabError
 from ors_migrate.lab.layout import LabLayout
+from ors_migrate.rehearsal import plan_outline
 from ors_migrate.site import load_site
 
 EXAMPLE = REPO / "examples" / "site.yaml"

@@ -13,10 +13,11 @@ import pytest
 from ruamel.yaml import YAML
 
 from ors_migrate import rules
-from ors_migrate.plan import Plan, build_plan
-from ors_migrate.playbook import load_playbook
+from ors_migrate.plan import build_plan
 from ors_migrate.rules import Finding
+from ors_migrate.runner import load_playbook
 from ors_migrate.site import LoadedSite, Site, load_site
+from ors_migrate.step import Plan
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -22,8 +22,15 @@ def test_run_refuses_a_rule_error_and_journals_an_explicit_override(tmp_path):
     assert {p: p.read_bytes() for p in (tmp_path / "site").rglob("*.ini")} == before
 
     overridden = cli(
-        "run", str(site.path), "--playbook", str(playbook), "--yes", "--state-dir", state,
-        "--override-rule", "ors.one-store-per-cluster",
+        "run",
+        str(site.path),
+        "--playbook",
+        str(playbook),
+        "--yes",
+        "--state-dir",
+        state,
+        "--override-rule",
+        "ors.one-store-per-cluster",
     )
     assert overridden.returncode == 0, overridden.stderr[-2000:]
     journal = Journal(tmp_path / "state")

@@ -269,8 +269,7 @@ def test_only_the_applications_whose_options_the_run_changed_are_rolled_back(tmp
     """ors-a's edit changed a value, ors-b's found every value in place, and no edit of the
     second state ended (it may have changed ors-a again): only ors-a goes back, and with no
     pair of a changed application, nothing restarts."""
-    from ors_migrate.playbook import load_playbook
-    from ors_migrate.runner import make_plan
+    from ors_migrate.runner import load_playbook, make_plan
     from ors_migrate.site import load_site
     from ors_migrate.undo import changed_apps, restricted, summarize
 

@@ -299,10 +299,12 @@ def test_answer_checks_explain_what_is_wrong():
     assert check_nodes(1)("r1:99999") == "port 99999 in 'r1:99999' is outside 1-65535"
     assert check_secret_ref("s3cret") is not None and "s3cret" not in check_secret_ref("s3cret")
     assert check_secret_ref("file:/etc/ors/redis.pw") is None
-    assert check_template(("app", "pair"), ("app",))("stop {application}") == (
-        "unknown placeholder {application}; use {app} {pair}"
+    assert check_template("services.stop", ("app",))("stop {application}") == (
+        "unknown placeholder {application} in 'stop {application}'; placeholders here: {app}, "
+        "{cluster}, {host}, {install_dir}, {pair}, {peer}; write a literal brace doubled "
+        "({{ or }})"
     )
-    assert check_template(("app", "pair"), ("pair", "app"))("switch") == (
+    assert check_template("services.switchover", ("pair", "app"))("switch") == (
         "the command must name its target with {pair} or {app}"
     )
     assert check_address("ors-01:22") is not None
@@ -338,8 +340,9 @@ def test_first_screen_as_an_80_column_terminal_shows_it(tmp_path):
         deadline = time.monotonic() + 20
         screen = ""
         while time.monotonic() < deadline:
-            screen = subprocess.run([*tmux, "capture-pane", "-p"], capture_output=True,
-                                    text=True).stdout
+            screen = subprocess.run(
+                [*tmux, "capture-pane", "-p"], capture_output=True, text=True
+            ).stdout
             if "?" in screen:
                 break
             time.sleep(0.2)

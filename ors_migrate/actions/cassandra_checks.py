@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, TransportError
 from ..site import CassandraSettings, parse_host_port
-from .base import CheckResult, Severity, Transport
+from ..step import CheckResult, Severity, Transport
 
 if TYPE_CHECKING:
     from cassandra.cluster import Cluster, Session

@@ -19,18 +19,14 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ors_migrate.actions.base import Preview
-from ors_migrate.actions.registry import Action
-from ors_migrate.actions.service import render
-from ors_migrate.errors import CommandFailed, GateStopped, SiteError, VerificationFailed
+from ors_migrate.actions.service_control import render
+from ors_migrate.errors import GateStopped, SiteError, VerificationFailed
 from ors_migrate.options import PERSISTENCE, REDIS, TYPE, OptionChange
+from ors_migrate.step import Action, Preview, run_checked
 
 if TYPE_CHECKING:
-    from ors_migrate.actions.base import Transport
-    from ors_migrate.engine import RunContext
-    from ors_migrate.plan import PlannedAction, PlanningView
     from ors_migrate.site import CassandraSettings, Site
-    from ors_migrate.ui import Ui
+    from ors_migrate.step import PlannedAction, PlanningView, RunContext, RunUi, Transport
 
 CONFIRM_ENV = "ORS_MIGRATE_CONFIRM_DROP_KEYSPACE"
 MIGRATION_PLAYBOOK = "migrate-to-redis"
@@ -225,9 +221,7 @@ class SnapshotKeyspace(Action):
 
     def _taken(self, ctx: RunContext, transport: Transport, tag: str) -> bool:
         command = cassandra_of(ctx.site).removal.list_snapshots_command
-        result = transport.run(command, timeout=COMMAND_TIMEOUT_S)
-        if result.exit_code != 0:
-            raise CommandFailed(transport.name, command, result.exit_code, result.stderr)
+        result = run_checked(transport, command, timeout=COMMAND_TIMEOUT_S)
         return tag in result.stdout.split()
 
     def check(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> bool:
@@ -240,9 +234,7 @@ class SnapshotKeyspace(Action):
             transport = ctx.pool.for_host(host)
             if self._taken(ctx, transport, intent["tag"]):
                 continue
-            result = transport.run(command, timeout=COMMAND_TIMEOUT_S)
-            if result.exit_code != 0:
-                raise CommandFailed(transport.name, command, result.exit_code, result.stderr)
+            run_checked(transport, command, timeout=COMMAND_TIMEOUT_S)
             taken.append(host)
         return {"tag": intent["tag"], "taken_on": taken}
 
@@ -257,7 +249,9 @@ class SnapshotKeyspace(Action):
         return {}
 
 
-def confirm_drop(ui: Ui, keyspace: str, who: str, environ: Mapping[str, str] = os.environ) -> str:
+def confirm_drop(
+    ui: RunUi, keyspace: str, who: str, environ: Mapping[str, str] = os.environ
+) -> str:
     """How the operator confirmed dropping `keyspace` ("environment" or "typed"), or
     GateStopped. `--yes` alone never confirms it."""
     named = environ.get(CONFIRM_ENV)

@@ -6,13 +6,11 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from ors_migrate.actions.base import CheckResult, Preview
-from ors_migrate.actions.registry import Action
 from ors_migrate.errors import VerificationFailed
+from ors_migrate.step import Action, CheckResult, Preview, poll_until
 
 if TYPE_CHECKING:
-    from ors_migrate.engine import RunContext
-    from ors_migrate.plan import PlannedAction, PlanningView
+    from ors_migrate.step import PlannedAction, PlanningView, RunContext
 
 
 def raise_on_blocking(results: list[CheckResult], what: str) -> dict[str, Any]:
@@ -106,13 +104,13 @@ class RedisSerialization(Action):
         from ors_migrate.actions.redis_checks import serialization_check
 
         assert step.target.cluster
-        wait_s = float(step.args.get("wait_s", 10))
-        deadline = time.monotonic() + wait_s
-        while True:
-            result = serialization_check(ctx.site.redis, ctx.redis_password(), step.target.cluster)
-            if not result.blocking or time.monotonic() >= deadline:
-                break
-            time.sleep(1.0)
+        cluster = step.target.cluster
+        result, _ = poll_until(
+            lambda: serialization_check(ctx.site.redis, ctx.redis_password(), cluster),
+            lambda seen: not seen.blocking,
+            timeout_s=float(step.args.get("wait_s", 10)),
+            interval_s=1.0,
+        )
         ctx.record_checks([result])
         return raise_on_blocking([result], f"ORS cluster {step.target.cluster}")
 

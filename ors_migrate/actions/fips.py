@@ -19,15 +19,13 @@ import shlex
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ors_migrate.actions.base import Preview, Transport
-from ors_migrate.actions.registry import Action
-from ors_migrate.errors import CommandFailed, SiteError, VerificationFailed
+from ors_migrate.errors import SiteError, VerificationFailed
 from ors_migrate.options import OptionChange, version_at_least
+from ors_migrate.step import Action, Preview, Transport, run_checked
 
 if TYPE_CHECKING:
-    from ors_migrate.engine import RunContext
-    from ors_migrate.plan import PlannedAction, PlanningView
     from ors_migrate.site import Site
+    from ors_migrate.step import PlannedAction, PlanningView, RunContext
 
 SCXML = "scxml"
 FIPS_ENABLED = "fips-enabled"
@@ -270,20 +268,16 @@ def shared_setting_conflict(site: Site, app_name: str, where: str, value: str) -
 # -------------------------------------------------------------------------- running commands
 
 
-def run_checked(transport: Transport, command: str) -> str:
-    result = transport.run(command, timeout=COMMAND_TIMEOUT_S)
-    if result.exit_code != 0:
-        raise CommandFailed(transport.name, command, result.exit_code, result.stderr)
-    return result.stdout
+def run_command(transport: Transport, command: str) -> str:
+    return run_checked(transport, command, timeout=COMMAND_TIMEOUT_S).stdout
 
 
 def run_powershell(transport: Transport, script: str) -> str:
-    result = transport.run(powershell_invocation(script), timeout=COMMAND_TIMEOUT_S)
-    if result.exit_code != 0:
-        tail = result.stderr.strip() or result.stdout.strip() or "no output"
-        raise CommandFailed(
-            transport.name, f"PowerShell: {script.splitlines()[-1]}", result.exit_code, tail
-        )
+    shown = f"PowerShell: {script.splitlines()[-1]}"
+    invocation = powershell_invocation(script)
+    result = run_checked(
+        transport, invocation, timeout=COMMAND_TIMEOUT_S, shown_as=shown, stdout_when_silent=True
+    )
     return result.stdout
 
 
@@ -446,7 +440,7 @@ class LinuxInstall(FipsAction):
         if not intent["applies"]:
             return {"skipped": True}
         paths = self.paths(ctx, intent)
-        out = run_checked(self.transport(ctx, step), self.command(paths))
+        out = run_command(self.transport(ctx, step), self.command(paths))
         return {"app": paths.app, "output": out.strip()[-2000:]}
 
     def verify(
@@ -819,7 +813,7 @@ class VerifyProviders(FipsAction):
         paths = self.paths(ctx, intent)
         transport = self.transport(ctx, step)
         if paths.platform == "linux":
-            out = run_checked(transport, self.linux_command(paths))
+            out = run_command(transport, self.linux_command(paths))
         else:
             out = run_powershell(transport, self.windows_script(paths))
         providers = parse_providers(out)
@@ -966,7 +960,7 @@ class RestartLca(FipsAction):
         if paths.platform == "windows":
             run_powershell(transport, command)
         else:
-            run_checked(transport, command)
+            run_command(transport, command)
         return {"host": paths.host, "command": command}
 
 

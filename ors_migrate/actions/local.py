@@ -9,8 +9,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ors_migrate.actions.base import CommandResult
 from ors_migrate.errors import TransportError
+from ors_migrate.step import CommandResult
 
 
 class LocalTransport:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ors_migrate.actions.base import Preview
-from ors_migrate.actions.registry import Action
+from ors_migrate.step import Action, Preview
 
 if TYPE_CHECKING:
-    from ors_migrate.engine import RunContext
-    from ors_migrate.plan import PlannedAction, PlanningView
+    from ors_migrate.step import PlannedAction, PlanningView, RunContext
 
 
 class Note(Action):

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ors_migrate.actions.base import Preview
-from ors_migrate.actions.registry import Action
 from ors_migrate.errors import VerificationFailed
 from ors_migrate.options import (
     PERSISTENCE,
@@ -16,18 +14,13 @@ from ors_migrate.options import (
     enable_changes,
     preparation_changes,
 )
+from ors_migrate.step import Action, Preview
 
 if TYPE_CHECKING:
-    from ors_migrate.engine import RunContext
-    from ors_migrate.plan import PlannedAction, PlanningView
     from ors_migrate.site import Site
+    from ors_migrate.step import PlannedAction, PlanningView, RunContext
 
 CHANGE_SETS = ("preparation", "enable", "disable")
-
-
-def tracked_options(site: Site) -> list[OptionChange]:
-    """Every option the procedures may touch: captured before the first edit."""
-    return [*preparation_changes(site), *enable_changes()]
 
 
 def planned_changes(
@@ -42,11 +35,11 @@ def planned_changes(
 
 def backend_commands(site: Site, app_name: str) -> list[str]:
     """What the backend will do for one application, exactly, for the plan."""
-    from ors_migrate.actions.service import render
+    from ors_migrate.actions.service_control import render
 
     backend = site.options_backend
-    cluster, pair, app = site.find_app(app_name)
-    values = {"app": app.name, "cluster": cluster.name, "pair": pair.name, "host": app.host}
+    _, _, app = site.find_app(app_name)
+    values = site.placeholder_values(app_name)
     if backend.kind == "ini-file":
         path = site.options_path(app_name)
         return [

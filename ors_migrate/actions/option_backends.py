@@ -13,28 +13,16 @@ from __future__ import annotations
 import json
 import secrets as random_tokens
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from ors_migrate.actions.base import Transport
 from ors_migrate.actions.options_file import IniFileOptions, read_options
-from ors_migrate.actions.service import render
-from ors_migrate.errors import CommandFailed, VerificationFailed
+from ors_migrate.actions.service_control import render
+from ors_migrate.errors import VerificationFailed
 from ors_migrate.options import PERSISTENCE, OptionChange
+from ors_migrate.step import OptionStore, OptionValues, Transport, run_checked
 
 if TYPE_CHECKING:
-    from ors_migrate.engine import RunContext
-
-OptionValues = dict[tuple[str, str], str]
-
-
-class OptionStore(Protocol):
-    def read(self) -> OptionValues: ...
-
-    def write(self, changes: list[tuple[OptionChange, str | None]]) -> None: ...
-
-    def keep_original(self, run_id: str) -> Any: ...
-
-    def restore_original(self, run_id: str) -> bool: ...
+    from ors_migrate.step import RunContext
 
 
 def _changes_document(app: str, changes: list[tuple[OptionChange, str | None]]) -> dict[str, Any]:
@@ -53,26 +41,17 @@ class CommandOptions:
     """Options read and written through the site's own Configuration Server tooling."""
 
     def __init__(self, ctx: RunContext, app_name: str, transport: Transport) -> None:
-        cluster, pair, app = ctx.site.find_app(app_name)
         self.app = app_name
         self.transport = transport
         self.backend = ctx.site.options_backend
-        self.values = {
-            "app": app_name,
-            "cluster": cluster.name,
-            "pair": pair.name,
-            "host": app.host,
-        }
+        self.values = ctx.site.placeholder_values(app_name)
         self.originals_dir = ctx.journal.state_dir / "originals"
 
     def _run(
         self, template: str, *, stdin: str | None = None, extra: dict[str, str] | None = None
     ) -> str:
         command = render(template, {**self.values, **(extra or {})})
-        result = self.transport.run(command, stdin=stdin)
-        if result.exit_code != 0:
-            raise CommandFailed(self.transport.name, command, result.exit_code, result.stderr)
-        return result.stdout
+        return run_checked(self.transport, command, stdin=stdin).stdout
 
     def read(self) -> OptionValues:
         assert self.backend.get_command

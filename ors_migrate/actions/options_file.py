@@ -12,9 +12,9 @@ import shlex
 from configupdater import ConfigUpdater
 from configupdater.parser import ParsingError
 
-from ors_migrate.actions.base import Transport
 from ors_migrate.errors import InputError
 from ors_migrate.options import OptionChange
+from ors_migrate.step import Transport
 
 SPACED = re.compile(r"^\s*[^#;\[\s][^=]*\s=\s", re.MULTILINE)
 

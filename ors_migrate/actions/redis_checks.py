@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ors_migrate.actions.base import CheckResult
 from ors_migrate.errors import TransportError, VerificationFailed
 from ors_migrate.site import MonitorSettings, RedisSettings, TlsSettings
+from ors_migrate.step import CheckResult
 
 TOTAL_SLOTS = 16384
 MIN_MASTERS = 3
@@ -830,8 +830,8 @@ def serialization_check(
             conn = cluster.get_redis_connection(node)
             per_node[node.name] = _count_keys(conn, pattern, f"ORS:{ors_cluster}")
     except (redis.RedisError, OSError) as exc:
-        problem = explain(exc, "the cluster", settings, password)
-        return CheckResult(check, "error", problem.message, problem.fix, {"pattern": pattern})
+        failed = explain(exc, "the cluster", settings, password)
+        return CheckResult(check, "error", failed.message, failed.fix, {"pattern": pattern})
     finally:
         cluster.close()
     keys = sum(n["keys"] for n in per_node.values())

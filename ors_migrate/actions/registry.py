@@ -1,88 +1,54 @@
-"""The action protocol and the registry of built-in and third-party actions.
+"""The table of actions: the built-in families plus third-party ones from the
+`ors_migrate.actions` entry-point group.
 
-An action family is a small module of classes implementing `Action`. Third-party actions are
-loaded from the `ors_migrate.actions` entry-point group.
+A family is one module of `step.Action` classes listed in its `ACTIONS`; adding one means that
+module plus its line here (or, outside this package, an entry point naming the module or a
+single action class). The composition root builds the table once and hands it to the
+playbook loader, the planner and the engine.
 """
 
 from __future__ import annotations
 
-from functools import cache
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Iterable
+from importlib.metadata import entry_points
+from types import ModuleType
 
-if TYPE_CHECKING:
-    from ors_migrate.actions.base import Preview
-    from ors_migrate.engine import RunContext
-    from ors_migrate.plan import PlannedAction, PlanningView
-    from ors_migrate.playbook import ActionSpec
+from ors_migrate.actions import (
+    cassandra_removal,
+    checks,
+    fips,
+    operator,
+    option_actions,
+    service,
+)
+from ors_migrate.step import Action
 
 ENTRY_POINT_GROUP = "ors_migrate.actions"
+BUILTIN_FAMILIES: tuple[ModuleType, ...] = (
+    service,
+    option_actions,
+    checks,
+    operator,
+    fips,
+    cassandra_removal,
+)
 
 
-class Action:
-    """One kind of step. `preview` is pure (the plan); `prepare` resolves run-time targets and
-    records what the journal needs; `check` says whether the desired state already holds (used
-    to reconcile an action interrupted mid-way); `apply` makes it hold; `verify` confirms."""
-
-    name: ClassVar[str] = ""
-    scopes: ClassVar[frozenset[str]] = frozenset({"site", "ors_cluster", "ha_pair", "app"})
-    changes_world: ClassVar[bool] = False
-    takes_role: ClassVar[bool] = False
-    needs_role: ClassVar[bool] = False
-
-    @classmethod
-    def check_spec(cls, scope: str, spec: ActionSpec) -> str | None:
-        if scope not in cls.scopes:
-            return f"action '{cls.name}' works at scope {sorted(cls.scopes)}, not '{scope}'"
-        if spec.role is not None and not (cls.takes_role and scope == "ha_pair"):
-            return f"action '{cls.name}' does not take a role here"
-        if cls.needs_role and scope == "ha_pair" and spec.role is None:
-            return f"action '{cls.name}' needs a role (primary or backup) at scope ha_pair"
-        return None
-
-    def preview(self, step: PlannedAction, view: PlanningView) -> Preview:
-        raise NotImplementedError
-
-    def prepare(self, ctx: RunContext, step: PlannedAction) -> dict[str, Any]:
-        return {}
-
-    def check(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> bool:
-        return False
-
-    def apply(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def verify(
-        self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]
-    ) -> dict[str, Any]:
-        return {}
+def _actions_of(loaded: object) -> Iterable[type[Action]]:
+    """An entry point names a family module (its `ACTIONS`) or one action class."""
+    if isinstance(loaded, type) and issubclass(loaded, Action):
+        return [loaded]
+    return list(getattr(loaded, "ACTIONS", ()))
 
 
-def _builtin_modules() -> list[str]:
-    return [
-        "ors_migrate.actions.service",
-        "ors_migrate.actions.option_actions",
-        "ors_migrate.actions.checks",
-        "ors_migrate.actions.operator",
-        "ors_migrate.actions.fips",
-        "ors_migrate.actions.cassandra_removal",
-    ]
-
-
-@cache
-def known_actions() -> dict[str, type[Action]]:
-    import importlib
-    from importlib.metadata import entry_points
-
-    found: dict[str, type[Action]] = {}
-    for module_name in _builtin_modules():
-        module = importlib.import_module(module_name)
-        for action in getattr(module, "ACTIONS", ()):
-            found[action.name] = action
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
-        action = entry.load()
-        found[action.name] = action
-    return found
-
-
-def get_action(name: str) -> Action:
-    return known_actions()[name]()
+def build_action_table(group: str = ENTRY_POINT_GROUP) -> dict[str, type[Action]]:
+    """Every known action by name: built-ins first, then each entry point of `group` (a
+    third-party action may replace a built-in of the same name)."""
+    table: dict[str, type[Action]] = {}
+    for family in BUILTIN_FAMILIES:
+        for action in family.ACTIONS:
+            table[action.name] = action
+    for entry in entry_points(group=group):
+        for action in _actions_of(entry.load()):
+            table[action.name] = action
+    return table

@@ -4,201 +4,25 @@ stopped while its peer is running as primary."""
 
 from __future__ import annotations
 
-import json
-import shlex
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ors_migrate.actions.base import CommandResult, Preview
-from ors_migrate.actions.registry import Action
-from ors_migrate.errors import CommandFailed, OrsMigrateError, VerificationFailed
+from ors_migrate.actions.service_control import render
+from ors_migrate.errors import VerificationFailed
+from ors_migrate.events import SwitchoverDone, SwitchoverIntent
 from ors_migrate.options import CASSANDRA, PERSISTENCE, REDIS, TYPE, version_at_least
 from ors_migrate.site import Site
+from ors_migrate.step import (
+    Action,
+    AppStatus,
+    PlannedAction,
+    PlanningView,
+    Preview,
+    RunContext,
+    poll_until,
+)
 
-if TYPE_CHECKING:
-    from ors_migrate.actions.transports import TransportPool
-    from ors_migrate.engine import RunContext
-    from ors_migrate.plan import PlannedAction, PlanningView
-
-ROLES = ("primary", "backup", "down")
 SWITCHOVER_SETTLE_S = 2.0
-
-
-@dataclass(frozen=True)
-class AppStatus:
-    """What the status command said of one application. Only `role` is required of a site's
-    command; the rest is used when the command reports it (the lab's does)."""
-
-    app: str
-    role: str
-    version: str | None = None
-    type: str | None = None
-    instance: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_status(app: str, result: CommandResult) -> AppStatus:
-    """A JSON object with at least `role`, or text whose first word is the role."""
-    text = result.stdout.strip()
-    if text.startswith("{"):
-        try:
-            data = json.loads(text)
-        except ValueError:
-            data = None
-        if isinstance(data, dict) and str(data.get("role", "")).lower() in ROLES:
-            return AppStatus(
-                app=app,
-                role=str(data["role"]).lower(),
-                version=data.get("version"),
-                type=data.get("type"),
-                instance=None if data.get("instance") is None else str(data["instance"]),
-                details=data,
-            )
-    words = text.split()
-    if words and words[0].lower() in ROLES:
-        return AppStatus(app=app, role=words[0].lower())
-    if result.exit_code != 0 and not text:
-        return AppStatus(app=app, role="down")
-    raise VerificationFailed(
-        f"status command for {app} printed neither a role (primary, backup, down) nor a JSON "
-        f"object with 'role': {text[:200]!r}"
-    )
-
-
-def render(template: str, values: dict[str, str]) -> str:
-    """Fill {placeholders} with shell-quoted values."""
-    return template.format_map({k: shlex.quote(v) for k, v in values.items()})
-
-
-class ServiceControl:
-    """Runs the site's service commands for applications and HA pairs."""
-
-    def __init__(self, site: Site, pool: TransportPool) -> None:
-        self.site = site
-        self.pool = pool
-        self.services = site.services
-
-    def placeholders(self, app_name: str) -> dict[str, str]:
-        cluster, pair, app = self.site.find_app(app_name)
-        peer = next(a.name for a in pair.apps if a.name != app_name)
-        return {
-            "app": app.name,
-            "host": app.host,
-            "cluster": cluster.name,
-            "pair": pair.name,
-            "peer": peer,
-            "install_dir": app.install_dir or "",
-        }
-
-    def command(self, kind: str, app_name: str, **extra: str) -> str:
-        template = getattr(self.services, kind)
-        if template is None:
-            raise VerificationFailed(f"the site defines no '{kind}' service command")
-        return render(template, {**self.placeholders(app_name), **extra})
-
-    def run(self, kind: str, app_name: str, *, check: bool = True, **extra: str) -> CommandResult:
-        _, _, app = self.site.find_app(app_name)
-        transport = self.pool.for_host(app.host)
-        command = self.command(kind, app_name, **extra)
-        result = transport.run(command, timeout=self.services.ready_timeout_s)
-        if check and result.exit_code != 0:
-            raise CommandFailed(transport.name, command, result.exit_code, result.stderr)
-        return result
-
-    def status(self, app_name: str) -> AppStatus:
-        return parse_status(app_name, self.run("status", app_name, check=False))
-
-    def pair_status(self, pair_name: str) -> dict[str, AppStatus]:
-        _, pair = self.site.find_pair(pair_name)
-        return {a.name: self.status(a.name) for a in pair.apps}
-
-    def active_sessions(self, app_name: str) -> int | None:
-        """Sessions in progress on an application, from the site's `sessions` command; None when
-        there is no such command or it does not answer with a number."""
-        if self.services.sessions is None:
-            return None
-        try:
-            result = self.run("sessions", app_name, check=False)
-        except OrsMigrateError:
-            return None
-        words = result.stdout.split()
-        if result.exit_code != 0 or not words or not words[0].isdigit():
-            return None
-        return int(words[0])
-
-    def app_in_role(self, pair_name: str, role: str) -> str:
-        statuses = self.pair_status(pair_name)
-        holders = [name for name, st in statuses.items() if st.role == role]
-        if len(holders) != 1:
-            seen = ", ".join(f"{n}={s.role}" for n, s in statuses.items())
-            raise VerificationFailed(
-                f"HA pair {pair_name} has no single {role} ({seen}); "
-                "it must have one primary and one backup"
-            )
-        return holders[0]
-
-    def wait_for_role(
-        self, app_name: str, roles: tuple[str, ...], *, other_instance: str | None = None
-    ) -> AppStatus:
-        deadline = time.monotonic() + self.services.ready_timeout_s
-        while True:
-            status = self.status(app_name)
-            fresh = other_instance is None or status.instance != other_instance
-            if status.role in roles and fresh:
-                return status
-            if time.monotonic() >= deadline:
-                raise VerificationFailed(
-                    f"{app_name} did not become {' or '.join(roles)} within "
-                    f"{self.services.ready_timeout_s:g} s (last seen: {status.role})"
-                )
-            time.sleep(self.services.poll_interval_s)
-
-    def ensure_peer_primary(self, app_name: str) -> None:
-        """Refuse to stop an application unless its peer is up as primary."""
-        peer = self.placeholders(app_name)["peer"]
-        status = self.status(peer)
-        if status.role != "primary":
-            raise VerificationFailed(
-                f"refusing to stop {app_name}: its peer {peer} is {status.role}, not primary; "
-                "an HA pair must never have both members down"
-            )
-
-    def restart(self, app_name: str) -> AppStatus:
-        before = self.status(app_name)
-        if before.role == "primary":
-            raise VerificationFailed(
-                f"refusing to restart {app_name}: it is the primary; restart backups only, "
-                "after a switchover"
-            )
-        self.ensure_peer_primary(app_name)
-        if before.role != "down":
-            self.run("stop", app_name)
-            self.wait_for_role(app_name, ("down",))
-        self.run("start", app_name)
-        return self.wait_for_role(app_name, ("backup",), other_instance=before.instance)
-
-    def switchover(self, pair_name: str, old_primary: str, new_primary: str) -> AppStatus:
-        """Make `new_primary` the primary. When it already is (a switchover requested before an
-        interruption took effect since), the command is not sent again: a second one would
-        switch the pair back."""
-        statuses = self.pair_status(pair_name)
-        new, old = statuses[new_primary], statuses[old_primary]
-        if new.role == "primary" and old.role == "backup":
-            return new
-        if new.role != "backup":
-            raise VerificationFailed(
-                f"cannot switch {pair_name} over to {new_primary}: it is {new.role}, not a "
-                "running backup"
-            )
-        if old.role != "primary":
-            raise VerificationFailed(
-                f"cannot switch {pair_name} over from {old_primary}: it is {old.role}, not primary"
-            )
-        self.run("switchover", old_primary, primary=old_primary, backup=new_primary)
-        promoted = self.wait_for_role(new_primary, ("primary",))
-        self.wait_for_role(old_primary, ("backup",))
-        return promoted
 
 
 def _service_preview(
@@ -212,18 +36,8 @@ def _service_preview(
         template = getattr(site.services, kind)
         if template is None:
             continue
-        cluster, pair, app = site.find_app(app_name)
-        peer = next(a.name for a in pair.apps if a.name != app_name)
-        values = {
-            "app": app_name,
-            "host": app.host,
-            "cluster": cluster.name,
-            "pair": pair.name,
-            "peer": peer,
-            "install_dir": app.install_dir or "",
-            **extra,
-        }
-        commands.append(f"[{app.host}] {render(template, values)}")
+        values = {**site.placeholder_values(app_name), **extra}
+        commands.append(f"[{values['host']}] {render(template, values)}")
     return commands
 
 
@@ -289,7 +103,7 @@ class Switchover(Action):
         assert step.target.ha_pair
         old = ctx.services.app_in_role(step.target.ha_pair, "primary")
         new = ctx.services.app_in_role(step.target.ha_pair, "backup")
-        return {"pair": step.target.ha_pair, "old_primary": old, "new_primary": new}
+        return SwitchoverIntent(step.target.ha_pair, old, new).as_dict()
 
     def check(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> bool:
         """Whether the interrupted switchover took effect. One the Management Layer accepted
@@ -297,39 +111,43 @@ class Switchover(Action):
         for a settle window."""
         services = ctx.site.services
         settle_s = max(SWITCHOVER_SETTLE_S, 4 * services.poll_interval_s)
-        deadline = time.monotonic() + services.ready_timeout_s
-        last: list[str] | None = None
-        since = time.monotonic()
-        while True:
+        members = (intent["new_primary"], intent["old_primary"])
+        seen: dict[str, Any] = {"primaries": None, "since": 0.0}
+
+        def probe() -> tuple[dict[str, AppStatus], list[str]]:
             statuses = ctx.services.pair_status(intent["pair"])
             primaries = sorted(n for n, s in statuses.items() if s.role == "primary")
-            now = time.monotonic()
-            if primaries != last:
-                last, since = primaries, now
-            elif len(primaries) == 1 and now - since >= settle_s:
-                if primaries[0] in (intent["new_primary"], intent["old_primary"]):
-                    return primaries[0] == intent["new_primary"]
-            if now >= deadline:
-                seen = ", ".join(f"{n}={s.role}" for n, s in statuses.items())
-                raise VerificationFailed(
-                    f"cannot tell whether the switchover of {intent['pair']} happened: {seen}"
-                )
-            time.sleep(services.poll_interval_s)
+            if primaries != seen["primaries"]:
+                seen.update(primaries=primaries, since=time.monotonic())
+            return statuses, primaries
+
+        def settled(result: tuple[dict[str, AppStatus], list[str]]) -> bool:
+            primaries = result[1]
+            steady = time.monotonic() - seen["since"] >= settle_s
+            return len(primaries) == 1 and steady and primaries[0] in members
+
+        (statuses, primaries), done = poll_until(
+            probe, settled, timeout_s=services.ready_timeout_s, interval_s=services.poll_interval_s
+        )
+        if done:
+            return primaries[0] == intent["new_primary"]
+        roles = ", ".join(f"{n}={s.role}" for n, s in statuses.items())
+        raise VerificationFailed(
+            f"cannot tell whether the switchover of {intent['pair']} happened: {roles}"
+        )
 
     def apply(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> dict[str, Any]:
         quiet_wait = self._wait_for_quiet(ctx, step, intent)
         promoted = ctx.services.switchover(
             intent["pair"], intent["old_primary"], intent["new_primary"]
         )
-        observed = {
-            "primary": intent["new_primary"],
-            "backup": intent["old_primary"],
-            "type": promoted.type,
-            "promotion": promoted.details.get("last_promotion"),
-        }
-        if quiet_wait is not None:
-            observed["quiet_wait"] = quiet_wait
-        return observed
+        return SwitchoverDone(
+            primary=intent["new_primary"],
+            backup=intent["old_primary"],
+            type=promoted.type,
+            promotion=promoted.details.get("last_promotion"),
+            quiet_wait=quiet_wait,
+        ).as_dict()
 
     @staticmethod
     def _wait_for_quiet(

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from ors_migrate.actions.base import CommandResult
 from ors_migrate.errors import (
     HostKeyError,
     InputError,
@@ -36,6 +35,7 @@ from ors_migrate.errors import (
     TransportError,
 )
 from ors_migrate.site import Host, SecretRef, SshSettings
+from ors_migrate.step import CommandResult
 
 if TYPE_CHECKING:
     import paramiko

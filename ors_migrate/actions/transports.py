@@ -3,11 +3,11 @@ hosts one SSH connection that every command reuses."""
 
 from __future__ import annotations
 
-from ors_migrate.actions.base import Transport
 from ors_migrate.actions.local import LocalTransport
 from ors_migrate.errors import SiteError
 from ors_migrate.secrets import Secrets
 from ors_migrate.site import Site
+from ors_migrate.step import Transport
 
 
 class TransportPool:

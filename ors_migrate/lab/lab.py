@@ -26,11 +26,11 @@ from ors_migrate.lab.layout import (
     SIMULATOR_START_VERSION,
     UPGRADE_VERSION,
     LabLayout,
-    pid_alive,
     read_json,
     read_pid,
     write_json_atomic,
 )
+from ors_migrate.processes import pid_alive
 
 CASSANDRA_KEYSPACE = "orchestration"
 REDIS_ORS_USER = "ors"

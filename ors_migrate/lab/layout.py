@@ -75,22 +75,6 @@ def read_json(path: Path) -> Any:
         return None
 
 
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 def read_pid(path: Path) -> int | None:
     try:
         return int(path.read_text().strip())

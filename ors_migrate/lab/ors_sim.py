@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ors_migrate.lab.layout import LabLayout, pid_alive, read_json, read_pid, write_json_atomic
+from ors_migrate.lab.layout import LabLayout, read_json, read_pid, write_json_atomic
+from ors_migrate.processes import pid_alive
 
 REDIS_MIN_VERSION = (8, 1, 401, 10)
 TICK_S = 0.05

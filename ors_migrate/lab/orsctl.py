@@ -19,7 +19,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ors_migrate.lab.layout import LabLayout, pid_alive, read_json, read_pid, write_json_atomic
+from ors_migrate.lab.layout import LabLayout, read_json, read_pid, write_json_atomic
+from ors_migrate.processes import pid_alive
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -146,7 +147,7 @@ def switchover(layout: LabLayout, pair: str) -> dict[str, Any]:
     if pair not in config["pairs"]:
         raise LabCommandError(f"no HA pair {pair} in this lab")
     members = config["pairs"][pair]["apps"]
-    current = (read_json(layout.pair(pair)) or {}).get("primary")
+    current = str((read_json(layout.pair(pair)) or {}).get("primary"))
     new = next(a for a in members if a != current)
     if status(layout, new)["role"] != "backup":
         raise LabCommandError(f"{new} is not running as backup; switchover refused")

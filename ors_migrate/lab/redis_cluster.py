@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ors_migrate.processes import pid_alive
+
 REDIS_SERVER = "redis-server"
 REDIS_CLI = "redis-cli"
 HOST = "127.0.0.1"
@@ -100,13 +102,7 @@ def pick_ports(count: int, *, low: int = 20000, high: int = 29999) -> list[int]:
 
 def _pid_alive(pid: int) -> bool:
     """True for a running redis-server; a zombie or another program reusing the pid is not."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    state = stat.rsplit(")", 1)[-1].split()[0]
-    return state not in ("Z", "X") and b"redis-server" in cmdline
+    return pid_alive(pid, program=b"redis-server")
 
 
 def _read_pid(pidfile: Path) -> int | None:

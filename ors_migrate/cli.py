@@ -524,6 +524,47 @@ def lab_status(directory: DirOpt, as_json: JsonOpt = False) -> None:
         )
 
 
+@lab_app.command("fault")
+def lab_fault(
+    directory: DirOpt,
+    kind: Annotated[
+        str | None,
+        typer.Argument(
+            help="no-persist, refuse-start, no-new-sessions, slow-start or redis-unreachable.",
+            show_default=False,
+        ),
+    ] = None,
+    app_name: Annotated[
+        str | None, typer.Option("--app", help="The simulated ORS application to break.")
+    ] = None,
+    seconds: Annotated[
+        float | None, typer.Option("--seconds", min=0, help="slow-start: extra seconds.")
+    ] = None,
+    clear: Annotated[
+        bool, typer.Option("--clear", help="Remove the faults (of --app, or of every app).")
+    ] = False,
+) -> None:
+    """Inject a fault into one simulated ORS application, to rehearse how a run reacts; faults
+    that act at start take effect at the application's next (re)start."""
+    from ors_migrate.errors import InputError
+    from ors_migrate.lab.faults import FaultError, add_fault, clear_faults
+    from ors_migrate.lab.layout import LabLayout
+
+    layout = LabLayout(directory.resolve())
+    if not layout.config.exists():
+        raise InputError(f"no lab in {layout.root} (no lab.json)", rule="lab-exists")
+    try:
+        if clear:
+            cleared = clear_faults(layout, app_name)
+            typer.echo("cleared faults of " + (", ".join(cleared) or "no application"))
+            return
+        if kind is None or app_name is None:
+            raise InputError("give KIND and --app APP, or --clear", rule="lab-fault")
+        typer.echo(add_fault(layout, app_name, kind, seconds))
+    except FaultError as exc:
+        raise InputError(str(exc), rule="lab-fault") from None
+
+
 @lab_app.command("down", epilog=examples("lab down"))
 def lab_down(directory: DirOpt) -> None:
     """Stop everything the lab started."""

@@ -22,6 +22,7 @@ from typing import Any
 
 from ors_migrate.errors import OrsMigrateError
 from ors_migrate.lab import orsctl
+from ors_migrate.lab.faults import active_faults
 from ors_migrate.lab.layout import (
     SIMULATOR_START_VERSION,
     UPGRADE_VERSION,
@@ -423,6 +424,7 @@ def lab_status(directory: Path) -> dict[str, Any]:
                 "active": st.get("active", 0),
                 "persistence_errors": st.get("persistence_errors", 0),
                 "starts": orsctl.starts(layout, app),
+                "faults": active_faults(layout, app),
             }
         )
     cassandra_pid = read_pid(layout.root / "cassandra" / "pid")

@@ -146,10 +146,10 @@ def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
 
 
-def _ui(yes: bool = False, quiet: bool = False) -> Any:
+def _ui(yes: bool = False, quiet: bool = False, on_timeout: str | None = None) -> Any:
     from ors_migrate.ui import Ui
 
-    return Ui(assume_yes=yes, quiet=quiet)
+    return Ui(assume_yes=yes, quiet=quiet, on_timeout=on_timeout)
 
 
 @app.command(epilog=examples("validate"))
@@ -317,12 +317,25 @@ def run(
             "--switchover-wait", min=0, help="...for at most this many seconds, then switch."
         ),
     ] = 60.0,
+    on_timeout: Annotated[
+        str | None,
+        typer.Option(
+            "--on-timeout",
+            help="Without a terminal, when a verification window ends without evidence: "
+            "'stop' (default: pause, resumable, exit 130) or 'rollback'.",
+            show_default=False,
+        ),
+    ] = None,
     state_dir: StateDirOpt = None,
 ) -> None:
     """Execute a playbook against a site, journaled so that it can be resumed."""
     from ors_migrate.engine import SwitchoverPolicy
     from ors_migrate.errors import InputError
     from ors_migrate.runner import Runner
+    from ors_migrate.ui import ON_TIMEOUT
+
+    if on_timeout is not None and on_timeout not in ON_TIMEOUT:
+        raise InputError(f"--on-timeout takes {' or '.join(ON_TIMEOUT)}", rule="on-timeout")
 
     if run_id is not None and not resume:
         raise InputError(
@@ -335,7 +348,9 @@ def run(
         if switchover_below is not None
         else None
     )
-    runner = Runner(_state_dir(state_dir), _ui(yes), switchover_policy=policy)
+    runner = Runner(
+        _state_dir(state_dir), _ui(yes, on_timeout=on_timeout), switchover_policy=policy
+    )
     try:
         run_id, outcome = runner.start(
             str(site),
@@ -540,6 +555,10 @@ def lab_fault(
     seconds: Annotated[
         float | None, typer.Option("--seconds", min=0, help="slow-start: extra seconds.")
     ] = None,
+    times: Annotated[
+        int | None,
+        typer.Option("--times", min=1, help="refuse-start: refuse only this many starts."),
+    ] = None,
     clear: Annotated[
         bool, typer.Option("--clear", help="Remove the faults (of --app, or of every app).")
     ] = False,
@@ -560,7 +579,7 @@ def lab_fault(
             return
         if kind is None or app_name is None:
             raise InputError("give KIND and --app APP, or --clear", rule="lab-fault")
-        typer.echo(add_fault(layout, app_name, kind, seconds))
+        typer.echo(add_fault(layout, app_name, kind, seconds, times))
     except FaultError as exc:
         raise InputError(str(exc), rule="lab-fault") from None
 

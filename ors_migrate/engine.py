@@ -18,6 +18,7 @@ from ors_migrate.errors import (
     GateStopped,
     OrsMigrateError,
     ResumeRefused,
+    RollbackRequested,
     TransportError,
 )
 from ors_migrate.journal import Event, Journal
@@ -205,6 +206,7 @@ class Engine:
         self.rollback_plan = rollback_plan
         self.rollback_flags = rollback_flags
         self.sleep = sleep
+        self.automatic_rollback = False
 
     @property
     def journal(self) -> Journal:
@@ -230,7 +232,8 @@ class Engine:
         except GateStopped as exc:
             self.journal.set_status(self.ctx.run_id, "paused")
             return Outcome("paused", str(exc), exc.exit_code)
-        except _RollbackRequested as exc:
+        except RollbackRequested as exc:
+            self.automatic_rollback = True  # decided at a gate or by --on-timeout: not asked again
             return self.run_rollback(reason=str(exc))
         except OrsMigrateError as exc:
             return self._failed(exc)
@@ -246,6 +249,7 @@ class Engine:
             policy = "rollback" if self.redis_enabled() else "stop"
         message = self.ctx.secrets.mask(f"state {current} failed: {exc}")
         if policy == "rollback" and self.auto_rollback and self.rollback_plan is not None:
+            self.automatic_rollback = True
             return self.run_rollback(reason=message)
         hint = (
             " Redis is enabled on some applications: run `ors-migrate rollback` to disable it."
@@ -277,6 +281,7 @@ class Engine:
                     "reason": reason,
                     "plan_hash": plan.plan_hash,
                     "flags": sorted(self.rollback_flags),
+                    "automatic": self.automatic_rollback,
                 },
             )
         self.journal.set_status(self.ctx.run_id, "running", phase=ROLLBACK)
@@ -321,8 +326,18 @@ class Engine:
             )
             events = self._events(phase)
 
+    def _rollback_started_automatically(self) -> bool:
+        """The rollback of this run was started by a failure or an earlier decision, not by a
+        request now: its own gate (before its switchovers) is not shown."""
+        if self.automatic_rollback:
+            return True
+        started = [e for e in self._events(ROLLBACK) if e.kind in ROLLBACK_EVENTS]
+        return bool(started) and bool(started[-1].payload.get("automatic"))
+
     def _gate(self, state: PlannedState, phase: str, events: list[Event]) -> None:
         if not state.gate:
+            return
+        if phase == ROLLBACK and self._rollback_started_automatically():
             return
         if any(
             e.kind == "gate_decision"
@@ -463,7 +478,7 @@ class Engine:
         )
 
 
-class _RollbackRequested(OrsMigrateError):
+class _RollbackRequested(RollbackRequested):
     """The operator chose rollback at a gate."""
 
 

@@ -350,10 +350,45 @@ class TlsSettings(StrictModel):
 
 
 class MonitorSettings(StrictModel):
+    """The Redis monitoring window (seed enable.3). The documents give no thresholds: these are
+    ors-migrate's own, and a load above them stops the run at a gate, never a rollback."""
+
     window_s: float = Field(default=60.0, gt=0)
     interval_s: float = Field(default=1.0, gt=0)
-    max_cpu_percent: float = Field(default=80.0, gt=0, le=100)
-    max_memory_percent: float = Field(default=80.0, gt=0, le=100)
+    max_cpu_percent: float = Field(
+        default=80.0, gt=0, le=100, description="ours, not the documents': average CPU per node"
+    )
+    max_memory_percent: float = Field(
+        default=80.0, gt=0, le=100, description="ours, not the documents': average memory use"
+    )
+
+
+KEY_PATTERN_PLACEHOLDERS = frozenset({"cluster", "pair", "app"})
+
+
+class VerificationSettings(StrictModel):
+    """How long the verifications wait for fresh evidence. The documents give no windows: the
+    defaults are ors-migrate's own, sized for a quiet maintenance window (few calls at night).
+    When a window ends without evidence the run stops at a gate (wait longer / roll back /
+    stop), never a pass and never a rollback by itself."""
+
+    new_sessions_window_s: float = Field(
+        default=300.0, gt=0, description="ours: wait this long for a primary's new session"
+    )
+    serialization_window_s: float = Field(
+        default=300.0, gt=0, description="ours: wait this long for new ORS keys in Redis"
+    )
+    restore_window_s: float = Field(
+        default=60.0, gt=0, description="ours: wait this long for a restore report"
+    )
+    app_key_pattern: str | None = Field(
+        default=None,
+        description="a Redis glob matching the keys of one ORS application (placeholders "
+        "{cluster} {pair} {app}), where session ids carry its node id; makes serialization "
+        "evidence per application instead of per ORS cluster",
+    )
+
+    _check_pattern = _templates(KEY_PATTERN_PLACEHOLDERS, "app_key_pattern")
 
 
 class RedisSettings(StrictModel):
@@ -473,6 +508,7 @@ class Site(StrictModel):
     rehearsal_of: RehearsalOf | None = Field(
         default=None, description="set in a lab's site file made by `lab up --from`"
     )
+    verification: VerificationSettings = VerificationSettings()
 
     @model_validator(mode="after")
     def _references_and_uniqueness(self) -> Site:

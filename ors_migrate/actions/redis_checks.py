@@ -893,6 +893,54 @@ def _count_keys(conn: Any, pattern: str, prefix: str) -> dict[str, int]:
             return {"keys": keys, "keys_with_ttl": with_ttl}
 
 
+class KeyWatcher:
+    """The `ORS:<cluster>` keys on every primary, scanned (never KEYS) again and again over one
+    connection, so that keys appearing between two scans, fresh evidence of serialization,
+    can be told from keys an earlier attempt left behind (they live until their TTL)."""
+
+    def __init__(self, settings: RedisSettings, password: str | None, ors_cluster: str) -> None:
+        self.settings = settings
+        self.password = password
+        self.prefix = f"ORS:{ors_cluster}"
+        self.pattern = f"ORS:{_glob_escape(ors_cluster)}*"
+        self.cluster = client(settings, password)
+
+    def scan(self) -> dict[str, bool]:
+        """Every key of the ORS cluster, with whether it has a TTL."""
+        import redis
+        from redis.exceptions import RedisClusterException
+
+        found: dict[str, bool] = {}
+        try:
+            for node in self.cluster.get_nodes():
+                if node.server_type == "primary":
+                    conn = self.cluster.get_redis_connection(node)
+                    found.update(_scan_names(conn, self.pattern, self.prefix))
+        except (redis.RedisError, RedisClusterException, OSError) as exc:
+            raise explain(exc, "the cluster", self.settings, self.password).as_error() from None
+        return found
+
+    def close(self) -> None:
+        self.cluster.close()
+
+
+def _scan_names(conn: Any, pattern: str, prefix: str) -> dict[str, bool]:
+    names: dict[str, bool] = {}
+    cursor = 0
+    while True:
+        cursor, batch = conn.scan(cursor=cursor, match=pattern, count=SCAN_COUNT)
+        batch = [key for key in batch if _belongs(key, prefix)]
+        if batch:
+            pipe = conn.pipeline(transaction=False)
+            for key in batch:
+                pipe.pttl(key)
+            for key, ttl in zip(batch, pipe.execute(), strict=True):
+                name = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+                names[name] = isinstance(ttl, int) and ttl > 0
+        if int(cursor) == 0:
+            return names
+
+
 # --- monitoring ------------------------------------------------------------------------------
 
 

@@ -52,7 +52,9 @@ def active_faults(layout: LabLayout, app: str) -> dict[str, dict[str, Any]]:
     return data if isinstance(data, dict) else {}
 
 
-def add_fault(layout: LabLayout, app: str, kind: str, seconds: float | None = None) -> str:
+def add_fault(
+    layout: LabLayout, app: str, kind: str, seconds: float | None = None, times: int | None = None
+) -> str:
     """Record `kind` for `app`; returns what it does, for the operator."""
     if app not in layout.load_config()["apps"]:
         known = ", ".join(layout.load_config()["apps"])
@@ -62,12 +64,30 @@ def add_fault(layout: LabLayout, app: str, kind: str, seconds: float | None = No
     params: dict[str, Any] = {}
     if kind == "slow-start":
         params["seconds"] = float(seconds if seconds is not None else 10.0)
+    if kind == "refuse-start" and times is not None:
+        params["times"] = int(times)
     faults = active_faults(layout, app)
     faults[kind] = params
     write_json_atomic(layout.faults(app), faults)
     effect = KINDS[kind].effect.replace("SECONDS", f"{params.get('seconds', 0):g} s")
     when = " (takes effect at its next start)" if KINDS[kind].at_start else ""
     return f"{app}: {kind}: {effect}{when}"
+
+
+def consume_refusal(layout: LabLayout, app: str) -> bool:
+    """At a start: whether a refuse-start fault refuses it. A fault given `times` refuses that
+    many starts and then removes itself (a fault fixed by the operator, without a race)."""
+    faults = active_faults(layout, app)
+    if "refuse-start" not in faults:
+        return False
+    times = faults["refuse-start"].get("times")
+    if times is not None:
+        if times <= 1:
+            del faults["refuse-start"]
+        else:
+            faults["refuse-start"]["times"] = times - 1
+        write_json_atomic(layout.faults(app), faults)
+    return True
 
 
 def clear_faults(layout: LabLayout, app: str | None = None) -> list[str]:

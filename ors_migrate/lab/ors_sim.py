@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ors_migrate.lab.faults import UNREACHABLE_REDIS, active_faults
+from ors_migrate.lab.faults import UNREACHABLE_REDIS, active_faults, consume_refusal
 from ors_migrate.lab.layout import LabLayout, pid_alive, read_json, read_pid, write_json_atomic
 
 REDIS_MIN_VERSION = (8, 1, 401, 10)
@@ -185,9 +185,9 @@ class Simulator:
         self.last_promotion: dict[str, Any] | None = None
         self.http: http.server.ThreadingHTTPServer | None = None
         self.stopping = False
-        self.faults = active_faults(layout, app)
-        if "refuse-start" in self.faults:
+        if consume_refusal(layout, app):
             raise StartRefused("lab fault refuse-start: this application refuses to start")
+        self.faults = active_faults(layout, app)
         self.opts = configparser.ConfigParser(interpolation=None)
         self.opts.read(layout.options(app))
         self.type = validate_options(self.opts, self.version)

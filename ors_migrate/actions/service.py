@@ -245,8 +245,21 @@ class Restart(Action):
 
     def prepare(self, ctx: RunContext, step: PlannedAction) -> dict[str, Any]:
         assert step.target.ha_pair and step.role
-        app = ctx.services.app_in_role(step.target.ha_pair, step.role)
+        app = self._member(ctx, step.target.ha_pair, step.role)
         return {"app": app, "instance_before": ctx.services.status(app).instance}
+
+    @staticmethod
+    def _member(ctx: RunContext, pair: str, role: str) -> str:
+        """The member holding `role`. A backup that is down (it failed to start, which is
+        what a rollback often follows) is still the member to restart, next to a running
+        primary."""
+        if role == "backup":
+            statuses = ctx.services.pair_status(pair)
+            primaries = [n for n, s in statuses.items() if s.role == "primary"]
+            down = [n for n, s in statuses.items() if s.role == "down"]
+            if len(primaries) == 1 and len(down) == 1:
+                return down[0]
+        return ctx.services.app_in_role(pair, role)
 
     def check(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> bool:
         status = ctx.services.status(intent["app"])

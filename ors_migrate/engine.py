@@ -160,6 +160,11 @@ def as_run_error(exc: Exception, step: PlannedAction) -> OrsMigrateError:
         return exc
     if isinstance(exc, ConnectionError | TimeoutError):
         return TransportError(f"{step.key}: {type(exc).__name__}: {exc}")
+    from ors_migrate.actions.client_errors import as_cause
+
+    cause = as_cause(exc, step.key)
+    if cause is not None:
+        return cause
     return ActionCrashed(f"{step.key} failed unexpectedly: {type(exc).__name__}: {exc}")
 
 

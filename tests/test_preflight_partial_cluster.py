@@ -32,6 +32,33 @@ def test_preflight_names_the_nodes_of_a_partly_down_cluster_in_several_shapes(ma
     lab = make_lab(clusters=1, pairs_per_cluster=1)
     state = tmp_path / "state"
     redis = RedisClusterLab.from_dir(lab.root)
+
+    # An ACL user that may read INFO but not CLUSTER SLOTS: redis-py's cluster client raises
+    # RedisClusterException ("Cluster mode is not enabled on this node").
+    for port in redis.ports:
+        redis.client(port).execute_command(
+            "ACL", "SETUSER", "limited", "on", ">limited-pw", "~*", "+@all", "-cluster|slots"
+        )
+    site = lab.site.read_text()
+    lab.site.write_text(
+        site.replace(
+            "  aof: true\n", "  aof: true\n  username: limited\n  password: env:LIMITED_PW\n"
+        )
+    )
+    done = cli(
+        "preflight",
+        str(lab.site),
+        "--json",
+        "--state-dir",
+        str(state),
+        env={"LIMITED_PW": "limited-pw"},
+    )
+    assert done.returncode == 3, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "internal error" not in done.stderr
+    failures = [f for f in json.loads(done.stdout)["findings"] if f["severity"] == "error"]
+    assert any("user limited lacks an ACL permission" in f["message"] for f in failures)
+    assert "limited-pw" not in done.stdout + done.stderr
+    lab.site.write_text(site)
     roles = {p: redis.client(p).info("replication") for p in redis.ports}
     masters = [p for p, r in roles.items() if r["role"] == "master"]
     master = masters[0]

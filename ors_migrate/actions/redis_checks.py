@@ -66,7 +66,6 @@ def client_errors() -> tuple[type[BaseException], ...]:
     return (redis.RedisError, RedisClusterException, OSError)
 
 
-
 def _path(value: str | None) -> str | None:
     return os.path.expanduser(value) if value else None
 
@@ -195,6 +194,12 @@ def explain(
         return problem(
             f"{node} has no password set, but redis.password is configured",
             "remove redis.password, or configure the user and password on the Redis nodes",
+        )
+    if "noperm" in text or "no permissions to run" in text:
+        return problem(
+            f"user {user} lacks an ACL permission on {node}: {raw}",
+            "grant the ACL user the commands a cluster client needs (CLUSTER SLOTS, INFO; "
+            "e.g. +@all) on the keys ~ORS:*, on every node",
         )
     # TLS 1.3 clients may write before reading the server's alert: a rejected client
     # certificate then shows only as an EOF on the TLS connection.

@@ -43,7 +43,8 @@ def _new(c: dict[str, object]) -> object:
 
 def _change(c: dict[str, object]) -> str:
     old = _old(c)
-    return f"[{c['section']}] {c['option']}: {old} -> {_new(c)}"
+    source = f"  (name from: {c['source']})" if c.get("source") else ""
+    return f"[{c['section']}] {c['option']}: {old} -> {_new(c)}{source}"
 
 
 def as_text(plan: Plan) -> str:
@@ -107,9 +108,20 @@ def as_markdown(plan: Plan) -> str:
             )
         changes = [(a, c) for a in state.actions for c in a.preview.option_changes]
         if changes:
-            lines += ["", "| application | section | option | old | new |", "|---|---|---|---|---|"]
+            lines += [
+                "",
+                "| application | section | option | old | new | name from |",
+                "|---|---|---|---|---|---|",
+            ]
             for a, c in changes:
-                cells = (a.target.app, c["section"], c["option"], _old(c), _new(c))
+                cells = (
+                    a.target.app,
+                    c["section"],
+                    c["option"],
+                    _old(c),
+                    _new(c),
+                    c.get("source", ""),
+                )
                 lines.append("| " + " | ".join(_cell(v) for v in cells) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -336,5 +336,17 @@ def test_no_plan_of_a_bundled_playbook_and_example_prints_none() -> None:
                     continue
                 assert done.returncode == 0, done.stderr
                 assert "None" not in done.stdout, f"{example.name} {playbook.name} {fmt}"
+                if fmt == "text":  # every option change says where its name comes from
+                    changes = [line for line in done.stdout.splitlines() if " -> " in line]
+                    assert all("(name from: " in line for line in changes), changes
                 shown += 1
     assert shown >= 2 * 12
+
+
+def test_option_names_are_marked_with_their_source(site_path: Path) -> None:
+    text = render_plan(plan_for(site_path), "text")
+    assert "[persistence] redis-nodes:" in text
+    line = next(x for x in text.splitlines() if "[persistence] redis-nodes:" in x)
+    assert line.endswith("(name from: documents)")
+    nodeid = next(x for x in text.splitlines() if "sessionid-with-nodeid:" in x)
+    assert "(section: site file)" in nodeid

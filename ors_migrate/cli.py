@@ -72,6 +72,11 @@ EXAMPLES: dict[str, list[str]] = {
         "ors-migrate lab status --dir /tmp/lab",
         "ors-migrate lab status --dir /tmp/lab --json",
     ],
+    "lab fault": [
+        "ors-migrate lab fault --dir /tmp/lab --app ors-cl1-p1-b no-persist",
+        "ors-migrate lab fault --dir /tmp/lab --app ors-cl1-p1-a slow-start --seconds 20",
+        "ors-migrate lab fault --dir /tmp/lab --clear",
+    ],
     "lab down": [
         "ors-migrate lab down --dir /tmp/lab",
     ],
@@ -147,10 +152,10 @@ def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
 
 
-def _ui(yes: bool = False, quiet: bool = False) -> Any:
+def _ui(yes: bool = False, quiet: bool = False, on_timeout: str | None = None) -> Any:
     from ors_migrate.ui import Ui
 
-    return Ui(assume_yes=yes, quiet=quiet)
+    return Ui(assume_yes=yes, quiet=quiet, on_timeout=on_timeout)
 
 
 @app.command(epilog=examples("validate"))
@@ -316,12 +321,25 @@ def run(
             "--switchover-wait", min=0, help="...for at most this many seconds, then switch."
         ),
     ] = 60.0,
+    on_timeout: Annotated[
+        str | None,
+        typer.Option(
+            "--on-timeout",
+            help="Without a terminal, when a verification window ends without evidence: "
+            "'stop' (default: pause, resumable, exit 130) or 'rollback'.",
+            show_default=False,
+        ),
+    ] = None,
     state_dir: StateDirOpt = None,
 ) -> None:
     """Execute a playbook against a site, journaled so that it can be resumed."""
     from ors_migrate.errors import InputError
     from ors_migrate.runner import Runner
     from ors_migrate.step import SwitchoverPolicy
+    from ors_migrate.ui import ON_TIMEOUT
+
+    if on_timeout is not None and on_timeout not in ON_TIMEOUT:
+        raise InputError(f"--on-timeout takes {' or '.join(ON_TIMEOUT)}", rule="on-timeout")
 
     if run_id is not None and not resume:
         raise InputError(
@@ -334,7 +352,9 @@ def run(
         if switchover_below is not None
         else None
     )
-    runner = Runner(_state_dir(state_dir), _ui(yes), switchover_policy=policy)
+    runner = Runner(
+        _state_dir(state_dir), _ui(yes, on_timeout=on_timeout), switchover_policy=policy
+    )
     try:
         run_id, outcome = runner.start(
             str(site),
@@ -521,6 +541,51 @@ def lab_status(directory: DirOpt, as_json: JsonOpt = False) -> None:
             f"{a['type'] or '-':<10} {a['created']:>7} {a['restored']:>8} {a['lost']:>4} "
             f"{a['starts']:>6}"
         )
+
+
+@lab_app.command("fault", epilog=examples("lab fault"))
+def lab_fault(
+    directory: DirOpt,
+    kind: Annotated[
+        str | None,
+        typer.Argument(
+            help="no-persist, refuse-start, no-new-sessions, slow-start or redis-unreachable.",
+            show_default=False,
+        ),
+    ] = None,
+    app_name: Annotated[
+        str | None, typer.Option("--app", help="The simulated ORS application to break.")
+    ] = None,
+    seconds: Annotated[
+        float | None, typer.Option("--seconds", min=0, help="slow-start: extra seconds.")
+    ] = None,
+    times: Annotated[
+        int | None,
+        typer.Option("--times", min=1, help="refuse-start: refuse only this many starts."),
+    ] = None,
+    clear: Annotated[
+        bool, typer.Option("--clear", help="Remove the faults (of --app, or of every app).")
+    ] = False,
+) -> None:
+    """Inject a fault into one simulated ORS application, to rehearse how a run reacts; faults
+    that act at start take effect at the application's next (re)start."""
+    from ors_migrate.errors import InputError
+    from ors_migrate.lab.faults import FaultError, add_fault, clear_faults
+    from ors_migrate.lab.layout import LabLayout
+
+    layout = LabLayout(directory.resolve())
+    if not layout.config.exists():
+        raise InputError(f"no lab in {layout.root} (no lab.json)", rule="lab-exists")
+    try:
+        if clear:
+            cleared = clear_faults(layout, app_name)
+            typer.echo("cleared faults of " + (", ".join(cleared) or "no application"))
+            return
+        if kind is None or app_name is None:
+            raise InputError("give KIND and --app APP, or --clear", rule="lab-fault")
+        typer.echo(add_fault(layout, app_name, kind, seconds, times))
+    except FaultError as exc:
+        raise InputError(str(exc), rule="lab-fault") from None
 
 
 @lab_app.command("down", epilog=examples("lab down"))

@@ -10,8 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ors_migrate.errors import GateStopped, OrsMigrateError, StateTimedOut, TransportError
-from ors_migrate.events import EventKind, GateDecision
+from ors_migrate.errors import (
+    GateStopped,
+    OrsMigrateError,
+    RollbackRequested,
+    StateTimedOut,
+    TransportError,
+)
+from ors_migrate.events import ROLLBACK_EVENTS, EventKind, GateDecision
 from ors_migrate.gate import build_gate_view, gate_summary
 from ors_migrate.journal import Event, Journal
 from ors_migrate.step import (
@@ -32,13 +38,26 @@ class ActionCrashed(OrsMigrateError):
     """An action raised an error it does not describe; its state fails with the details."""
 
 
-def as_run_error(exc: Exception, step: PlannedAction) -> OrsMigrateError:
+CauseOf = Callable[[BaseException, str], OrsMigrateError | None]
+
+
+def no_cause(exc: BaseException, where: str) -> OrsMigrateError | None:
+    return None
+
+
+def as_run_error(
+    exc: Exception, step: PlannedAction, cause_of: CauseOf = no_cause
+) -> OrsMigrateError:
     """Any exception of an action as an error the engine handles: a refused or reset connection
-    and a timeout are transient transport errors, anything undescribed is a crash."""
+    and a timeout are transient transport errors, a client library's error a named cause (by
+    `cause_of`, which the composition root hands in), anything undescribed is a crash."""
     if isinstance(exc, OrsMigrateError):
         return exc
     if isinstance(exc, ConnectionError | TimeoutError):
         return TransportError(f"{step.key}: {type(exc).__name__}: {exc}")
+    cause = cause_of(exc, step.key)
+    if cause is not None:
+        return cause
     return ActionCrashed(f"{step.key} failed unexpectedly: {type(exc).__name__}: {exc}")
 
 
@@ -80,6 +99,7 @@ class Engine:
         rollback_flags: frozenset[str] = frozenset(),
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        cause_of: CauseOf = no_cause,
     ) -> None:
         self.ctx = ctx
         self.plan = plan
@@ -90,6 +110,8 @@ class Engine:
         self.sleep = sleep
         self.clock = clock
         self._deadline: float | None = None
+        self.automatic_rollback = False
+        self.cause_of = cause_of
 
     @property
     def journal(self) -> Journal:
@@ -116,7 +138,8 @@ class Engine:
         except GateStopped as exc:
             self.journal.set_status(self.ctx.run_id, "paused")
             return Outcome("paused", str(exc), exc.exit_code)
-        except _RollbackRequested as exc:
+        except RollbackRequested as exc:
+            self.automatic_rollback = True  # decided at a gate or by --on-timeout: not asked again
             return self.run_rollback(reason=str(exc))
         except OrsMigrateError as exc:
             return self._failed(exc)
@@ -132,6 +155,7 @@ class Engine:
             policy = "rollback" if self.redis_enabled() else "stop"
         message = self.ctx.secrets.mask(f"state {current} failed: {exc}")
         if policy == "rollback" and self.auto_rollback and self.rollback_plan is not None:
+            self.automatic_rollback = True
             return self.run_rollback(reason=message)
         hint = (
             " Redis is enabled on some applications: run `ors-migrate rollback` to disable it."
@@ -163,6 +187,7 @@ class Engine:
                     "reason": reason,
                     "plan_hash": plan.plan_hash,
                     "flags": sorted(self.rollback_flags),
+                    "automatic": self.automatic_rollback,
                 },
             )
         self.journal.set_status(self.ctx.run_id, "running", phase=ROLLBACK)
@@ -213,8 +238,18 @@ class Engine:
             )
             events = self._events(phase)
 
+    def _rollback_started_automatically(self) -> bool:
+        """The rollback of this run was started by a failure or an earlier decision, not by a
+        request now: its own gate (before its switchovers) is not shown."""
+        if self.automatic_rollback:
+            return True
+        started = [e for e in self._events(ROLLBACK) if e.kind in ROLLBACK_EVENTS]
+        return bool(started) and bool(started[-1].payload.get("automatic"))
+
     def _gate(self, state: PlannedState, phase: str, events: list[Event]) -> None:
         if not state.gate:
+            return
+        if phase == ROLLBACK and self._rollback_started_automatically():
             return
         if any(
             e.kind == EventKind.GATE_DECISION
@@ -315,7 +350,7 @@ class Engine:
             try:
                 return fn(attempt)
             except Exception as raw:
-                exc = as_run_error(raw, step)
+                exc = as_run_error(raw, step, self.cause_of)
                 if not is_transient(exc) or attempt >= state.retry_attempts:
                     if exc is raw:
                         raise
@@ -379,5 +414,5 @@ class Engine:
         )
 
 
-class _RollbackRequested(OrsMigrateError):
+class _RollbackRequested(RollbackRequested):
     """The operator chose rollback at a gate."""

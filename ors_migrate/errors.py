@@ -115,6 +115,11 @@ class ResumeRefused(OrsMigrateError):
     exit_code = EXIT_BAD_INPUT
 
 
+class RollbackRequested(OrsMigrateError):
+    """A person at a gate, or the unattended `--on-timeout rollback` policy, chose to roll
+    back."""
+
+
 class GateStopped(OrsMigrateError):
     """The operator stopped the run at a gate, or a gate needs a terminal that is not there."""
 

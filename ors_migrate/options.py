@@ -16,16 +16,21 @@ REDIS = "redis"
 CASSANDRA = "cassandra"
 SESSIONID_WITH_NODEID = "sessionid-with-nodeid"
 SECRET_OPTIONS = frozenset({(PERSISTENCE, "password")})
+DOCUMENTS = "documents"
+SITE_FILE = "site file"
+FOUND = "found at run time"
 
 
 @dataclass(frozen=True)
 class OptionChange:
-    """Set `option` in `section` to `new`; `new=None` removes the option."""
+    """Set `option` in `section` to `new`; `new=None` removes the option. `source` says where
+    the name comes from: the documents, the site file, or what was found at run time."""
 
     section: str
     option: str
     new: str | None
     secret: bool = False
+    source: str = DOCUMENTS
 
     @property
     def key(self) -> tuple[str, str]:
@@ -61,13 +66,21 @@ def preparation_changes(site: Site, *, password_placeholder: str = "***") -> lis
             if value:
                 changes.append(OptionChange(PERSISTENCE, option, value))
     for option, value in sorted(site.ors.extra_persistence_options.items()):
-        changes.append(OptionChange(PERSISTENCE, option, value))
+        changes.append(OptionChange(PERSISTENCE, option, value, source=SITE_FILE))
+    # The documents name the option, not its section: the section is the site file's.
     changes.append(
-        OptionChange(site.ors.sessionid_with_nodeid_section, SESSIONID_WITH_NODEID, "true")
+        OptionChange(
+            site.ors.sessionid_with_nodeid_section,
+            SESSIONID_WITH_NODEID,
+            "true",
+            source=f"{DOCUMENTS} (section: {SITE_FILE})",
+        )
     )
     digital = site.ors.digital_persistence
-    if digital is not None:
-        changes.append(OptionChange(digital.section, digital.option, digital.value))
+    if digital is not None:  # the documents recommend it but name no option
+        changes.append(
+            OptionChange(digital.section, digital.option, digital.value, source=SITE_FILE)
+        )
     return changes
 
 

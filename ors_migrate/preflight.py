@@ -22,11 +22,19 @@ ProbeResults = list[tuple[str, CheckResult]]
 def _guard(
     target: str, check: str, fix: str, probe: Callable[[], list[CheckResult]]
 ) -> ProbeResults:
-    """Run one probe; an error it raises becomes a blocking finding naming its cause."""
+    """Run one probe; an error it raises becomes a blocking finding naming its cause, client
+    library errors included (preflight never ends in an internal error)."""
+    from ors_migrate.actions.client_errors import as_cause
+
     try:
         return [(target, r) for r in probe()]
     except OrsMigrateError as exc:
         return [(target, CheckResult(check, "error", str(exc), fix))]
+    except Exception as exc:  # the net under every probe: a cause, never a traceback
+        cause = as_cause(exc, target)
+        message = str(cause) if cause else f"{target}: {type(exc).__name__}: {exc}"
+        observed = {"error_type": type(exc).__name__}
+        return [(target, CheckResult(check, "error", message, fix, observed))]
 
 
 def _hosts(ctx: Any) -> ProbeResults:

@@ -36,9 +36,15 @@ def _old(c: dict[str, object]) -> object:
     return "(unset)" if c["old"] is None else c["old"]
 
 
+def _new(c: dict[str, object]) -> object:
+    """A new value of None is a removal: said in words, never printed as `None`."""
+    return "(removed)" if c["new"] is None else c["new"]
+
+
 def _change(c: dict[str, object]) -> str:
     old = _old(c)
-    return f"[{c['section']}] {c['option']}: {old} -> {c['new']}"
+    source = f"  (name from: {c['source']})" if c.get("source") else ""
+    return f"[{c['section']}] {c['option']}: {old} -> {_new(c)}{source}"
 
 
 def as_text(plan: Plan) -> str:
@@ -102,9 +108,20 @@ def as_markdown(plan: Plan) -> str:
             )
         changes = [(a, c) for a in state.actions for c in a.preview.option_changes]
         if changes:
-            lines += ["", "| application | section | option | old | new |", "|---|---|---|---|---|"]
+            lines += [
+                "",
+                "| application | section | option | old | new | name from |",
+                "|---|---|---|---|---|---|",
+            ]
             for a, c in changes:
-                cells = (a.target.app, c["section"], c["option"], _old(c), c["new"])
+                cells = (
+                    a.target.app,
+                    c["section"],
+                    c["option"],
+                    _old(c),
+                    _new(c),
+                    c.get("source", ""),
+                )
                 lines.append("| " + " | ".join(_cell(v) for v in cells) + " |")
         lines.append("")
     return "\n".join(lines)

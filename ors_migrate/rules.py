@@ -315,22 +315,36 @@ def tls_settings_unused(site: Site) -> Iterator[Problem]:
         )
 
 
-@_rule(SITE_RULES, "cassandra.version", ERROR, "ORS persists to Cassandra 3.x or lower only")
+@_rule(SITE_RULES, "cassandra.version", ERROR, "a Cassandra version is written as 3.11.4")
 def cassandra_version(site: Site) -> Iterator[Problem]:
     cassandra = site.cassandra
-    if cassandra is None or not cassandra.in_use or cassandra.version is None:
+    if cassandra is None or cassandra.version is None:
         return
-    major = cassandra.version.split(".")[0]
-    if not major.isdigit():
+    if not cassandra.version.split(".")[0].isdigit():
         yield Problem(
             f"'{cassandra.version}' is not a Cassandra version: write it as 3.11.4",
             ("cassandra", "version"),
         )
-    elif int(major) > 3:
+
+
+@_rule(
+    SITE_RULES,
+    "cassandra.version-4",
+    WARNING,
+    "ORS could not have persisted sessions to Cassandra 4.x",
+)
+def cassandra_version_4(site: Site) -> Iterator[Problem]:
+    """The documents say only that persistence cannot be enabled on Cassandra 4.x: no reason to
+    block a move to Redis, but a reason to expect no sessions to restore from Cassandra."""
+    cassandra = site.cassandra
+    if cassandra is None or not cassandra.in_use or cassandra.version is None:
+        return
+    major = cassandra.version.split(".")[0]
+    if major.isdigit() and int(major) > 3:
         yield Problem(
-            f"Cassandra {cassandra.version} is declared in use, but ORS session persistence "
-            "works only with Cassandra 3.x or lower: keep ORS on a 3.x cluster until Redis is "
-            "enabled, or set in_use: false if ORS does not persist to it",
+            f"Cassandra {cassandra.version}: the documents say ORS session persistence cannot "
+            "be enabled on Cassandra 4.x, so ORS could not have persisted sessions there and "
+            "none are restored from it; moving to Redis is still fine",
             ("cassandra", "version"),
         )
 

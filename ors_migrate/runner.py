@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ors_migrate import playbook as playbooks
+from ors_migrate.actions.client_errors import as_cause
 from ors_migrate.actions.option_backends import open_store
 from ors_migrate.actions.registry import build_action_table
 from ors_migrate.actions.service_control import (
@@ -494,7 +495,14 @@ class Runner:
             raise
         self.ui.info(f"run {run_id}: {plan.title} ({len(plan.states)} states)")
         factory = self._rollback_plan_factory(loaded, plan.rollback_playbook, frozenset(), run_id)
-        return Engine(ctx, plan, action_table(), auto_rollback=auto_rollback, rollback_plan=factory)
+        return Engine(
+            ctx,
+            plan,
+            action_table(),
+            auto_rollback=auto_rollback,
+            rollback_plan=factory,
+            cause_of=as_cause,
+        )
 
     def _resumed(
         self,
@@ -531,6 +539,7 @@ class Runner:
             auto_rollback=auto_rollback,
             rollback_plan=factory,
             rollback_flags=flags,
+            cause_of=as_cause,
         )
 
     def _resumable(self, loaded: LoadedSite, run_id: str | None) -> RunRecord:
@@ -703,7 +712,12 @@ class Runner:
             ctx.close()
             raise
         return Engine(
-            ctx, plan, action_table(), rollback_plan=factory, rollback_flags=frozenset(flags)
+            ctx,
+            plan,
+            action_table(),
+            rollback_plan=factory,
+            rollback_flags=frozenset(flags),
+            cause_of=as_cause,
         )
 
     # Ending a run without touching the estate

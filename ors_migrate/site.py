@@ -227,6 +227,7 @@ LCA_RESTART_PLACEHOLDERS = frozenset({"host", "env_file"})
 SNAPSHOT_PLACEHOLDERS = frozenset({"tag", "keyspace"})
 # Every template field of the site file and the placeholders it may use: the one source the
 # model's validators and the wizard's answer checks read.
+KEY_PATTERN_PLACEHOLDERS = frozenset({"cluster", "pair", "app"})
 TEMPLATE_PLACEHOLDERS: dict[str, frozenset[str]] = {
     "options_backend.path": BACKEND_PLACEHOLDERS,
     "options_backend.get_command": BACKEND_PLACEHOLDERS,
@@ -243,6 +244,7 @@ TEMPLATE_PLACEHOLDERS: dict[str, frozenset[str]] = {
     "ors.fips.openssl": FIPS_PATH_PLACEHOLDERS,
     "ors.fips.windows_config_dir": FIPS_PATH_PLACEHOLDERS,
     "ors.fips.lca_restart": LCA_RESTART_PLACEHOLDERS,
+    "verification.app_key_pattern": KEY_PATTERN_PLACEHOLDERS,
 }
 
 
@@ -372,10 +374,42 @@ class TlsSettings(StrictModel):
 
 
 class MonitorSettings(StrictModel):
+    """The Redis monitoring window (seed enable.3). The documents give no thresholds: these are
+    ors-migrate's own, and a load above them stops the run at a gate, never a rollback."""
+
     window_s: float = Field(default=60.0, gt=0)
     interval_s: float = Field(default=1.0, gt=0)
-    max_cpu_percent: float = Field(default=80.0, gt=0, le=100)
-    max_memory_percent: float = Field(default=80.0, gt=0, le=100)
+    max_cpu_percent: float = Field(
+        default=80.0, gt=0, le=100, description="ours, not the documents': average CPU per node"
+    )
+    max_memory_percent: float = Field(
+        default=80.0, gt=0, le=100, description="ours, not the documents': average memory use"
+    )
+
+
+class VerificationSettings(StrictModel):
+    """How long the verifications wait for fresh evidence. The documents give no windows: the
+    defaults are ors-migrate's own, sized for a quiet maintenance window (few calls at night).
+    When a window ends without evidence the run stops at a gate (wait longer / roll back /
+    stop), never a pass and never a rollback by itself."""
+
+    new_sessions_window_s: float = Field(
+        default=300.0, gt=0, description="ours: wait this long for a primary's new session"
+    )
+    serialization_window_s: float = Field(
+        default=300.0, gt=0, description="ours: wait this long for new ORS keys in Redis"
+    )
+    restore_window_s: float = Field(
+        default=60.0, gt=0, description="ours: wait this long for a restore report"
+    )
+    app_key_pattern: str | None = Field(
+        default=None,
+        description="a Redis glob matching the keys of one ORS application (placeholders "
+        "{cluster} {pair} {app}), where session ids carry its node id; makes serialization "
+        "evidence per application instead of per ORS cluster",
+    )
+
+    _check_pattern = _templates("verification", "app_key_pattern")
 
 
 class RedisSettings(StrictModel):
@@ -492,6 +526,7 @@ class Site(StrictModel):
     rehearsal_of: RehearsalOf | None = Field(
         default=None, description="set in a lab's site file made by `lab up --from`"
     )
+    verification: VerificationSettings = VerificationSettings()
 
     @model_validator(mode="after")
     def _references_and_uniqueness(self) -> Site:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
 DECISIONS = ("approve", "stop", "rollback")
+ON_TIMEOUT = ("stop", "rollback")  # what an unattended run does when a window ends empty
 
 
 @dataclass
@@ -57,10 +58,12 @@ class Ui:
         quiet: bool = False,
         interactive: bool | None = None,
         console: Console | None = None,
+        on_timeout: str | None = None,
     ) -> None:
         from rich.console import Console
 
         self.assume_yes = assume_yes
+        self.on_timeout = on_timeout
         self.quiet = quiet
         no_color = bool(os.environ.get("NO_COLOR"))
         self.console = console or Console(
@@ -255,7 +258,65 @@ class Ui:
         if not confirmed:
             raise GateStopped("operator step not confirmed; the run is paused")
 
+    def choose(self, title: str, lines: list[str], choices: list[tuple[str, str]]) -> str:
+        """Show `lines` and ask one of `choices` ((value, label) pairs) on the terminal."""
+        self._need_terminal(f"'{title}'")
+        import questionary
+
+        with self._screen():
+            self.console.print(f"\n{title}", style="bold", markup=False)
+            for line in lines:
+                self.console.print(f"  {line}", markup=False)
+            answer = questionary.select(
+                "How do you want to proceed?",
+                choices=[questionary.Choice(label, value=value) for value, label in choices],
+            ).ask()
+        values = [value for value, _ in choices]
+        return str(answer) if answer in values else "stop"
+
+    def unattended(self) -> bool:
+        """No person to ask: no terminal, or --yes without one."""
+        return not self.interactive
+
     # Waiting and monitoring
+    @contextmanager
+    def evidence_wait(
+        self, description: str, window_s: float
+    ) -> Iterator[Callable[[float, str], None]]:
+        """Progress while a verification waits for evidence: a bar on a terminal, otherwise a
+        line at most every 5 seconds. Yields `tick(elapsed_s, what_is_seen_so_far)`."""
+        if not self.live:
+            last = [-10.0]
+
+            def line(elapsed: float, seen: str) -> None:
+                if not self.quiet and elapsed - last[0] >= 5.0:
+                    last[0] = elapsed
+                    self.console.print(
+                        f"    {description}: {seen} ({elapsed:.0f}/{window_s:g} s)", markup=False
+                    )
+
+            yield line
+            return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with (
+            self._screen(),
+            Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[seen]}"),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            ) as progress,
+        ):
+            task = progress.add_task(description, total=window_s, seen="")
+
+            def bar(elapsed: float, seen: str) -> None:
+                progress.update(task, completed=min(elapsed, window_s), seen=seen)
+
+            yield bar
+
     @contextmanager
     def monitor(self, window_s: float) -> Iterator[Callable[[dict[str, Any]], None]]:
         """Progress for a monitoring window; yields the per-sample callback. On a terminal: a

@@ -71,14 +71,15 @@ def test_cassandra_3_11_is_accepted(standin) -> None:
     assert checks[CHECK_KEYSPACE].observed["present"] is True
 
 
-def test_cassandra_4_0_is_refused_for_persistence(standin) -> None:
+def test_cassandra_4_0_in_use_is_a_warning_that_explains_no_sessions_were_persisted(
+    standin,
+) -> None:
     node = with_keyspace(standin(release_version="4.0.1"))
     version = by_check(check_cassandra(settings_for(node.port), None))[CHECK_VERSION]
 
-    assert version.severity == "error" and version.blocking
-    assert "4.0.1 is unsupported for ORS persistence" in version.message
-    assert "3.x or lower" in version.message
-    assert "Cassandra 3.x" in version.fix
+    assert version.severity == "warning" and not version.blocking
+    assert "could not have persisted sessions" in version.message
+    assert "nothing blocks the move to Redis" in version.fix
 
 
 def test_cassandra_4_0_only_warns_when_not_in_use(standin) -> None:
@@ -106,12 +107,12 @@ def test_closed_cql_port_falls_back_to_thrift_tcp(standin) -> None:
     assert keyspace.severity == "warning" and keyspace.observed["present"] is None
 
 
-def test_declared_4_x_version_is_an_error_even_when_only_thrift_answers(standin) -> None:
+def test_declared_4_x_version_is_a_warning_even_when_only_thrift_answers(standin) -> None:
     node = standin(cql_enabled=False, thrift_port=0)
     settings = settings_for(node.port, thrift_port=node.thrift_port, version="4.0.5")
     version = by_check(check_cassandra(settings, None))[CHECK_VERSION]
 
-    assert version.severity == "error"
+    assert version.severity == "warning"
     assert "declared in the site file, not verified" in version.message
 
 

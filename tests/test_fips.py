@@ -188,6 +188,7 @@ def test_windows_variables_are_set_machine_wide() -> None:
             "old": None,
             "old_known": False,
             "new": "true",
+            "source": "documents",
         }
     ]
 
@@ -264,8 +265,10 @@ class FakeWindowsHost:
             return self._ok(command, self.world["version"] + "\n")
         if "ors-sessions" in command:
             return self._ok(command, "12\n")
-        if "ors-role" in command:
-            return self._ok(command, roles[app] + "\n")
+        if "ors-role" in command:  # a status that reports counters: new sessions observable
+            self.world["created"] = self.world.get("created", 0) + 1
+            status = {"role": roles[app], "created": self.world["created"]}
+            return self._ok(command, json.dumps(status) + "\n")
         if "-stop" in words:
             roles[app] = "down"
         elif "-start" in words:

@@ -301,9 +301,11 @@ def test_tls_settings_unused_warns_about_tls_files_with_tls_off() -> None:
     assert rules.tls_settings_unused(model(good_site())) == []
 
 
-def test_cassandra_version_must_be_3_x_or_lower_where_ors_persists_to_it() -> None:
-    four = rules.cassandra_version(model(site_with(cassandra__version="4.0.11")))
-    assert ids(four) == {"cassandra.version"} and four[0].severity == "error"
+def test_cassandra_4_in_use_is_a_warning_and_a_garbled_version_an_error() -> None:
+    assert rules.cassandra_version(model(site_with(cassandra__version="4.0.11"))) == []
+    four = rules.cassandra_version_4(model(site_with(cassandra__version="4.0.11")))
+    assert ids(four) == {"cassandra.version-4"} and four[0].severity == "warning"
+    assert "could not have persisted sessions" in four[0].message
     garbled = rules.cassandra_version(model(site_with(cassandra__version="latest")))
     assert ids(garbled) == {"cassandra.version"}
     not_in_use = site_with(cassandra__version="4.1.0", cassandra__in_use=False)

@@ -447,12 +447,11 @@ def version_result(
         )
         return CheckResult(
             CHECK_VERSION,
-            "error" if settings.in_use else "warning",
-            f"Cassandra {version} is unsupported for ORS persistence: ORS works only with "
-            f"Cassandra 3.x or lower; {role} (method: {method})",
-            fix="keep ORS session persistence on a Cassandra 3.x (or lower) cluster until the "
-            "migration to Redis is complete (Cassandra 4.0 also removed the Thrift port ORS "
-            "uses), or set cassandra.in_use: false if ORS does not persist to this cluster",
+            "warning",
+            f"Cassandra {version}: the documents say ORS session persistence cannot be enabled "
+            f"on Cassandra 4.x, so ORS could not have persisted sessions there; {role} "
+            f"(method: {method})",
+            fix="nothing blocks the move to Redis; expect no sessions restored from Cassandra",
             observed=observed,
         )
     message = (

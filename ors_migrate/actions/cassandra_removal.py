@@ -56,7 +56,16 @@ def removed_options(site: Site) -> list[OptionChange]:
             field="cassandra.removal.options",
             rule="removal-keeps-redis",
         )
-    return [OptionChange(removal.section, option, None) for option in removal.options]
+    # The documents name no Cassandra option: the names are the site file's, or ors-migrate's
+    # own default when the site file does not list them.
+    source = (
+        "site file"
+        if "options" in removal.model_fields_set
+        else "ors-migrate's default, not the documents: set cassandra.removal.options"
+    )
+    return [
+        OptionChange(removal.section, option, None, source=source) for option in removal.options
+    ]
 
 
 def shown(option: str, value: str | None) -> str | None:
@@ -132,6 +141,7 @@ class RemoveOptions(Action):
                     "old": shown(change.option, old),
                     "old_known": view.options_known(step.target.app),
                     "new": None,
+                    "source": change.source,
                 }
             )
             view.set_option(step.target.app, change.section, change.option, None)

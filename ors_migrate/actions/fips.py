@@ -852,6 +852,7 @@ class SetFipsOption(FipsAction):
             "old": old,
             "old_known": view.options_known(step.target.app),
             "new": new,
+            "source": "documents",
         }
         backend = view.site.options_backend.kind
         return Preview(

@@ -91,6 +91,7 @@ class SetOptions(Action):
                     "old": "***" if change.secret and old is not None else old,
                     "old_known": view.options_known(step.target.app),
                     "new": "***" if change.secret else new,
+                    "source": change.source,
                 }
             )
             if change_set != "disable":

@@ -57,6 +57,15 @@ class RedisProblem(Exception):
 # --- connecting ------------------------------------------------------------------------------
 
 
+def client_errors() -> tuple[type[BaseException], ...]:
+    """Everything redis-py raises for a node or cluster it cannot use. `RedisClusterException`
+    (raised when part of a cluster is unreachable) is not a `RedisError`, so it is named here."""
+    import redis
+    from redis.exceptions import RedisClusterException
+
+    return (redis.RedisError, RedisClusterException, OSError)
+
+
 def _path(value: str | None) -> str | None:
     return os.path.expanduser(value) if value else None
 
@@ -186,6 +195,12 @@ def explain(
             f"{node} has no password set, but redis.password is configured",
             "remove redis.password, or configure the user and password on the Redis nodes",
         )
+    if "noperm" in text or "no permissions to run" in text:
+        return problem(
+            f"user {user} lacks an ACL permission on {node}: {raw}",
+            "grant the ACL user the commands a cluster client needs (CLUSTER SLOTS, INFO; "
+            "e.g. +@all) on the keys ~ORS:*, on every node",
+        )
     # TLS 1.3 clients may write before reading the server's alert: a rejected client
     # certificate then shows only as an EOF on the TLS connection.
     dropped = tls.enabled and ("eof occurred in violation" in text or "unexpected eof" in text)
@@ -284,7 +299,6 @@ def _probe_seeds(settings: RedisSettings, password: str | None) -> _Seed:
     A plain client is used first because it can tell a standalone Redis or a Sentinel from a
     cluster node, and gives errors for one node instead of the cluster client's summary.
     """
-    import redis
 
     tls_problem = _tls_file_problem(settings.tls)
     if tls_problem is not None:
@@ -299,7 +313,7 @@ def _probe_seeds(settings: RedisSettings, password: str | None) -> _Seed:
             with _node_client(settings, password, host, port) as conn:
                 info = conn.info("server")
                 info.update(conn.info("cluster") if info.get("redis_mode") != "sentinel" else {})
-        except (redis.RedisError, OSError) as exc:
+        except client_errors() as exc:
             found = explain(exc, node, settings, password)
             failures[node] = found.message
             first = first or found
@@ -353,7 +367,7 @@ def _cluster_client(settings: RedisSettings, password: str | None, seed: _Seed) 
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), 2),
             **_connection_kwargs(settings, password),
         )
-    except (redis.RedisError, OSError) as exc:
+    except client_errors() as exc:
         raise explain(exc, seed.node, settings, password) from None
 
 
@@ -469,7 +483,6 @@ def _replica_of(info: dict[str, Any] | None, address: str) -> bool:
 
 
 def _snapshot(settings: RedisSettings, password: str | None, seed: _Seed) -> _Snapshot:
-    import redis
 
     with _node_client(settings, password, seed.host, seed.port) as conn:
         cluster_info = parse_info_text(conn.execute_command("CLUSTER", "INFO"))
@@ -484,7 +497,7 @@ def _snapshot(settings: RedisSettings, password: str | None, seed: _Seed) -> _Sn
                 state.cluster_info = parse_info_text(conn.execute_command("CLUSTER", "INFO"))
         except ValueError as exc:
             state.error = f"the cluster knows node {view.node_id} with {exc}"
-        except (redis.RedisError, OSError) as exc:
+        except client_errors() as exc:
             state.error = explain(exc, view.address, settings, password).message
         states.append(state)
     return _Snapshot(seed, cluster_info, states)
@@ -504,7 +517,6 @@ def cluster_health(
 
     Stops after the first result when the cluster cannot be reached or is not a cluster.
     """
-    import redis
 
     try:
         seed = _probe_seeds(settings, password)
@@ -514,7 +526,7 @@ def cluster_health(
         return [problem.as_result()]
     try:
         snap = _snapshot(settings, password, seed)
-    except (redis.RedisError, OSError) as exc:
+    except client_errors() as exc:
         return [explain(exc, seed.node, settings, password).as_result()]
     return [
         _connect_result(settings, snap),
@@ -814,7 +826,6 @@ def serialization_check(
 ) -> CheckResult:
     """Count `ORS:<cluster>` keys on every primary with SCAN (never KEYS) and how many have a
     TTL. Keys without a TTL are allowed: ORS cleans those up periodically."""
-    import redis
 
     pattern = f"ORS:{_glob_escape(ors_cluster)}*"
     check = "redis.serialization"
@@ -829,7 +840,7 @@ def serialization_check(
                 continue
             conn = cluster.get_redis_connection(node)
             per_node[node.name] = _count_keys(conn, pattern, f"ORS:{ors_cluster}")
-    except (redis.RedisError, OSError) as exc:
+    except client_errors() as exc:
         failed = explain(exc, "the cluster", settings, password)
         return CheckResult(check, "error", failed.message, failed.fix, {"pattern": pattern})
     finally:
@@ -893,6 +904,51 @@ def _count_keys(conn: Any, pattern: str, prefix: str) -> dict[str, int]:
             return {"keys": keys, "keys_with_ttl": with_ttl}
 
 
+class KeyWatcher:
+    """The `ORS:<cluster>` keys on every primary, scanned (never KEYS) again and again over one
+    connection, so that keys appearing between two scans, fresh evidence of serialization,
+    can be told from keys an earlier attempt left behind (they live until their TTL)."""
+
+    def __init__(self, settings: RedisSettings, password: str | None, ors_cluster: str) -> None:
+        self.settings = settings
+        self.password = password
+        self.prefix = f"ORS:{ors_cluster}"
+        self.pattern = f"ORS:{_glob_escape(ors_cluster)}*"
+        self.cluster = client(settings, password)
+
+    def scan(self) -> dict[str, bool]:
+        """Every key of the ORS cluster, with whether it has a TTL."""
+        found: dict[str, bool] = {}
+        try:
+            for node in self.cluster.get_nodes():
+                if node.server_type == "primary":
+                    conn = self.cluster.get_redis_connection(node)
+                    found.update(_scan_names(conn, self.pattern, self.prefix))
+        except client_errors() as exc:
+            raise explain(exc, "the cluster", self.settings, self.password).as_error() from None
+        return found
+
+    def close(self) -> None:
+        self.cluster.close()
+
+
+def _scan_names(conn: Any, pattern: str, prefix: str) -> dict[str, bool]:
+    names: dict[str, bool] = {}
+    cursor = 0
+    while True:
+        cursor, batch = conn.scan(cursor=cursor, match=pattern, count=SCAN_COUNT)
+        batch = [key for key in batch if _belongs(key, prefix)]
+        if batch:
+            pipe = conn.pipeline(transaction=False)
+            for key in batch:
+                pipe.pttl(key)
+            for key, ttl in zip(batch, pipe.execute(), strict=True):
+                name = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
+                names[name] = isinstance(ttl, int) and ttl > 0
+        if int(cursor) == 0:
+            return names
+
+
 # --- monitoring ------------------------------------------------------------------------------
 
 
@@ -931,7 +987,6 @@ def sample_resources(
     """Sample CPU (share of one core, from used_cpu_sys+used_cpu_user) and memory of every
     node, every `interval_s` for `window_s`. A node that does not answer gives a sample with
     an `error` instead of numbers."""
-    import redis
 
     try:
         seed = _probe_seeds(settings, password)
@@ -940,7 +995,7 @@ def sample_resources(
             views = parse_cluster_nodes(conn.execute_command("CLUSTER", "NODES"))
     except RedisProblem as problem:
         raise problem.as_error() from None
-    except (redis.RedisError, OSError) as exc:
+    except client_errors() as exc:
         raise explain(exc, seed.node, settings, password).as_error() from None
     clients = {
         v.address: _node_client(settings, password, *_split_address(v.address))
@@ -968,13 +1023,12 @@ def _take_samples(
     password: str | None,
     on_sample: Callable[[dict[str, Any]], None] | None,
 ) -> list[dict[str, Any]]:
-    import redis
 
     taken = []
     for address, conn in clients.items():
         try:
             info = conn.info()
-        except (redis.RedisError, OSError) as exc:
+        except client_errors() as exc:
             sample: dict[str, Any] = {
                 "node": address,
                 "timestamp": time.time(),

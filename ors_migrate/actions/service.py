@@ -59,8 +59,21 @@ class Restart(Action):
 
     def prepare(self, ctx: RunContext, step: PlannedAction) -> dict[str, Any]:
         assert step.target.ha_pair and step.role
-        app = ctx.services.app_in_role(step.target.ha_pair, step.role)
+        app = self._member(ctx, step.target.ha_pair, step.role)
         return {"app": app, "instance_before": ctx.services.status(app).instance}
+
+    @staticmethod
+    def _member(ctx: RunContext, pair: str, role: str) -> str:
+        """The member holding `role`. A backup that is down (it failed to start, which is
+        what a rollback often follows) is still the member to restart, next to a running
+        primary."""
+        if role == "backup":
+            statuses = ctx.services.pair_status(pair)
+            primaries = [n for n, s in statuses.items() if s.role == "primary"]
+            down = [n for n, s in statuses.items() if s.role == "down"]
+            if len(primaries) == 1 and len(down) == 1:
+                return down[0]
+        return ctx.services.app_in_role(pair, role)
 
     def check(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> bool:
         status = ctx.services.status(intent["app"])
@@ -169,24 +182,38 @@ class Switchover(Action):
 
 
 class VerifyPair(Action):
-    """One primary and one backup, running the minimum version, with the expected persistence
-    type loaded (where the status command reports it)."""
+    """One primary and one backup, running the minimum version, each reporting the persistence
+    type it is expected to have loaded. `type` applies to both members, `primary_type` and
+    `backup_type` to one role; `original` is the type before the run. A status command that
+    does not report the type gives no evidence: a person confirms from the ORS logs."""
 
     name = "service.verify_pair"
     scopes = frozenset({"ha_pair"})
 
     def preview(self, step: PlannedAction, view: PlanningView) -> Preview:
-        expected = step.args.get("type", "any")
+        wanted = []
+        for role in ("primary", "backup"):
+            value = self._wanted(step, role)
+            if value:
+                shown = "its type before the run" if value == "original" else value
+                wanted.append(f"the {role} reports persistence type {shown}")
+        types = "; ".join(wanted) if wanted else "persistence type not checked"
         return Preview(
             f"verify {step.target.ha_pair}: one primary and one backup, version >= "
-            f"{view.site.ors.min_version}, persistence type loaded: {expected}"
+            f"{view.site.ors.min_version}; {types} (a type the status command does not "
+            "report: a person confirms)"
         )
 
     @staticmethod
-    def _expected_type(ctx: RunContext, step: PlannedAction, app: str) -> str | None:
-        """`type: original` means the type captured before the run (anything but redis is
+    def _wanted(step: PlannedAction, role: str) -> str | None:
+        return step.args.get(f"{role}_type") or step.args.get("type")
+
+    def _expected_type(
+        self, ctx: RunContext, step: PlannedAction, app: str, role: str
+    ) -> str | None:
+        """`original` means the type captured before the run (anything but redis is
         Cassandra persistence, as ORS reads it)."""
-        wanted = step.args.get("type")
+        wanted = self._wanted(step, role)
         if wanted != "original":
             return wanted
         try:
@@ -196,25 +223,41 @@ class VerifyPair(Action):
         return REDIS if present and value == REDIS else CASSANDRA
 
     def apply(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> dict[str, Any]:
+        from ors_migrate.actions.evidence import confirm_by_hand
+
         assert step.target.ha_pair
         statuses = ctx.services.pair_status(step.target.ha_pair)
         roles = sorted(s.role for s in statuses.values())
         problems = []
+        unreported = []
         if roles != ["backup", "primary"]:
             problems.append("roles are " + ", ".join(f"{n}={s.role}" for n, s in statuses.items()))
         for name, status in statuses.items():
-            expected = self._expected_type(ctx, step, name)
+            expected = self._expected_type(ctx, step, name, status.role)
             if status.version and not version_at_least(status.version, ctx.site.ors.min_version):
                 problems.append(f"{name} runs {status.version} (< {ctx.site.ors.min_version})")
-            if expected and status.type is not None and status.type != expected:
+            if expected and status.type is None:
+                unreported.append(f"{name} ({status.role}) loaded persistence type {expected}")
+            elif expected and status.type != expected:
                 problems.append(
-                    f"{name} loaded persistence type {status.type}, expected {expected}"
+                    f"{name} ({status.role}) loaded persistence type {status.type}, expected "
+                    f"{expected}"
                 )
         if problems:
             raise VerificationFailed(f"HA pair {step.target.ha_pair}: " + "; ".join(problems))
-        return {
+        observed: dict[str, Any] = {
             n: {"role": s.role, "version": s.version, "type": s.type} for n, s in statuses.items()
         }
+        if unreported:
+            observed["type_confirmed_by_hand"] = confirm_by_hand(
+                ctx,
+                step,
+                "ors.persistence_type",
+                "the ORS logs show that "
+                + " and ".join(unreported)
+                + " (the status command does not report the type)",
+            )
+        return observed
 
 
 class Upgrade(Action):

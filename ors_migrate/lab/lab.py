@@ -22,6 +22,7 @@ from typing import Any
 
 from ors_migrate.errors import OrsMigrateError
 from ors_migrate.lab import orsctl
+from ors_migrate.lab.faults import active_faults
 from ors_migrate.lab.layout import (
     SIMULATOR_START_VERSION,
     UPGRADE_VERSION,
@@ -283,12 +284,22 @@ def _site_yaml(layout: LabLayout, config: dict[str, Any]) -> str:
         "  monitor:",
         f"    window_s: {config['monitor_window_s']}",
         "    interval_s: 0.5",
+        "    # thresholds are ors-migrate's own (the documents give none)",
+        "    max_cpu_percent: 80",
+        "    max_memory_percent: 80",
         "cassandra:",
         "  in_use: true",
         "  contact_points:",
         f"    - 127.0.0.1:{config['cassandra']['cql_port']}",
         f"  thrift_port: {config['cassandra']['thrift_port']}",
         f"  keyspace: {CASSANDRA_KEYSPACE}",
+        "# Verification windows: short, because the lab's simulated calls never stop.",
+        "verification:",
+        "  new_sessions_window_s: 10",
+        "  serialization_window_s: 10",
+        "  restore_window_s: 10",
+        "  # the simulated ORS puts its node id (the application name) in every session id",
+        '  app_key_pattern: "ORS:{cluster}:*:session:{app}-*"',
         "",
     ]
     return "\n".join(lines)
@@ -423,6 +434,7 @@ def lab_status(directory: Path) -> dict[str, Any]:
                 "active": st.get("active", 0),
                 "persistence_errors": st.get("persistence_errors", 0),
                 "starts": orsctl.starts(layout, app),
+                "faults": active_faults(layout, app),
             }
         )
     cassandra_pid = read_pid(layout.root / "cassandra" / "pid")

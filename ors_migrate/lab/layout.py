@@ -44,6 +44,9 @@ class LabLayout:
     def counters(self, app: str) -> Path:
         return self.app_dir(app) / "counters.json"
 
+    def faults(self, app: str) -> Path:
+        return self.app_dir(app) / "faults.json"
+
     def pid(self, app: str) -> Path:
         return self.app_dir(app) / "pid"
 

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ors_migrate.lab.faults import UNREACHABLE_REDIS, active_faults, consume_refusal
 from ors_migrate.lab.layout import LabLayout, read_json, read_pid, write_json_atomic
 from ors_migrate.processes import pid_alive
 
@@ -68,16 +69,34 @@ def validate_options(opts: configparser.ConfigParser, version: str) -> str:
 
 
 class RedisSessions:
-    def __init__(self, opts: configparser.ConfigParser, cluster: str) -> None:
+    """Sessions in Redis. The connection is made at first use, so that, like ORS, the
+    application starts and keeps routing when Redis cannot be reached, counting the failures."""
+
+    def __init__(
+        self, opts: configparser.ConfigParser, cluster: str, unreachable: bool = False
+    ) -> None:
+        self.section = opts["persistence"]
+        self.unreachable = unreachable
+        self._client: Any = None
+        self.cluster = cluster
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = self._connect()
+        return self._client
+
+    def _connect(self) -> Any:
         from redis.cluster import ClusterNode, RedisCluster
 
-        section = opts["persistence"]
+        section = self.section
+        listed = UNREACHABLE_REDIS if self.unreachable else section.get("redis-nodes", "")
         nodes = []
-        for node in section.get("redis-nodes", "").split(";"):
+        for node in listed.split(";"):
             host, _, port = node.strip().rpartition(":")
             nodes.append(ClusterNode(host, int(port)))
         tls = section.get("tls-enabled", "false").lower() == "true"
-        self.client = RedisCluster(
+        return RedisCluster(
             startup_nodes=nodes,
             username=section.get("username") or None,
             password=section.get("password") or None,
@@ -88,7 +107,6 @@ class RedisSessions:
             socket_timeout=2,
             socket_connect_timeout=2,
         )
-        self.cluster = cluster
 
     def _key(self, pair: str, session_id: str) -> str:
         return f"ORS:{self.cluster}:{pair}:session:{session_id}"
@@ -112,7 +130,8 @@ class RedisSessions:
         return found
 
     def close(self) -> None:
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
 
 
 class CassandraSessions:
@@ -167,13 +186,16 @@ class Simulator:
         self.last_promotion: dict[str, Any] | None = None
         self.http: http.server.ThreadingHTTPServer | None = None
         self.stopping = False
+        if consume_refusal(layout, app):
+            raise StartRefused("lab fault refuse-start: this application refuses to start")
+        self.faults = active_faults(layout, app)
         self.opts = configparser.ConfigParser(interpolation=None)
         self.opts.read(layout.options(app))
         self.type = validate_options(self.opts, self.version)
         nodeid = self.opts.get("orchestration", "sessionid-with-nodeid", fallback="false")
         self.node_prefix = f"{app}-" if nodeid.strip().lower() == "true" else ""
         self.store: RedisSessions | CassandraSessions = (
-            RedisSessions(self.opts, self.cluster)
+            RedisSessions(self.opts, self.cluster, "redis-unreachable" in self.faults)
             if self.type == "redis"
             else CassandraSessions(self.opts, self.cluster)
         )
@@ -194,6 +216,7 @@ class Simulator:
             "persistence_errors": self.persistence_errors,
             "last_error": self.last_error,
             "last_promotion": self.last_promotion,
+            "faults": sorted(self.faults),
             **self.counters,
         }
 
@@ -202,6 +225,8 @@ class Simulator:
         write_json_atomic(self.layout.counters(self.app), self.counters)
 
     def _persist(self, fn: Any, *args: Any) -> Any:
+        if "no-persist" in self.faults and fn != self.store.load:
+            return None  # the fault: nothing written, nothing reported
         try:
             return fn(*args)
         except Exception as exc:  # a real ORS logs persistence failures and keeps routing
@@ -298,6 +323,8 @@ class Simulator:
                 self._persist(self.store.delete, self.pair, session_id)
         expected = self.current_rate() * elapsed
         count = int(expected) + (1 if random.random() < expected - int(expected) else 0)
+        if "no-new-sessions" in self.faults:
+            count = 0
         for _ in range(count):
             self.serial += 1
             session_id = f"{self.node_prefix}{self.instance}-{self.serial}"
@@ -337,6 +364,7 @@ class Simulator:
                 self._tick_sessions(now - last)
             last = now
             if now - last_publish > 0.2:
+                self.faults = active_faults(self.layout, self.app)
                 self.publish()
                 last_publish = now
             time.sleep(TICK_S)
@@ -360,6 +388,10 @@ def main(argv: list[str] | None = None) -> int:
             {"app": args.app, "role": "down", "error": str(exc), "pid": os.getpid()},
         )
         return 2
+    delay = float(sim.faults.get("slow-start", {}).get("seconds", 0))
+    if delay:
+        print(f"ORS {args.app}: lab fault slow-start, ready in {delay:g} s", flush=True)
+        time.sleep(delay)
     print(f"ORS {args.app} {sim.version} started, persistence type {sim.type}", flush=True)
     sim.publish()
     sim.run()

@@ -203,10 +203,13 @@ def plan(
     fmt: Annotated[
         str, typer.Option("--format", "-f", help="text, json, markdown or mermaid.")
     ] = "text",
+    state_dir: StateDirOpt = None,
 ) -> None:
     """The dry-run plan: every state in order, expanded to hosts, applications and commands,
-    with option diffs, gates and the rollback point; secrets as ***. A site that breaks a
-    documented rule gets its findings on stderr instead, and exit code 2."""
+    with option diffs, gates and the rollback point; secrets as ***; an estimate of how long
+    it takes (from the site's `durations`, the site's latest succeeded run in the state
+    directory, or our defaults). A site that breaks a documented rule gets its findings on
+    stderr instead, and exit code 2."""
     from ors_migrate.errors import InputError
     from ors_migrate.render import FORMATS, render_plan
     from ors_migrate.rules import check, errors_in, render_findings
@@ -223,7 +226,11 @@ def plan(
         typer.echo(render_findings(str(site), findings), err=True)
     if errors_in(findings):
         raise typer.Exit(EXIT_BAD_INPUT)
-    typer.echo(render_plan(planned, fmt))
+    from ors_migrate.estimate import estimate_plan
+    from ors_migrate.runner import durations_for
+
+    estimate = estimate_plan(planned, durations_for(loaded, _state_dir(state_dir)))
+    typer.echo(render_plan(planned, fmt, estimate))
 
 
 @app.command(epilog=examples("schema"))
@@ -330,10 +337,22 @@ def run(
             show_default=False,
         ),
     ] = None,
+    window_end: Annotated[
+        str | None,
+        typer.Option(
+            "--window-end",
+            help="When the change window closes: a time of day (HH:MM, local) or an ISO "
+            "timestamp. No restart or switchover starts that its estimate says would end "
+            "later; the run pauses at the last safe point (exit 130) for --resume.",
+        ),
+    ] = None,
     state_dir: StateDirOpt = None,
 ) -> None:
     """Execute a playbook against a site, journaled so that it can be resumed."""
+    import datetime as dt
+
     from ors_migrate.errors import InputError
+    from ors_migrate.estimate import parse_window_end
     from ors_migrate.runner import Runner
     from ors_migrate.step import SwitchoverPolicy
     from ors_migrate.ui import ON_TIMEOUT
@@ -352,8 +371,12 @@ def run(
         if switchover_below is not None
         else None
     )
+    end = parse_window_end(window_end, dt.datetime.now(dt.UTC)) if window_end else None
     runner = Runner(
-        _state_dir(state_dir), _ui(yes, on_timeout=on_timeout), switchover_policy=policy
+        _state_dir(state_dir),
+        _ui(yes, on_timeout=on_timeout),
+        switchover_policy=policy,
+        window_end=end,
     )
     try:
         run_id, outcome = runner.start(

@@ -25,13 +25,19 @@ from ors_migrate.step import (
     ROLLBACK,
     Action,
     ActionTable,
+    ChangeWindow,
     Plan,
     PlannedAction,
     PlannedState,
     RunContext,
+    clock,
 )
 
 T = TypeVar("T")
+
+
+class WindowClosing(GateStopped):
+    """The next disruptive step would end after the change window: the run pauses before it."""
 
 
 class ActionCrashed(OrsMigrateError):
@@ -100,6 +106,7 @@ class Engine:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         cause_of: CauseOf = no_cause,
+        window: ChangeWindow | None = None,
     ) -> None:
         self.ctx = ctx
         self.plan = plan
@@ -109,6 +116,7 @@ class Engine:
         self.rollback_flags = rollback_flags
         self.sleep = sleep
         self.clock = clock
+        self.window = window
         self._deadline: float | None = None
         self.automatic_rollback = False
         self.cause_of = cause_of
@@ -225,11 +233,15 @@ class Engine:
                     state_id=state.id,
                     payload={"seed_step": state.seed_step},
                 )
+            units = pause_points(state)
+            self._within_window(plan, state, units[0], phase, events)
             self._gate(state, phase, events)
             started = self.clock()
             self._deadline = started + state.timeout_s if state.timeout_s else None
-            for step in state.actions:
-                self._run_action(state, step, events)
+            for unit in units:
+                self._within_window(plan, state, unit, phase, events)
+                for step in unit:
+                    self._run_action(state, step, events)
             self._deadline = None
             self.ctx.record(
                 EventKind.STATE_ENDED,
@@ -246,6 +258,57 @@ class Engine:
         started = [e for e in self._events(ROLLBACK) if e.kind in ROLLBACK_EVENTS]
         return bool(started) and bool(started[-1].payload.get("automatic"))
 
+    def _within_window(
+        self,
+        plan: Plan,
+        state: PlannedState,
+        unit: list[PlannedAction],
+        phase: str,
+        events: list[Event],
+    ) -> None:
+        """Pause before `unit` when it changes the world and its estimate ends after the change
+        window. A unit already begun is finished: pausing inside it would leave a pair unsettled
+        or half-enabled."""
+        window = self.window
+        if window is None or phase != FORWARD:
+            return
+        ended = {e.action_key for e in events if e.kind == EventKind.ACTION_ENDED}
+        begun = {e.action_key for e in events if e.kind == EventKind.ACTION_INTENT}
+        pending = [step for step in unit if step.key not in ended]
+        if not any(step.changes_world for step in pending):
+            return
+        if any(step.key in begun for step in pending):
+            return
+        needed = sum(window.seconds(step) for step in pending)
+        left = window.left_s()
+        if needed <= left:
+            return
+        position = plan.states.index(state)
+        later = [
+            step
+            for later_state in plan.states[position:]
+            for step in later_state.actions
+            if step.key not in ended
+        ]
+        remaining = sum(window.seconds(step) for step in later)
+        payload = {
+            "state_id": state.id,
+            "window_end": window.end.isoformat(),
+            "left_s": round(left, 1),
+            "needed_s": round(needed, 1),
+            "remaining_actions": len(later),
+            "remaining_s": round(remaining, 1),
+        }
+        self.ctx.record(EventKind.WINDOW_PAUSE, state_id=state.id, payload=payload)
+        what = pending[0].preview.description or pending[0].key
+        raise WindowClosing(
+            f"the change window ends {window.ends()} ({clock(max(left, 0))} left) and the next "
+            f"step would take about {clock(needed)} ({what}); paused at a safe point before "
+            f"'{state.id}': every pair has one primary and one backup. Left: {len(later)} "
+            f"actions in {len(plan.states) - position} states, about {clock(remaining)}. "
+            "Continue in the next window with `run --resume`."
+        )
+
     def _gate(self, state: PlannedState, phase: str, events: list[Event]) -> None:
         if not state.gate:
             return
@@ -260,6 +323,8 @@ class Engine:
             return
         summary = [state.gate, *gate_summary(self.plan if phase == FORWARD else None, state)]
         view = build_gate_view(self.ctx, self.plan if phase == FORWARD else None, state)
+        if self.window is not None:
+            view.window = self.window.describe_left()
         decision = self.ctx.ui.gate(state.title, summary, view)
         self.ctx.record(
             EventKind.GATE_DECISION,
@@ -412,6 +477,23 @@ class Engine:
             seconds,
             note or ("already done before the interruption" if observed.get("reconciled") else ""),
         )
+
+
+def pause_points(state: PlannedState) -> list[list[PlannedAction]]:
+    """The state's actions in the groups a change window may pause between: a state that
+    enables Redis is one group (no pair is left half-enabled), a state per HA pair pauses only
+    between pairs (each pair settled), any other state between its actions."""
+    if state.enables_redis:
+        return [list(state.actions)]
+    if state.scope != "ha_pair":
+        return [[step] for step in state.actions] or [[]]
+    groups: list[list[PlannedAction]] = []
+    for step in state.actions:
+        if groups and groups[-1][0].target.ha_pair == step.target.ha_pair:
+            groups[-1].append(step)
+        else:
+            groups.append([step])
+    return groups or [[]]
 
 
 class _RollbackRequested(RollbackRequested):

@@ -29,6 +29,8 @@ class EventKind(StrEnum):
     ROLLBACK_REQUESTED = "rollback_requested"
     ROLLBACK_PLAN_AT_START = "rollback_plan_at_start"
     ABANDONED = "abandoned"
+    ESTIMATE = "estimate"
+    WINDOW_PAUSE = "window_pause"
 
 
 ROLLBACK_EVENTS = (EventKind.ROLLBACK_STARTED, EventKind.ROLLBACK_REQUESTED)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from ors_migrate.step import Plan, PlannedAction
+from ors_migrate.estimate import Estimate
+from ors_migrate.step import Plan, PlannedAction, clock
 
 FORMATS = ("text", "json", "markdown", "mermaid")
 
@@ -47,17 +48,29 @@ def _change(c: dict[str, object]) -> str:
     return f"[{c['section']}] {c['option']}: {old} -> {_new(c)}{source}"
 
 
-def as_text(plan: Plan) -> str:
+def estimate_line(estimate: Estimate) -> str:
+    sources = sorted({source for state in estimate.states for source in state.sources})
+    return (
+        f"estimated duration {clock(estimate.total_s)}, one HA pair at a time "
+        f"(durations from: {'; '.join(sources) or '-'}; gate answers not included)"
+    )
+
+
+def as_text(plan: Plan, estimate: Estimate | None = None) -> str:
     lines = [
         f"Plan: {plan.title}",
         f"playbook {plan.playbook}, site {plan.site}",
         f"plan_hash {plan.plan_hash}",
+        *([estimate_line(estimate)] if estimate else []),
         "",
     ]
     rollback_point = plan.rollback_point()
+    per_state = {s.state_id: s for s in estimate.states} if estimate else {}
     for n, state in enumerate(plan.states, start=1):
         seed = state.seed_step or "tool step"
         lines.append(f"{n}. {state.id} [{seed}] {state.title}")
+        if state.id in per_state:
+            lines.append(f"   about {clock(per_state[state.id].seconds)}")
         if state.id == rollback_point:
             lines.append("   ROLLBACK POINT: from here a failed verification rolls back")
         if state.gate:
@@ -165,11 +178,15 @@ def as_mermaid(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def render_plan(plan: Plan, fmt: str) -> str:
+def render_plan(plan: Plan, fmt: str, estimate: Estimate | None = None) -> str:
     if fmt == "json":
-        return json.dumps(plan.as_dict(), indent=2)
+        data = plan.as_dict()
+        if estimate is not None:
+            data["estimate"] = estimate.as_dict()
+        return json.dumps(data, indent=2)
     if fmt == "markdown":
-        return as_markdown(plan)
+        text = as_markdown(plan)
+        return f"{text}\n{estimate_line(estimate)}\n" if estimate else text
     if fmt == "mermaid":
         return as_mermaid(plan)
-    return as_text(plan)
+    return as_text(plan, estimate)

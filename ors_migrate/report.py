@@ -31,11 +31,14 @@ PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 def build_report(journal: Journal, run: RunRecord) -> dict[str, Any]:
     events = journal.events(run.run_id)
     plan = json.loads(run.plan_json)
+    rows = timeline(plan, events)
+    facts = _run_facts(run, events)
     report = {
-        "run": _run_facts(run, events),
+        "run": facts,
         "operators": sorted({run.operator, *_deciders(events)}),
         "outcome": _outcome(run, events),
-        "timeline": timeline(plan, events),
+        "timeline": rows,
+        "estimate": estimate_and_actual(events, rows, facts["duration_s"]),
         "milestones": milestones(events),
         "gate_decisions": gate_decisions(events),
         "option_changes": option_changes(events),
@@ -116,6 +119,41 @@ def timeline(plan: dict[str, Any], events: list[Event]) -> list[dict[str, Any]]:
         )
         STATE_EVENTS[event.kind](row, event, planned)
     return sorted(states.values(), key=lambda r: (r["started_at"] is None, r["started_at"] or ""))
+
+
+def estimate_and_actual(
+    events: list[Event], rows: list[dict[str, Any]], run_seconds: float | None
+) -> dict[str, Any] | None:
+    """The estimate the run made at its start beside what each state and the run took."""
+    made = next((e for e in events if e.kind == EventKind.ESTIMATE), None)
+    if made is None:
+        return None
+    took = {r["state_id"]: r["wall_seconds"] for r in rows if r["phase"] == "forward"}
+    states = [
+        {
+            "state_id": s["id"],
+            "estimated_s": s["seconds"],
+            "actual_s": took.get(s["id"]),
+            "sources": s.get("sources", []),
+        }
+        for s in made.payload.get("states", [])
+    ]
+    return {
+        "total_estimated_s": made.payload.get("total_s"),
+        "total_actual_s": run_seconds,
+        "states": states,
+    }
+
+
+def estimate_line(report: dict[str, Any]) -> str | None:
+    compared = report.get("estimate")
+    if not compared:
+        return None
+    estimated, actual = compared["total_estimated_s"], compared["total_actual_s"]
+    line = f"estimated {_secs(estimated)} at the start, took {_secs(actual)}"
+    if estimated and actual:
+        line += f" ({(actual - estimated) / estimated:+.0%})"
+    return line
 
 
 def _state_row(phase: str, state_id: str, planned: dict[str, Any]) -> dict[str, Any]:
@@ -398,6 +436,7 @@ def as_markdown(report: dict[str, Any]) -> str:
         *([f"- {line}"] if (line := rehearsal_line(report)) else []),
         f"- operator(s): {', '.join(report['operators'])} on {run['hostname']}",
         f"- started {run['created_at']}, last event after {_secs(run['duration_s'])}",
+        *([f"- {line}"] if (line := estimate_line(report)) else []),
         f"- outcome: **{report['outcome']['status']}**: {report['outcome']['message'] or '-'}",
         "",
         "## Timeline",
@@ -416,6 +455,12 @@ def as_markdown(report: dict[str, Any]) -> str:
             f"{a['status']} | {_secs(a['seconds'])} |"
             for a in state["actions"]
         ]
+    if report.get("estimate"):
+        out += _md_table(
+            "Estimate and actual",
+            ("state_id", "estimated_s", "actual_s", "sources"),
+            report["estimate"]["states"],
+        )
     out += _md_table(
         "Gate decisions",
         GATE_COLUMNS,
@@ -485,6 +530,7 @@ def as_text(report: dict[str, Any]) -> str:
         f"plan {run['plan_hash'][:16]}  started {run['created_at']}  "
         f"elapsed {_secs(run['duration_s'])}",
         *([line] if (line := rehearsal_line(report)) else []),
+        *([line] if (line := estimate_line(report)) else []),
         "",
     ]
     for state in report["timeline"]:
@@ -579,6 +625,7 @@ def _html_facts(report: dict[str, Any]) -> str:
         ("Operator(s)", f"{', '.join(report['operators'])} on {run['hostname']}"),
         ("Started", run["created_at"]),
         ("Last event after", _secs(run["duration_s"])),
+        *([("Estimate", line)] if (line := estimate_line(report)) else []),
     ]
     cells = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in rows)
     status = outcome["status"]

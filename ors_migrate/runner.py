@@ -10,6 +10,7 @@ interrupted by a signal is recorded as such.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import signal
 from collections.abc import Callable, Iterator
@@ -41,6 +42,7 @@ from ors_migrate.errors import (
     VerificationFailed,
 )
 from ors_migrate.estate_lock import estate_claims
+from ors_migrate.estimate import Durations, durations_of, estimate_plan, measured_for
 from ors_migrate.events import ROLLBACK_EVENTS, EventKind
 from ors_migrate.gate import session_counts
 from ors_migrate.journal import Journal, RunLock, RunRecord, operator_name
@@ -52,12 +54,14 @@ from ors_migrate.site import App, LoadedSite, Site, load_site
 from ors_migrate.step import (
     ROLLBACK,
     ActionTable,
+    ChangeWindow,
     OptionValues,
     Plan,
     RunContext,
     RunUi,
     SwitchoverPolicy,
     Transports,
+    clock,
 )
 from ors_migrate.undo import changed_apps, restricted, summarize
 
@@ -308,6 +312,19 @@ def refuse_rule_errors(
     return sorted({f.rule for f in errors})
 
 
+def durations_for(loaded: LoadedSite, state_dir: Path) -> Durations:
+    """For `plan`: the site's durations and those of its latest succeeded run, reading the state
+    directory only when it holds a journal (planning creates nothing)."""
+    journal_file = state_dir / "journal.sqlite3"
+    if not journal_file.is_file():
+        return durations_of(loaded.site, None)
+    journal = Journal(state_dir)
+    try:
+        return durations_of(loaded.site, measured_for(journal, loaded.site.name))
+    finally:
+        journal.close()
+
+
 class Runner:
     def __init__(
         self,
@@ -317,12 +334,23 @@ class Runner:
         switchover_policy: SwitchoverPolicy | None = None,
         transports: TransportFactory = TransportPool,
         create: bool = True,
+        window_end: dt.datetime | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.transports = transports
         self.ui = ui
         self.journal = Journal(state_dir, create=create)
         self.switchover_policy = switchover_policy
+        self.window_end = window_end
+
+    def durations(self, loaded: LoadedSite) -> Durations:
+        """The site's declared durations, else those of its latest succeeded run here."""
+        return durations_of(loaded.site, measured_for(self.journal, loaded.site.name))
+
+    def _window(self, durations: Durations) -> ChangeWindow | None:
+        if self.window_end is None:
+            return None
+        return ChangeWindow(self.window_end, durations.seconds)
 
     def close(self) -> None:
         self.journal.close()
@@ -493,7 +521,16 @@ class Runner:
         except BaseException:
             ctx.close()
             raise
-        self.ui.info(f"run {run_id}: {plan.title} ({len(plan.states)} states)")
+        durations = self.durations(loaded)
+        estimate = estimate_plan(plan, durations)
+        ctx.record(EventKind.ESTIMATE, payload=estimate.as_dict())
+        self.ui.info(
+            f"run {run_id}: {plan.title} ({len(plan.states)} states, "
+            f"estimated {clock(estimate.total_s)})"
+        )
+        window = self._window(durations)
+        if window is not None:
+            self.ui.info(window.describe_left())
         factory = self._rollback_plan_factory(loaded, plan.rollback_playbook, frozenset(), run_id)
         return Engine(
             ctx,
@@ -502,6 +539,7 @@ class Runner:
             auto_rollback=auto_rollback,
             rollback_plan=factory,
             cause_of=as_cause,
+            window=window,
         )
 
     def _resumed(
@@ -532,6 +570,9 @@ class Runner:
         except BaseException:
             ctx.close()
             raise
+        window = self._window(self.durations(loaded))
+        if window is not None:
+            self.ui.info(window.describe_left())
         return Engine(
             ctx,
             plan,
@@ -540,6 +581,7 @@ class Runner:
             rollback_plan=factory,
             rollback_flags=flags,
             cause_of=as_cause,
+            window=window,
         )
 
     def _resumable(self, loaded: LoadedSite, run_id: str | None) -> RunRecord:

@@ -511,6 +511,19 @@ class RehearsalOf(StrictModel):
     sha256: str = Field(description="SHA-256 of that file when the lab was made")
 
 
+class StepDurations(StrictModel):
+    """How long this site's slow steps take, in seconds: the plan's estimate and `run
+    --window-end` use them before any earlier run of the site has measured them."""
+
+    restart_s: float | None = Field(
+        default=None, gt=0, description="one ORS restart until it runs as backup"
+    )
+    switchover_s: float | None = Field(
+        default=None, gt=0, description="one switchover until the pair has settled"
+    )
+    upgrade_s: float | None = Field(default=None, gt=0, description="one ORS upgrade")
+
+
 class Site(StrictModel):
     """An ors-migrate site file."""
 
@@ -527,6 +540,7 @@ class Site(StrictModel):
         default=None, description="set in a lab's site file made by `lab up --from`"
     )
     verification: VerificationSettings = VerificationSettings()
+    durations: StepDurations | None = None
 
     @model_validator(mode="after")
     def _references_and_uniqueness(self) -> Site:

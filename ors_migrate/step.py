@@ -7,6 +7,7 @@ runner or a face; the composition root (`runner.py`) hands in the concrete parts
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -101,6 +102,39 @@ class SwitchoverPolicy:
 
     def as_dict(self) -> dict[str, Any]:
         return {"below": self.below, "wait_s": self.wait_s}
+
+
+def clock(seconds: float) -> str:
+    """A duration as an operator reads it: 45 s, 12 min 5 s, 2 h 3 min."""
+    whole = max(0, round(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+@dataclass(frozen=True)
+class ChangeWindow:
+    """`run --window-end`: no disruptive step starts when its estimate says it would end after
+    `end`; the run pauses at the last safe point before it instead."""
+
+    end: dt.datetime  # aware
+    seconds: Callable[[PlannedAction], float]  # the estimate of one action
+    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+
+    def left_s(self) -> float:
+        return (self.end - self.now()).total_seconds()
+
+    def ends(self) -> str:
+        return self.end.astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+    def describe_left(self) -> str:
+        left = self.left_s()
+        shown = clock(left) if left > 0 else "no time"
+        return f"change window: {shown} left (it ends {self.ends()})"
 
 
 # The plan's value types
@@ -300,6 +334,7 @@ class GateView:
     next_actions: list[str] = field(default_factory=list)
     hosts: list[str] = field(default_factory=list)
     sessions: list[SessionCount] = field(default_factory=list)
+    window: str | None = None  # the change window's time left, with `run --window-end`
 
     def sessions_at_risk(self) -> int:
         return sum(s.active or 0 for s in self.sessions)

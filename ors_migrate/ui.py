@@ -507,6 +507,8 @@ def render_gate(view: GateView) -> RenderableType:
     grid.add_row("Done so far", Text("\n".join(view.done) or "nothing yet in this run"))
     if view.risk:
         grid.add_row(Text("At risk", style="bold red"), Text(view.risk, style="yellow"))
+    if view.window:
+        grid.add_row("Window", Text(view.window))
     parts: list[Any] = [grid]
     if view.sessions:
         parts.append(_sessions_table(view))
@@ -537,6 +539,8 @@ def gate_lines(view: GateView) -> list[str]:
     lines += [f"done: {d}" for d in view.done]
     if view.risk:
         lines.append(f"at risk: {view.risk}")
+    if view.window:
+        lines.append(view.window)
     lines += [
         f"sessions in progress on {s.app} (primary of {s.ha_pair}, host {s.host}): "
         + (str(s.active) if s.active is not None else f"unknown ({s.error})")

@@ -36,6 +36,7 @@ LAYER_OF_MODULE = {
     "plan": "planning",
     "rules": "planning",
     "undo": "planning",
+    "estimate": "planning",
     "engine": "engine",
     "gate": "engine",
     "context": "root",

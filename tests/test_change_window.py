@@ -1,0 +1,169 @@
+"""The plan's estimate and the change window: durations from the site file, from an earlier run
+of the same site or our labelled defaults; `run --window-end` starts no disruptive step that
+would end after the window and pauses at the last safe point, resumable in the next window."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from conftest import REPO, cli
+from tiny_site import make_tiny_site
+
+from ors_migrate.engine import pause_points
+from ors_migrate.errors import InputError
+from ors_migrate.estimate import SOURCE_OURS, SOURCE_SITE, parse_window_end
+from ors_migrate.runner import load_playbook, make_plan
+from ors_migrate.site import load_site
+
+UPGRADE_AND_RESTART = """
+name: upgrade-and-restart
+title: Upgrade, then the standard restart
+states:
+  - id: upgrade-ors
+    title: ORS applications are installed at the target version
+    seed_step: prepare.3
+    scope: app
+    actions:
+      - do: ors.upgrade
+  - id: standard-restart
+    title: Restart ORS by the standard procedure
+    seed_step: prepare.5
+    scope: ha_pair
+    actions:
+      - do: service.restart
+        role: backup
+      - do: service.switchover
+      - do: service.restart
+        role: backup
+"""
+DURATIONS = "durations:\n  restart_s: 40\n  switchover_s: 10\n  upgrade_s: 1\n"
+
+
+def _in(seconds: float) -> str:
+    return (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)).isoformat()
+
+
+def test_window_end_reads_a_time_of_day_or_a_timestamp_and_refuses_the_past():
+    now = dt.datetime(2026, 12, 1, 22, 30, tzinfo=dt.UTC)
+    tonight = parse_window_end("23:45", now)
+    assert tonight > now and tonight - now < dt.timedelta(days=1)
+    assert tonight.astimezone(now.astimezone().tzinfo).strftime("%H:%M") == "23:45"
+    assert parse_window_end("04:00", now) - now < dt.timedelta(days=1)  # the next 04:00
+    stamp = parse_window_end("2026-12-02T05:00:00+00:00", now)
+    assert stamp == dt.datetime(2026, 12, 2, 5, 0, tzinfo=dt.UTC)
+    for wrong in ("2026-12-01T21:00:00+00:00", "soon", "25:00"):
+        with pytest.raises(InputError, match="--window-end"):
+            parse_window_end(wrong, now)
+
+
+def test_a_run_pauses_only_between_pairs_and_never_inside_a_state_that_enables_redis():
+    example = load_site(REPO / "examples" / "site.yaml")
+    plan = make_plan(example, load_playbook("migrate-to-redis"))
+    by_id = {state.id: state for state in plan.states}
+    restart = pause_points(by_id["standard-restart"])
+    assert [len(unit) for unit in restart] == [3] * 5  # restart backup, switchover, restart
+    assert all(len({step.target.ha_pair for step in unit}) == 1 for unit in restart)
+    for enabling in ("enable-redis-on-backups", "enable-redis-on-new-backups"):
+        assert by_id[enabling].enables_redis
+        assert pause_points(by_id[enabling]) == [by_id[enabling].actions]
+    assert [len(unit) for unit in pause_points(by_id["upgrade-ors"])] == [1] * 10
+
+
+def test_plan_estimates_from_the_site_then_from_an_earlier_run(tmp_path):
+    site = make_tiny_site(tmp_path / "site")
+    playbook = site.write_playbook("pb", UPGRADE_AND_RESTART)
+    state = str(tmp_path / "state")
+
+    shown = cli("plan", str(site.path), "-p", str(playbook), "--state-dir", state)
+    assert shown.returncode == 0, shown.stderr
+    assert "estimated duration" in shown.stdout and SOURCE_OURS in shown.stdout
+    assert not (tmp_path / "state").exists()  # planning creates nothing
+
+    site.path.write_text(site.path.read_text() + DURATIONS)
+    planned = json.loads(
+        cli("plan", str(site.path), "-p", str(playbook), "-f", "json", "--state-dir", state).stdout
+    )
+    restart = next(s for s in planned["estimate"]["states"] if s["id"] == "standard-restart")
+    assert restart["seconds"] == 90.0 and restart["sources"] == [SOURCE_SITE]
+
+    done = cli("run", str(site.path), "-p", str(playbook), "--yes", "--state-dir", state)
+    assert done.returncode == 0, done.stderr
+    run_id = json.loads(cli("runs", "--json", "--state-dir", state).stdout)[0]["run_id"]
+    site.path.write_text(site.path.read_text().replace(DURATIONS, ""))
+    measured = json.loads(
+        cli("plan", str(site.path), "-p", str(playbook), "-f", "json", "--state-dir", state).stdout
+    )
+    restart = next(s for s in measured["estimate"]["states"] if s["id"] == "standard-restart")
+    assert restart["sources"] == [f"run {run_id}"]
+    assert restart["seconds"] < 30  # the tiny site's restarts take a moment, not our 90 s
+
+    report = json.loads(cli("report", run_id, "-f", "json", "--state-dir", state).stdout)
+    compared = report["estimate"]
+    assert compared["total_estimated_s"] > 0 and compared["total_actual_s"] > 0
+    assert {s["state_id"] for s in compared["states"]} == {"upgrade-ors", "standard-restart"}
+
+
+def test_window_end_pauses_at_a_safe_point_and_resume_finishes(tmp_path):
+    site = make_tiny_site(tmp_path / "site")
+    site.path.write_text(site.path.read_text() + DURATIONS)
+    playbook = site.write_playbook("pb", UPGRADE_AND_RESTART)
+    state = str(tmp_path / "state")
+
+    paused = cli(
+        "run", str(site.path), "-p", str(playbook), "--yes", "--state-dir", state,
+        "--window-end", _in(60),
+    )  # fmt: skip
+    assert paused.returncode == 130, paused.stderr
+    assert "paused at a safe point before 'standard-restart'" in paused.stderr
+    assert "about 1 min 30 s" in paused.stderr  # what is left
+    run = json.loads(cli("runs", "--json", "--state-dir", state).stdout)[0]
+    assert run["status"] == "paused"
+    assert (site.role("ors-a"), site.role("ors-b")) == ("primary", "backup")
+    events = json.loads(cli("report", run["run_id"], "-f", "json", "--state-dir", state).stdout)
+    assert [s["status"] for s in events["timeline"]][:1] == ["done"]  # the upgrade ran
+
+    resumed = cli("run", str(site.path), "-p", str(playbook), "--yes", "--resume",
+                  "--state-dir", state)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert (site.role("ors-a"), site.role("ors-b")) == ("backup", "primary")
+
+
+@pytest.mark.slow
+def test_window_end_on_a_lab_stops_with_every_pair_settled_and_resume_finishes(make_lab, tmp_path):
+    lab = make_lab(clusters=1, pairs_per_cluster=2)
+    lab.site.write_text(lab.site.read_text() + DURATIONS)
+    state = str(tmp_path / "state")
+
+    paused = cli("run", str(lab.site), "--yes", "--state-dir", state, "--window-end", _in(60))
+    assert paused.returncode == 130, paused.stderr[-3000:]
+    assert "paused at a safe point before 'standard-restart'" in paused.stderr
+    status = json.loads(cli("lab", "status", "--dir", str(lab.root), "--json").stdout)
+    pairs: dict[str, list[str]] = {}
+    for app in status["apps"]:
+        pairs.setdefault(app["ha_pair"], []).append(app["role"])
+    assert all(sorted(roles) == ["backup", "primary"] for roles in pairs.values()), pairs
+    assert {a["type"] for a in status["apps"]} == {"cassandra"}
+
+    resumed = cli("run", str(lab.site), "--yes", "--resume", "--state-dir", state)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    status = json.loads(cli("lab", "status", "--dir", str(lab.root), "--json").stdout)
+    assert {a["type"] for a in status["apps"]} == {"redis"}
+
+
+def test_the_gate_screen_shows_the_time_left_in_the_window():
+    import io
+
+    from rich.console import Console
+
+    from ors_migrate.step import ChangeWindow, GateView
+    from ors_migrate.ui import render_gate
+
+    start = dt.datetime(2026, 12, 1, 23, 0, tzinfo=dt.UTC)
+    window = ChangeWindow(start + dt.timedelta(minutes=75), lambda step: 1.0, now=lambda: start)
+    view = GateView("Set type=redis on the backups", "enable-redis-on-backups", "enable.1",
+                    "state 8 of 14", None, window=window.describe_left())  # fmt: skip
+    console = Console(file=io.StringIO(), width=160, record=True, no_color=True)
+    console.print(render_gate(view))
+    assert "change window: 1 h 15 min left" in console.export_text()

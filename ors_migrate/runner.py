@@ -318,7 +318,7 @@ def durations_for(loaded: LoadedSite, state_dir: Path) -> Durations:
     journal_file = state_dir / "journal.sqlite3"
     if not journal_file.is_file():
         return durations_of(loaded.site, None)
-    journal = Journal(state_dir)
+    journal = Journal(state_dir, create=False)
     try:
         return durations_of(loaded.site, measured_for(journal, loaded.site.name))
     finally:

@@ -22,6 +22,8 @@ def spawn(*args: str, cwd: Path, timeout: float = 20) -> pexpect.spawn:
         "PYTHONPATH": str(REPO),
     }
     env.pop("NO_COLOR", None)
+    for sized in ("COLUMNS", "LINES"):  # the pty's own size is the terminal's (a test runner
+        env.pop(sized, None)  # may set these for its own output)
     return pexpect.spawn(
         sys.executable,
         ["-m", "ors_migrate", *args],

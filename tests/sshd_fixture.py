@@ -60,16 +60,20 @@ def generate_key(path: Path, *, passphrase: str = "", comment: str = "orsm-test"
 
 
 def ensure_login_user(name: str = LOGIN_USER) -> pwd.struct_passwd:
-    """A plain user that sshd lets in with a key: created if missing, unlocked with `-p '*'`."""
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(
-            ["useradd", "-m", "-s", "/bin/bash", "-c", "ors-migrate SSH test login", name],
-            capture_output=True,
-        )
-    subprocess.run(["usermod", "-p", "*", name], check=True, capture_output=True)
-    return pwd.getpwnam(name)
+    """A plain user that sshd lets in with a key: created if missing, unlocked with `-p '*'`.
+    Test workers running at once take turns (useradd and usermod lock /etc/passwd)."""
+    from filelock import FileLock
+
+    with FileLock(os.path.join(tempfile.gettempdir(), "orsm-login-user.lock")):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(
+                ["useradd", "-m", "-s", "/bin/bash", "-c", "ors-migrate SSH test login", name],
+                capture_output=True,
+            )
+        subprocess.run(["usermod", "-p", "*", name], check=True, capture_output=True)
+        return pwd.getpwnam(name)
 
 
 def free_port() -> int:

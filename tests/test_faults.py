@@ -194,7 +194,9 @@ def test_full_state_disk_stops_the_run_with_its_cause_and_resume_finishes_it(mak
     lab = make_lab(clusters=1, pairs_per_cluster=1)
     state_dir = tmp_path / "state"
     state_dir.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(state_dir)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(state_dir)], check=True
+    )
     try:
         proc = start_run(lab.site, state_dir, "--yes")
         when(state_dir, state_started("standard-restart"), proc)

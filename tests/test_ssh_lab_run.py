@@ -62,7 +62,10 @@ def _over_ssh(
         rf"\g<1>127.0.0.1:{cql_port}",
         text,
     )
-    text += "  username: ors\n  password: env:ORS_TEST_CASSANDRA_PASSWORD\n"
+    text = text.replace(
+        "  keyspace: orchestration\n",
+        "  keyspace: orchestration\n  username: ors\n  password: env:ORS_TEST_CASSANDRA_PASSWORD\n",
+    )
     site.write_text(text)
 
 

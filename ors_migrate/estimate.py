@@ -153,6 +153,9 @@ def measure(run: RunRecord, events: Iterable[Event]) -> Measured:
         if event.kind == EventKind.STATE_STARTED and event.state_id:
             state_started.setdefault(event.state_id, _ts(event))
             first_state = first_state or _ts(event)
+        elif event.kind == EventKind.GATE_DECISION and event.state_id in state_started:
+            # The time a person took to answer is not the state's: count from the answer.
+            state_started[event.state_id] = _ts(event)
         elif event.kind == EventKind.STATE_ENDED and event.state_id in state_started:
             state_wall[event.state_id] = (
                 _ts(event) - state_started[event.state_id]

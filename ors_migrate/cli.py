@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -717,7 +718,16 @@ def report(
     print(f"wrote {output}", file=sys.stderr)
 
 
+def _fewer_collections() -> None:
+    """A plan of 500 HA pairs allocates hundreds of thousands of objects that live as long as
+    the command, and nearly none form cycles: the collector's default rhythm spent a fifth of
+    `plan` rescanning them. What is loaded so far is kept out of its scans."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def main() -> None:
+    _fewer_collections()
     if os.environ.get("NO_COLOR"):
         os.environ.setdefault("TERM", "dumb")
     try:

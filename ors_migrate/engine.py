@@ -238,10 +238,11 @@ class Engine:
             self._gate(state, phase, events)
             started = self.clock()
             self._deadline = started + state.timeout_s if state.timeout_s else None
+            by_action = events_by_action(events)
             for unit in units:
                 self._within_window(plan, state, unit, phase, events)
                 for step in unit:
-                    self._run_action(state, step, events)
+                    self._run_action(state, step, by_action.get(step.key, []))
             self._deadline = None
             self.ctx.record(
                 EventKind.STATE_ENDED,
@@ -360,7 +361,7 @@ class Engine:
         note = ""
         try:
             if intents and action.changes_world:
-                intent = intents[-1]
+                intent = dict(intents[-1])  # the journal's events are shared: not changed here
                 if self._reconcile(state, step, action, intent):
                     self._ended(state, step, {"reconciled": True, **intent}, started)
                     return
@@ -477,6 +478,16 @@ class Engine:
             seconds,
             note or ("already done before the interruption" if observed.get("reconciled") else ""),
         )
+
+
+def events_by_action(events: list[Event]) -> dict[str, list[Event]]:
+    """The events of each action, in order: a resumed state looks up each of its actions
+    without scanning the whole journal for each (10,000 events, thousands of actions)."""
+    found: dict[str, list[Event]] = {}
+    for event in events:
+        if event.action_key is not None:
+            found.setdefault(event.action_key, []).append(event)
+    return found
 
 
 def pause_points(state: PlannedState) -> list[list[PlannedAction]]:

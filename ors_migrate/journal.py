@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -171,6 +172,8 @@ class Journal:
     def __init__(self, state_dir: Path, *, create: bool = True) -> None:
         self.state_dir = state_dir
         self.path = state_dir / "journal.sqlite3"
+        self._read: dict[str, list[Event]] = {}
+        self._read_lock = threading.Lock()
         if create:
             statedir.ensure_dir(state_dir)
         exists = statedir.check_dir(state_dir) and statedir.check_file(self.path)
@@ -380,12 +383,19 @@ class Journal:
             self._event(db, run_id, kind, phase, state_id, action_key, payload or {})
 
     def events(self, run_id: str) -> list[Event]:
-        rows = self.db.execute(
-            "SELECT seq, ts, kind, phase, state_id, action_key, payload FROM events"
-            " WHERE run_id = ? ORDER BY seq",
-            (run_id,),
-        )
-        return [Event(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows]
+        """Every event of the run, in order. Each is read and decoded once per journal: a later
+        call reads only the events recorded since (by anyone), so resuming a run of 10,000
+        events decodes them once, not at every state. The payloads are shared between calls:
+        copy one before changing it."""
+        with self._read_lock:
+            known = self._read.setdefault(run_id, [])
+            rows = self.db.execute(
+                "SELECT seq, ts, kind, phase, state_id, action_key, payload FROM events"
+                " WHERE run_id = ? AND seq > ? ORDER BY seq",
+                (run_id, known[-1].seq if known else -1),
+            )
+            known.extend(Event(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows)
+            return list(known)
 
     # Original option values, captured once per application before its first edit
     def has_originals(self, run_id: str, app: str) -> bool:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+from typing import Any
 
 from ors_migrate.estimate import Estimate
 from ors_migrate.step import Plan, PlannedAction, clock
@@ -178,12 +181,30 @@ def as_mermaid(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def as_json(data: dict[str, Any]) -> str:
+    """The plan as JSON, indented by 2 down to each planned action, which is one line: the
+    standard library indents only in pure Python, and a plan of 500 HA pairs (10,000 actions,
+    14 MB) took most of a second; one line per action is also what grep and diff want."""
+    token = os.urandom(8).hex()
+    actions: list[Any] = []
+    skeleton = dict(data)
+    skeleton["states"] = []
+    for state in data.get("states", []):
+        placeholders = []
+        for action in state.get("actions", []):
+            placeholders.append(f"{token}:{len(actions)}")
+            actions.append(action)
+        skeleton["states"].append({**state, "actions": placeholders})
+    text = json.dumps(skeleton, indent=2)
+    return re.sub(f'"{token}:(\\d+)"', lambda m: json.dumps(actions[int(m.group(1))]), text)
+
+
 def render_plan(plan: Plan, fmt: str, estimate: Estimate | None = None) -> str:
     if fmt == "json":
         data = plan.as_dict()
         if estimate is not None:
             data["estimate"] = estimate.as_dict()
-        return json.dumps(data, indent=2)
+        return as_json(data)
     if fmt == "markdown":
         text = as_markdown(plan)
         return f"{text}\n{estimate_line(estimate)}\n" if estimate else text

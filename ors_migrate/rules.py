@@ -15,6 +15,7 @@ finding: the site file, or the playbook for findings about a state.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -434,8 +435,8 @@ def redis_nodes_syntax(options: OptionValues) -> Iterator[Problem]:
             loc,
         )
         return
-    nodes = [n for n in value.split(";") if n]
-    doubled = sorted({n for n in nodes if nodes.count(n) > 1})
+    counts = Counter(n for n in value.split(";") if n)
+    doubled = sorted(n for n, count in counts.items() if count > 1)
     if doubled:
         yield Problem(f"redis-nodes lists {_names(doubled)} more than once", loc)
 
@@ -489,8 +490,15 @@ class OptionWrite:
         return self.key == (PERSISTENCE, TYPE) and self.new == REDIS
 
 
+# While `check` runs, the option writes of the plan it checks (five rules read them).
+_WRITES_BEING_CHECKED: dict[int, dict[str, list[OptionWrite]]] = {}
+
+
 def option_writes(plan: Plan) -> dict[str, list[OptionWrite]]:
     """Every option write of the plan, per application, in execution order."""
+    known = _WRITES_BEING_CHECKED.get(id(plan))
+    if known is not None:
+        return known
     writes: dict[str, list[OptionWrite]] = {}
     for index, state in enumerate(plan.states):
         for action in state.actions:
@@ -654,8 +662,13 @@ def upgrade_missing(site: Site, plan: Plan) -> Iterator[Problem]:
 def check_options(plan: Plan) -> list[Finding]:
     """The option rules on each application's options; the same finding is reported once."""
     found: dict[tuple[str, str], Finding] = {}
+    checked: set[tuple[tuple[tuple[str, str], str | None], ...]] = set()
     for writes in option_writes(plan).values():
         values = options_when_enabled(writes)
+        seen = tuple(sorted(values.items()))
+        if seen in checked:
+            continue  # the rules are pure: the same options give the same findings
+        checked.add(seen)
         for rule in OPTION_RULES:
             for finding in rule(values):
                 found.setdefault((finding.rule, finding.message), finding)
@@ -680,7 +693,11 @@ def check_site(loaded: LoadedSite) -> list[Finding]:
 
 def check(loaded: LoadedSite, plan: Plan, playbook: LoadedPlaybook | None = None) -> list[Finding]:
     """Every rule on the site, its options and its plan; each finding with its file and line."""
-    found = check_options(plan) + [f for rule in PLAN_RULES for f in rule(loaded.site, plan)]
+    _WRITES_BEING_CHECKED[id(plan)] = option_writes(plan)
+    try:
+        found = check_options(plan) + [f for rule in PLAN_RULES for f in rule(loaded.site, plan)]
+    finally:
+        del _WRITES_BEING_CHECKED[id(plan)]
     located = check_site(loaded) + [_locate(f, loaded, playbook) for f in found]
     return sorted(located, key=lambda f: (f.file != loaded.path, f.file or "", f.line or 0))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import hashlib
 import re
 import string
@@ -585,30 +586,48 @@ class Site(StrictModel):
             for app in pair.apps:
                 yield cluster, pair, app
 
+    @functools.cached_property
+    def _apps_by_name(self) -> dict[str, tuple[OrsCluster, HaPair, App]]:
+        """The first application of each name (a site with 1,000 is planned in 10,000 steps,
+        each looking its application up)."""
+        found: dict[str, tuple[OrsCluster, HaPair, App]] = {}
+        for entry in self.apps():
+            found.setdefault(entry[2].name, entry)
+        return found
+
+    @functools.cached_property
+    def _pairs_by_name(self) -> dict[str, tuple[OrsCluster, HaPair]]:
+        found: dict[str, tuple[OrsCluster, HaPair]] = {}
+        for entry in self.pairs():
+            found.setdefault(entry[1].name, entry)
+        return found
+
     def find_app(self, name: str) -> tuple[OrsCluster, HaPair, App]:
-        for found in self.apps():
-            if found[2].name == name:
-                return found
-        raise KeyError(name)
+        return self._apps_by_name[name]
 
     def find_pair(self, name: str) -> tuple[OrsCluster, HaPair]:
-        for found in self.pairs():
-            if found[1].name == name:
-                return found
-        raise KeyError(name)
+        return self._pairs_by_name[name]
 
     def placeholder_values(self, app_name: str) -> dict[str, str]:
         """What an application's {placeholders} stand for in the site's commands and paths
         (SERVICE_PLACEHOLDERS; the backend's and the FIPS paths' are a subset)."""
-        cluster, pair, app = self.find_app(app_name)
-        return {
-            "app": app.name,
-            "host": app.host,
-            "cluster": cluster.name,
-            "pair": pair.name,
-            "peer": next(a.name for a in pair.apps if a.name != app_name),
-            "install_dir": app.install_dir or "",
-        }
+        known = self._placeholders
+        if app_name not in known:
+            cluster, pair, app = self.find_app(app_name)
+            known[app_name] = {
+                "app": app.name,
+                "host": app.host,
+                "cluster": cluster.name,
+                "pair": pair.name,
+                "peer": next(a.name for a in pair.apps if a.name != app_name),
+                "install_dir": app.install_dir or "",
+            }
+        return dict(known[app_name])
+
+    @functools.cached_property
+    def _placeholders(self) -> dict[str, dict[str, str]]:
+        """placeholder_values by application, filled as they are asked for."""
+        return {}
 
     def options_path(self, app_name: str) -> str:
         """Where the ini-file backend finds an application's options: its own `options_path`,
@@ -621,12 +640,16 @@ class Site(StrictModel):
 
     def app_loc(self, name: str) -> tuple[str | int, ...]:
         """The path of keys to an application in the site file, to name its line."""
+        return self._app_locs[name]
+
+    @functools.cached_property
+    def _app_locs(self) -> dict[str, tuple[str | int, ...]]:
+        found: dict[str, tuple[str | int, ...]] = {}
         for c, cluster in enumerate(self.ors_clusters):
             for p, pair in enumerate(cluster.ha_pairs):
                 for a, app in enumerate(pair.apps):
-                    if app.name == name:
-                        return ("ors_clusters", c, "ha_pairs", p, "apps", a)
-        raise KeyError(name)
+                    found.setdefault(app.name, ("ors_clusters", c, "ha_pairs", p, "apps", a))
+        return found
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,27 @@ MAX_NODES = 200_000
 
 
 class LocatedDocument:
-    """A parsed YAML document and the way back from a path of keys to a line number."""
+    """A parsed YAML document and the way back from a path of keys to a line number.
 
-    def __init__(self, path: str, root: Any, error: type[InputError] = InputError) -> None:
+    `root` is ruamel's round-trip tree, or, for a document read by the fast path, the plain
+    data itself with `lines` (the line of every key and item by its path of keys)."""
+
+    def __init__(
+        self,
+        path: str,
+        root: Any,
+        error: type[InputError] = InputError,
+        lines: dict[tuple[str | int, ...], int] | None = None,
+    ) -> None:
         self.path = path
         self.root = root
         self.error = error
+        self.lines = lines
 
     def data(self) -> Any:
         """Plain dicts and lists; aliases are copied, so a self-referencing one is refused."""
+        if self.lines is not None:
+            return self.root  # the fast path built plain data and refused aliases
         try:
             return _PlainCopy(MAX_NODES)(self.root)
         except (RecursionError, _TooLarge):
@@ -41,6 +53,8 @@ class LocatedDocument:
 
     def line_of(self, loc: Sequence[str | int]) -> int | None:
         """1-based line of the deepest node of `loc` that exists in the document."""
+        if self.lines is not None:
+            return self._line_from_map(loc)
         node = self.root
         line: int | None = 1
         for key in loc:
@@ -54,6 +68,16 @@ class LocatedDocument:
                 node = node[key]
             else:
                 break
+        return line
+
+    def _line_from_map(self, loc: Sequence[str | int]) -> int | None:
+        assert self.lines is not None
+        line: int | None = 1
+        for depth in range(1, len(loc) + 1):
+            found = self.lines.get(tuple(loc[:depth]))
+            if found is None:
+                break
+            line = found
         return line
 
 
@@ -153,6 +177,105 @@ def _unbuildable_scalar_line(yaml: YAML, text: str) -> int | None:
     return None
 
 
+# The fast path: libyaml (PyYAML's C parser) builds the node tree, ruamel's YAML 1.2 resolver
+# and constructor give each plain scalar its value, so the data is what ruamel would build.
+# Anything beyond plain mappings, lists and scalars goes to ruamel's own (pure Python) loader,
+# which owns every error message.
+_PLAIN, _QUOTED, _COLLECTION = " plain", " quoted", " collection"  # no tag holds a space
+_SLOW_ONLY = re.compile(r"[&!]|<<|^%", re.MULTILINE)  # anchors, tags, merge keys, directives
+
+
+class _NotPlain(Exception):
+    """The document needs ruamel's loader."""
+
+
+def _c_composer(text: str) -> Any:
+    import yaml
+
+    class Composer(yaml.CSafeLoader):  # type: ignore[name-defined,misc]
+        def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
+            if kind is yaml.ScalarNode:
+                return _PLAIN if implicit[0] else _QUOTED
+            return _COLLECTION
+
+    return Composer(text)
+
+
+class _FastBuilder:
+    """Plain data and the line of every key and item, from libyaml's nodes."""
+
+    def __init__(self) -> None:
+        import yaml
+
+        self.kinds = (yaml.ScalarNode, yaml.SequenceNode, yaml.MappingNode)
+        self.ruamel = YAML(typ="rt", pure=True)
+        self.scalars: dict[str, Any] = {}
+        self.lines: dict[tuple[str | int, ...], int] = {}
+        self.left = MAX_NODES
+
+    def scalar(self, node: Any) -> Any:
+        from ruamel.yaml.nodes import ScalarNode
+
+        if node.tag == _QUOTED:
+            return node.value
+        if node.tag != _PLAIN:
+            raise _NotPlain  # an explicit tag
+        value = node.value
+        if value not in self.scalars:
+            tag = self.ruamel.resolver.resolve(ScalarNode, value, (True, False))
+            self.scalars[value] = self.ruamel.constructor.construct_object(ScalarNode(tag, value))
+        return self.scalars[value]
+
+    def build(self, node: Any, path: tuple[str | int, ...]) -> Any:
+        self.left -= 1
+        if self.left < 0:
+            raise _NotPlain
+        scalar, sequence, mapping = self.kinds
+        if isinstance(node, scalar):
+            return self.scalar(node)
+        if node.tag != _COLLECTION:
+            raise _NotPlain
+        if isinstance(node, sequence):
+            items = []
+            for index, item in enumerate(node.value):
+                self.lines[(*path, index)] = item.start_mark.line + 1
+                items.append(self.build(item, (*path, index)))
+            return items
+        built: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, scalar):
+                raise _NotPlain
+            key = self.scalar(key_node)
+            name = key if isinstance(key, str) else str(key)
+            if name in built:
+                raise _NotPlain  # a duplicate key (or two keys alike as text)
+            self.lines[(*path, name)] = key_node.start_mark.line + 1
+            built[name] = self.build(value_node, (*path, name))
+        return built
+
+
+def _fast_document(text: str, name: str, error: type[InputError]) -> LocatedDocument | None:
+    """The document read by libyaml when it is plain YAML that reads the same in both; else
+    None (ruamel reads it)."""
+    if _SLOW_ONLY.search(text):
+        return None
+    try:
+        composer = _c_composer(text)
+        try:
+            node = composer.get_single_node()
+        finally:
+            composer.dispose()
+        if node is None:
+            return None
+        builder = _FastBuilder()
+        root = builder.build(node, ())
+    except Exception:  # noqa: BLE001 - anything unusual is ruamel's to read and to report
+        return None
+    if not isinstance(root, dict) or SURROGATE.search(text_of(root)):
+        return None
+    return LocatedDocument(name, root, error, builder.lines)
+
+
 def load_yaml(path: str | Path, error: type[InputError], what: str) -> LocatedDocument:
     """Read and parse one YAML mapping; raise `error` with file and line on any problem."""
     name = str(path)
@@ -188,6 +311,9 @@ def parse_yaml(raw: bytes, name: str, error: type[InputError], what: str) -> Loc
         raise error(f"{what} contains a NUL byte", file=name, line=line, rule="text") from None
     if not text.strip():
         raise error(f"{what} is empty", file=name, line=1, rule="not-empty")
+    fast = _fast_document(text, name, error)
+    if fast is not None:
+        return fast
     yaml = YAML(typ="rt", pure=True)
     yaml.allow_duplicate_keys = False
     try:

@@ -307,3 +307,33 @@ def test_a_state_without_timeout_runs_however_long_it_takes(world, harness):
     world.cost_s = 3600.0
 
     assert harness.run().status == "succeeded"
+
+
+def flips(states: int) -> str:
+    """A playbook of `states` states, each flipping the switch once."""
+    return "name: fake\ntitle: A fake procedure\nstates:\n" + "".join(
+        f"  - id: flip-{n}\n    title: Flip the switch\n    seed_step: null\n"
+        "    retry: {{attempts: {attempts}, backoff_s: 1.5}}\n"
+        "    actions:\n      - do: test.switch\n"
+        for n in range(states)
+    )
+
+
+def test_a_resume_decodes_each_journal_event_once_not_once_per_state(world, harness, monkeypatch):
+    import ors_migrate.journal as journal_module
+
+    assert harness.run(text=flips(1)).status == "succeeded"  # the first of three states
+    harness.journal.set_status(harness.run_id, "running")
+    first = harness.journal
+    harness.journal = Journal(first.state_dir)  # as a new process: nothing read yet
+    decoded: list[int] = []
+    event = journal_module.Event
+    monkeypatch.setattr(journal_module, "Event", lambda *row: decoded.append(row[0]) or event(*row))
+    try:
+        assert harness.run(text=flips(3)).status == "succeeded"
+    finally:
+        harness.journal.close()
+        harness.journal = first
+
+    assert world.applied == 3
+    assert decoded and len(decoded) == len(set(decoded))

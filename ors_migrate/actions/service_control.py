@@ -5,6 +5,7 @@ while its peer is running as primary."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 
@@ -53,9 +54,12 @@ def parse_status(app: str, result: CommandResult) -> AppStatus:
     )
 
 
+_quote = functools.lru_cache(maxsize=8192)(shlex.quote)
+
+
 def render(template: str, values: dict[str, str]) -> str:
     """Fill {placeholders} with shell-quoted values."""
-    return template.format_map({k: shlex.quote(v) for k, v in values.items()})
+    return template.format_map({k: _quote(v) for k, v in values.items()})
 
 
 class ServiceControl:

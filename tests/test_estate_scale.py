@@ -1,0 +1,142 @@
+"""What keeps `plan` and `run --resume` quick on a large estate, and reading exactly what they
+read before: the C parser's reading of a plain YAML file is ruamel's, line numbers included, and
+the journal decodes each event once per process. (The speed itself is measured in bench/.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ruamel.yaml import YAML
+
+from ors_migrate.errors import InputError
+from ors_migrate.journal import Journal
+from ors_migrate.site import load_site
+from ors_migrate.yamlfile import LocatedDocument, parse_yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PLAIN_FILES = sorted([*REPO.glob("examples/*.yaml"), *REPO.glob("playbooks/*.yaml")])
+
+
+def read_by_ruamel(text: str) -> LocatedDocument:
+    return LocatedDocument("f.yaml", YAML(typ="rt", pure=True).load(text))
+
+
+def every_path(data: Any, path: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
+    found = [path]
+    if isinstance(data, dict):
+        for key, value in data.items():
+            found += every_path(value, (*path, key))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            found += every_path(value, (*path, index))
+    return found
+
+
+@pytest.mark.parametrize("path", PLAIN_FILES, ids=lambda p: p.name)
+def test_a_plain_yaml_file_reads_the_same_through_libyaml_as_through_ruamel(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    fast = parse_yaml(text.encode(), str(path), InputError, "file")
+    slow = read_by_ruamel(text)
+
+    assert fast.lines is not None, "a plain file takes the fast path"
+    assert repr(fast.data()) == repr(slow.data())  # the same values of the same types
+    for where in every_path(fast.data()):
+        assert fast.line_of(where) == slow.line_of(where), where
+    assert fast.line_of(("no-such-key", 3)) == slow.line_of(("no-such-key", 3)) == 1
+
+
+SCALARS = """\
+a: 1
+b: 0o17
+c: 1_000
+d: 1.5
+e: .inf
+f: yes
+g: on
+h: ~
+i:
+j: '1'
+k: 8.1.401.12
+l: 0x1f
+m: 1e3
+n: "true"
+o: True
+p: 2026-11-30
+q: |
+  two
+  lines
+1: an integer key
+"""
+
+
+def test_scalars_read_as_yaml_1_2_as_ruamel_reads_them() -> None:
+    fast = parse_yaml(SCALARS.encode(), "f.yaml", InputError, "file")
+
+    assert fast.lines is not None
+    assert repr(fast.data()) == repr(read_by_ruamel(SCALARS).data())
+    assert fast.data()["f"] == "yes" and fast.data()["g"] == "on"  # not booleans, as in 1.1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: &x 1\nb: *x\n",  # anchors and aliases
+        "a: !!str 1\n",  # an explicit tag
+        "base: &b {x: 1}\nc:\n  <<: *b\n",  # a merge key
+        "a: 1\na: 2\n",  # a duplicate key
+        "%YAML 1.1\n---\na: yes\n",  # a directive
+        "a: 1\n---\nb: 2\n",  # two documents
+        "a:\n\t- 1\n",  # a tab
+    ],
+)
+def test_anything_beyond_plain_yaml_is_left_to_ruamel(text: str) -> None:
+    try:
+        document = parse_yaml(text.encode(), "f.yaml", InputError, "file")
+    except InputError as error:
+        assert error.file == "f.yaml" and error.rule
+        return
+    assert document.lines is None
+
+
+def test_a_site_error_names_the_same_line_through_the_fast_path(tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    text = (REPO / "examples" / "site.yaml").read_text(encoding="utf-8")
+    site.write_text(text.replace("role: backup", "role: spare", 1), encoding="utf-8")
+
+    with pytest.raises(InputError) as raised:
+        load_site(site)
+
+    expected = text.splitlines().index(
+        next(line for line in text.splitlines() if "role: backup" in line)
+    )
+    assert raised.value.line == expected + 1
+
+
+def test_the_journal_decodes_each_event_once_and_still_sees_events_recorded_since(
+    tmp_path: Path,
+) -> None:
+    journal = Journal(tmp_path / "state")
+    other = Journal(tmp_path / "state")  # another process writing the same journal
+    try:
+        run_id = journal.create_run(
+            site_name="s",
+            site_path=str(tmp_path),
+            site_digest="-",
+            playbook="p",
+            playbook_digest="-",
+            plan_hash="h",
+            plan_json="{}",
+        )
+        journal.record(run_id, "check", phase="forward", payload={"n": 1})
+        first = journal.events(run_id)
+        other.record(run_id, "check", phase="forward", payload={"n": 2})
+        second = journal.events(run_id)
+
+        assert [e.payload.get("n") for e in second] == [None, 1, 2]
+        assert all(a is b for a, b in zip(first, second, strict=False))  # not decoded again
+        assert [e.seq for e in other.events(run_id)] == [e.seq for e in second]
+    finally:
+        journal.close()
+        other.close()

@@ -329,12 +329,17 @@ class Engine:
         events: list[Event],
         halt: threading.Event,
     ) -> None:
+        """One pair's actions in order, until the pair is done or `halt` is set. Its own
+        failure sets `halt` at once, so the other pairs start no further action."""
         token = WORKING_ON.set(group[0].target.ha_pair)
         try:
             for step in group:
                 if halt.is_set():
                     return
                 self._run_action(state, step, events)
+        except BaseException:
+            halt.set()
+            raise
         finally:
             WORKING_ON.reset(token)
 

@@ -578,8 +578,9 @@ class Runner:
         if run.phase == ROLLBACK:
             self._refuse_changed_rollback(run, factory)
         ctx = self._context(loaded, run.run_id)
+        parallel = self._parallelism(run.run_id)
         try:
-            self.ui.info(f"resuming run {run.run_id}")
+            self.ui.info(f"resuming run {run.run_id} ({parallel.describe()})")
             check_live_topology(ctx, self._initial_primaries(ctx))
         except BaseException:
             ctx.close()
@@ -596,7 +597,7 @@ class Runner:
             rollback_flags=flags,
             cause_of=as_cause,
             window=window,
-            parallel=self._parallelism(run.run_id),
+            parallel=parallel,
         )
 
     def _resumable(self, loaded: LoadedSite, run_id: str | None) -> RunRecord:

@@ -71,7 +71,8 @@ def migrate(shape: LabShape, parallel: Parallelism, work: Path) -> Measured:
         lab_down(layout.root)
     if outcome.status != "succeeded":
         print(f"  the run did not succeed: {outcome.message}")
-    return Measured(parallel.describe(), outcome.status, wall, cpu, float(made.payload["total_s"]))
+    estimated = float(made.payload["total_s"])
+    return Measured(parallel.describe(), outcome.status, wall, cpu, estimated, states)
 
 
 def main(argv: list[str]) -> int:

@@ -7,7 +7,7 @@ The runs are the real `Runner.start` of `migrate-to-redis` in this process, as
 `bench/lab_migration.py` does, so `time.process_time()` is the tool's CPU.
 
     .venv/bin/python bench/parallel_waves.py                  # 30 pairs, --parallel 5 (~15 min)
-    .venv/bin/python bench/parallel_waves.py --pairs 5 --parallel 5 --per-cluster 3
+    .venv/bin/python bench/parallel_waves.py --pairs 4 --clusters 2 --parallel 4 --per-cluster 1
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ class Measured:
 
     def line(self) -> str:
         return (
-            f"  {self.label:<34} {self.status:<10} wall {self.wall_s:7.1f} s   tool CPU "
-            f"{self.cpu_s:6.2f} s ({self.cpu_s / self.wall_s:5.1%} of wall)   estimated "
-            f"{self.estimated_s:7.1f} s at its start"
+            f"  {self.label}: {self.status}, wall {self.wall_s:.1f} s, tool CPU "
+            f"{self.cpu_s:.2f} s ({self.cpu_s / self.wall_s:.1%} of wall), estimated "
+            f"{self.estimated_s:.1f} s at its start"
         )
 
 
@@ -80,8 +80,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--pairs", type=int, default=30)
     parser.add_argument("--parallel", type=int, default=5)
     parser.add_argument("--per-cluster", type=int, default=None)
+    parser.add_argument(
+        "--clusters", type=int, default=None, help="ORS clusters (they divide --pairs)"
+    )
     args = parser.parse_args(argv)
-    shape = lab_shape(args.pairs)
+    shape = (
+        LabShape(clusters=args.clusters, pairs_per_cluster=args.pairs // args.clusters)
+        if args.clusters
+        else lab_shape(args.pairs)
+    )
     warm_imports()
     print(
         f"lab migration of {args.pairs} HA pairs ({shape.clusters} x {shape.pairs_per_cluster}), "

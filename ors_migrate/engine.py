@@ -251,7 +251,7 @@ class Engine:
             self._deadline = started + state.timeout_s if state.timeout_s else None
             by_action = events_by_action(events)
             if self.parallel.applies_to(state):
-                self._run_pairs(plan, state, phase, events)
+                self._run_pairs(plan, state, phase, events, by_action)
             else:
                 for unit in units:
                     self._within_window(plan, state, unit, phase, events)
@@ -265,7 +265,14 @@ class Engine:
             )
             events = self._events(phase)
 
-    def _run_pairs(self, plan: Plan, state: PlannedState, phase: str, events: list[Event]) -> None:
+    def _run_pairs(
+        self,
+        plan: Plan,
+        state: PlannedState,
+        phase: str,
+        events: list[Event],
+        by_action: dict[str, list[Event]],
+    ) -> None:
         """The state's HA pairs, several at once within `self.parallel`: a pair starts as soon
         as a slot (and one of its cluster's) is free, in plan order. Each pair's actions run in
         order in one worker, each journaled on its own. After a failure the pairs in flight
@@ -279,7 +286,9 @@ class Engine:
             try:
                 while pairs.pending or pairs.running:
                     if failed is None and closing is None:
-                        closing = self._start_pairs(plan, state, phase, events, pairs, pool)
+                        closing = self._start_pairs(
+                            plan, state, phase, events, by_action, pairs, pool
+                        )
                     if not pairs.running:
                         break
                     done, _ = wait(pairs.running, return_when=FIRST_COMPLETED)
@@ -303,6 +312,7 @@ class Engine:
         state: PlannedState,
         phase: str,
         events: list[Event],
+        by_action: dict[str, list[Event]],
         pairs: _InFlight,
         pool: ThreadPoolExecutor,
     ) -> WindowClosing | None:
@@ -318,7 +328,7 @@ class Engine:
                 except WindowClosing as exc:
                     return exc
             pairs.pending.remove(group)
-            future = pool.submit(self._run_pair, state, group, events, pairs.halt)
+            future = pool.submit(self._run_pair, state, group, by_action, pairs.halt)
             pairs.running[future] = cluster
         return None
 
@@ -326,7 +336,7 @@ class Engine:
         self,
         state: PlannedState,
         group: list[PlannedAction],
-        events: list[Event],
+        by_action: dict[str, list[Event]],
         halt: threading.Event,
     ) -> None:
         """One pair's actions in order, until the pair is done or `halt` is set. Its own
@@ -336,7 +346,7 @@ class Engine:
             for step in group:
                 if halt.is_set():
                     return
-                self._run_action(state, step, events)
+                self._run_action(state, step, by_action.get(step.key, []))
         except BaseException:
             halt.set()
             raise

@@ -171,8 +171,8 @@ class Journal:
 
     def __init__(self, state_dir: Path, *, create: bool = True) -> None:
         # HA pairs run in parallel journal from several threads through this one connection:
-        # one write transaction at a time, so each event is atomic and `seq` orders them
-        # (reads need no lock: a statement sees committed events, or its own thread's).
+        # one write transaction at a time, so each event is atomic and `seq` orders them; reading
+        # the events waits for a write under way (on one connection it would see it uncommitted).
         self._lock = threading.RLock()
         self.state_dir = state_dir
         self.path = state_dir / "journal.sqlite3"
@@ -392,7 +392,7 @@ class Journal:
         call reads only the events recorded since (by anyone), so resuming a run of 10,000
         events decodes them once, not at every state. The payloads are shared between calls:
         copy one before changing it."""
-        with self._read_lock:
+        with self._lock, self._read_lock:
             known = self._read.setdefault(run_id, [])
             rows = self.db.execute(
                 "SELECT seq, ts, kind, phase, state_id, action_key, payload FROM events"

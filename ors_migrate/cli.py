@@ -147,8 +147,9 @@ ParallelOpt = Annotated[
     typer.Option(
         "--parallel",
         min=1,
-        help="Run up to N HA pairs of a state per HA pair at once (default 1: one pair at a "
-        "time, as documented; a resume keeps the run's own). A pair's own steps stay in order.",
+        help="In each state that works pair by pair, run up to N HA pairs at once (default 1: "
+        "one pair at a time, as documented; a resume keeps the run's own). A pair's own steps "
+        "stay in order.",
         show_default=False,
     ),
 ]

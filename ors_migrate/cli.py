@@ -8,12 +8,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ors_migrate.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, OrsMigrateError
 from ors_migrate.events import EventKind
+
+if TYPE_CHECKING:
+    from ors_migrate.parallel import Parallelism
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 success; 1 a run failed or was rolled back; 2 bad input (site file, playbook, "
@@ -37,6 +40,7 @@ EXAMPLES: dict[str, list[str]] = {
     "plan": [
         "ors-migrate plan site.yaml",
         "ors-migrate plan site.yaml --format markdown > plan.md",
+        "ors-migrate plan site.yaml --parallel 4   # the waves and the window for 4 at once",
     ],
     "schema": [
         "ors-migrate schema -o site.schema.json",
@@ -48,6 +52,7 @@ EXAMPLES: dict[str, list[str]] = {
     "run": [
         "ors-migrate run site.yaml",
         "ors-migrate run site.yaml --resume --yes     # continue unattended",
+        "ors-migrate run site.yaml --parallel 4 --parallel-per-cluster 2",
     ],
     "rollback": [
         "ors-migrate rollback 20261130-061500-ab12cd",
@@ -137,7 +142,36 @@ StateDirOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+ParallelOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--parallel",
+        min=1,
+        help="In each state that works pair by pair, run up to N HA pairs at once (default 1: "
+        "one pair at a time, as documented; a resume keeps the run's own). A pair's own steps "
+        "stay in order.",
+        show_default=False,
+    ),
+]
+PerClusterOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--parallel-per-cluster",
+        min=1,
+        help="With --parallel: at most M of those pairs in one ORS cluster, to keep capacity.",
+        show_default=False,
+    ),
+]
 DirOpt = Annotated[Path, typer.Option("--dir", help="Lab directory.")]
+
+
+def _parallelism(pairs: int | None, per_cluster: int | None) -> Parallelism | None:
+    """`--parallel` and `--parallel-per-cluster` as a `Parallelism`, or None when not given."""
+    from ors_migrate.parallel import Parallelism
+
+    if pairs is None and per_cluster is None:
+        return None
+    return Parallelism(pairs or 1, per_cluster)
 
 
 def _state_dir(value: str | None) -> Path:
@@ -205,11 +239,14 @@ def plan(
         str, typer.Option("--format", "-f", help="text, json, markdown or mermaid.")
     ] = "text",
     state_dir: StateDirOpt = None,
+    parallel: ParallelOpt = None,
+    parallel_per_cluster: PerClusterOpt = None,
 ) -> None:
     """The dry-run plan: every state in order, expanded to hosts, applications and commands,
     with option diffs, gates and the rollback point; secrets as ***; an estimate of how long
     it takes (from the site's `durations`, the site's latest succeeded run in the state
-    directory, or our defaults). A site that breaks a documented rule gets its findings on
+    directory, or our defaults), with --parallel the waves of HA pairs and the estimate for
+    that parallelism. A site that breaks a documented rule gets its findings on
     stderr instead, and exit code 2."""
     from ors_migrate.errors import InputError
     from ors_migrate.render import FORMATS, render_plan
@@ -230,7 +267,11 @@ def plan(
     from ors_migrate.estimate import estimate_plan
     from ors_migrate.runner import durations_for
 
-    estimate = estimate_plan(planned, durations_for(loaded, _state_dir(state_dir)))
+    estimate = estimate_plan(
+        planned,
+        durations_for(loaded, _state_dir(state_dir)),
+        _parallelism(parallel, parallel_per_cluster),
+    )
     typer.echo(render_plan(planned, fmt, estimate))
 
 
@@ -347,6 +388,8 @@ def run(
             "later; the run pauses at the last safe point (exit 130) for --resume.",
         ),
     ] = None,
+    parallel: ParallelOpt = None,
+    parallel_per_cluster: PerClusterOpt = None,
     state_dir: StateDirOpt = None,
 ) -> None:
     """Execute a playbook against a site, journaled so that it can be resumed."""
@@ -378,6 +421,7 @@ def run(
         _ui(yes, on_timeout=on_timeout),
         switchover_policy=policy,
         window_end=end,
+        parallel=_parallelism(parallel, parallel_per_cluster),
     )
     try:
         run_id, outcome = runner.start(

@@ -4,10 +4,12 @@ with backoff, and rolling back when a verification fails after Redis has been en
 
 from __future__ import annotations
 
+import threading
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ors_migrate.errors import (
@@ -20,6 +22,13 @@ from ors_migrate.errors import (
 from ors_migrate.events import ROLLBACK_EVENTS, EventKind, GateDecision
 from ors_migrate.gate import build_gate_view, gate_summary
 from ors_migrate.journal import Event, Journal
+from ors_migrate.parallel import (
+    WORKING_ON,
+    Parallelism,
+    cluster_of,
+    pair_groups,
+    schedule_seconds,
+)
 from ors_migrate.step import (
     FORWARD,
     ROLLBACK,
@@ -107,6 +116,7 @@ class Engine:
         clock: Callable[[], float] = time.monotonic,
         cause_of: CauseOf = no_cause,
         window: ChangeWindow | None = None,
+        parallel: Parallelism | None = None,
     ) -> None:
         self.ctx = ctx
         self.plan = plan
@@ -117,6 +127,7 @@ class Engine:
         self.sleep = sleep
         self.clock = clock
         self.window = window
+        self.parallel = parallel or Parallelism()
         self._deadline: float | None = None
         self.automatic_rollback = False
         self.cause_of = cause_of
@@ -239,10 +250,13 @@ class Engine:
             started = self.clock()
             self._deadline = started + state.timeout_s if state.timeout_s else None
             by_action = events_by_action(events)
-            for unit in units:
-                self._within_window(plan, state, unit, phase, events)
-                for step in unit:
-                    self._run_action(state, step, by_action.get(step.key, []))
+            if self.parallel.applies_to(state):
+                self._run_pairs(plan, state, phase, events, by_action)
+            else:
+                for unit in units:
+                    self._within_window(plan, state, unit, phase, events)
+                    for step in unit:
+                        self._run_action(state, step, by_action.get(step.key, []))
             self._deadline = None
             self.ctx.record(
                 EventKind.STATE_ENDED,
@@ -250,6 +264,102 @@ class Engine:
                 payload={"seconds": round(self.clock() - started, 3)},
             )
             events = self._events(phase)
+
+    def _run_pairs(
+        self,
+        plan: Plan,
+        state: PlannedState,
+        phase: str,
+        events: list[Event],
+        by_action: dict[str, list[Event]],
+    ) -> None:
+        """The state's HA pairs, several at once within `self.parallel`: a pair starts as soon
+        as a slot (and one of its cluster's) is free, in plan order. Each pair's actions run in
+        order in one worker, each journaled on its own. After a failure the pairs in flight
+        end their current action and no new action or pair starts, then the failure takes its
+        usual path; when the change window closes no new pair starts and those in flight
+        finish (each pair is left settled)."""
+        pairs = _InFlight(pair_groups(state.actions))
+        failed: BaseException | None = None
+        closing: WindowClosing | None = None
+        with ThreadPoolExecutor(self.parallel.pairs, thread_name_prefix="ha-pair") as pool:
+            try:
+                while pairs.pending or pairs.running:
+                    if failed is None and closing is None:
+                        closing = self._start_pairs(
+                            plan, state, phase, events, by_action, pairs, pool
+                        )
+                    if not pairs.running:
+                        break
+                    done, _ = wait(pairs.running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        del pairs.running[future]
+                        error = future.exception()
+                        if error is not None and failed is None:
+                            failed = error
+                            pairs.halt.set()
+            except BaseException:  # interrupted: the pairs in flight end their current action
+                pairs.halt.set()
+                raise
+        if failed is not None:
+            raise failed
+        if closing is not None:
+            raise closing
+
+    def _start_pairs(
+        self,
+        plan: Plan,
+        state: PlannedState,
+        phase: str,
+        events: list[Event],
+        by_action: dict[str, list[Event]],
+        pairs: _InFlight,
+        pool: ThreadPoolExecutor,
+    ) -> WindowClosing | None:
+        """Start every pending pair the limits allow; returns the change window closing when
+        it stops the next pair."""
+        for group in list(pairs.pending):
+            cluster = cluster_of(group)
+            if not self.parallel.may_start(cluster, pairs.running.values()):
+                continue
+            if not state.enables_redis:  # a state that enables Redis was checked whole
+                try:
+                    self._within_window(plan, state, group, phase, events)
+                except WindowClosing as exc:
+                    return exc
+            pairs.pending.remove(group)
+            future = pool.submit(self._run_pair, state, group, by_action, pairs.halt)
+            pairs.running[future] = cluster
+        return None
+
+    def _run_pair(
+        self,
+        state: PlannedState,
+        group: list[PlannedAction],
+        by_action: dict[str, list[Event]],
+        halt: threading.Event,
+    ) -> None:
+        """One pair's actions in order, until the pair is done or `halt` is set. Its own
+        failure sets `halt` at once, so the other pairs start no further action."""
+        token = WORKING_ON.set(group[0].target.ha_pair)
+        try:
+            for step in group:
+                if halt.is_set():
+                    return
+                self._run_action(state, step, by_action.get(step.key, []))
+        except BaseException:
+            halt.set()
+            raise
+        finally:
+            WORKING_ON.reset(token)
+
+    def _unit_seconds(self, window: ChangeWindow, steps: Sequence[PlannedAction]) -> float:
+        """The estimate of `steps`: their sum, or with parallel pairs the schedule's wall."""
+        groups = pair_groups(steps)
+        if self.parallel.serial or len(groups) < 2:
+            return sum(window.seconds(step) for step in steps)
+        timed = [(cluster_of(g), sum(window.seconds(step) for step in g)) for g in groups]
+        return schedule_seconds(timed, self.parallel)
 
     def _rollback_started_automatically(self) -> bool:
         """The rollback of this run was started by a failure or an earlier decision, not by a
@@ -280,7 +390,7 @@ class Engine:
             return
         if any(step.key in begun for step in pending):
             return
-        needed = sum(window.seconds(step) for step in pending)
+        needed = self._unit_seconds(window, pending)
         left = window.left_s()
         if needed <= left:
             return
@@ -291,7 +401,12 @@ class Engine:
             for step in later_state.actions
             if step.key not in ended
         ]
-        remaining = sum(window.seconds(step) for step in later)
+        remaining = sum(
+            self._unit_seconds(window, later_state.actions)
+            if self.parallel.applies_to(later_state)
+            else sum(window.seconds(step) for step in later_state.actions)
+            for later_state in plan.states[position:]
+        )
         payload = {
             "state_id": state.id,
             "window_end": window.end.isoformat(),
@@ -498,13 +613,17 @@ def pause_points(state: PlannedState) -> list[list[PlannedAction]]:
         return [list(state.actions)]
     if state.scope != "ha_pair":
         return [[step] for step in state.actions] or [[]]
-    groups: list[list[PlannedAction]] = []
-    for step in state.actions:
-        if groups and groups[-1][0].target.ha_pair == step.target.ha_pair:
-            groups[-1].append(step)
-        else:
-            groups.append([step])
-    return groups or [[]]
+    return pair_groups(state.actions) or [[]]
+
+
+@dataclass
+class _InFlight:
+    """The HA pairs of one state run in parallel: not started yet, running (with their ORS
+    cluster), and the flag that stops them after their current action."""
+
+    pending: list[list[PlannedAction]]
+    running: dict[Future[None], str | None] = field(default_factory=dict)
+    halt: threading.Event = field(default_factory=threading.Event)
 
 
 class _RollbackRequested(RollbackRequested):

@@ -19,8 +19,9 @@ from typing import Any
 from ors_migrate.errors import InputError
 from ors_migrate.events import EventKind
 from ors_migrate.journal import Event, Journal, RunRecord
+from ors_migrate.parallel import Parallelism, cluster_of, pair_groups, schedule_seconds, waves
 from ors_migrate.site import Site
-from ors_migrate.step import FORWARD, Plan, PlannedAction
+from ors_migrate.step import FORWARD, Plan, PlannedAction, PlannedState
 
 # Our own guesses for a production estate when neither the site nor an earlier run says more.
 # They are not from the vendor documents; `durations:` in the site file overrides the first three.
@@ -78,12 +79,24 @@ class StateEstimate:
     state_id: str
     seconds: float
     sources: list[str] = field(default_factory=list)
+    waves: list[list[str]] = field(default_factory=list)  # HA pairs run together, in order
+
+    def as_dict(self) -> dict[str, Any]:
+        shown: dict[str, Any] = {
+            "id": self.state_id,
+            "seconds": round(self.seconds, 1),
+            "sources": self.sources,
+        }
+        if self.waves:
+            shown["waves"] = self.waves
+        return shown
 
 
 @dataclass(frozen=True)
 class Estimate:
     states: list[StateEstimate]
     startup_s: float
+    parallel: Parallelism = Parallelism()
 
     @property
     def total_s(self) -> float:
@@ -93,10 +106,8 @@ class Estimate:
         return {
             "total_s": round(self.total_s, 1),
             "startup_s": round(self.startup_s, 1),
-            "states": [
-                {"id": s.state_id, "seconds": round(s.seconds, 1), "sources": s.sources}
-                for s in self.states
-            ],
+            "parallel": self.parallel.as_dict(),
+            "states": [s.as_dict() for s in self.states],
         }
 
 
@@ -114,19 +125,32 @@ def durations_of(site: Site, measured: Measured | None) -> Durations:
     return Durations(site_durations(site), measured, site_windows(site))
 
 
-def estimate_plan(plan: Plan, durations: Durations) -> Estimate:
+def estimate_plan(
+    plan: Plan, durations: Durations, parallel: Parallelism | None = None
+) -> Estimate:
+    """Each state's actions one after another; with `parallel`, a state per HA pair as its
+    pairs overlap (the engine's schedule), and the waves it runs them in."""
+    parallel = parallel or Parallelism()
     states = []
     for state in plan.states:
-        seconds, sources = 0.0, set()
-        for step in state.actions:
-            value, source = durations.of(step.action, step.args)
-            seconds += value
-            sources.add(source)
+        sources = {durations.of(step.action, step.args)[1] for step in state.actions}
+        seconds, shown = _state_seconds(state, durations, parallel)
         if durations.measured:
             seconds += durations.measured.state_overhead.get(state.id, 0.0)
-        states.append(StateEstimate(state.id, seconds, sorted(sources)))
+        states.append(StateEstimate(state.id, seconds, sorted(sources), shown))
     startup = durations.measured.startup_s if durations.measured else 0.0
-    return Estimate(states, startup)
+    return Estimate(states, startup, parallel)
+
+
+def _state_seconds(
+    state: PlannedState, durations: Durations, parallel: Parallelism
+) -> tuple[float, list[list[str]]]:
+    if not parallel.applies_to(state):
+        return sum(durations.seconds(step) for step in state.actions), []
+    groups = pair_groups(state.actions)
+    timed = [(cluster_of(g), sum(durations.seconds(step) for step in g)) for g in groups]
+    shown = [[str(g[0].target.ha_pair) for g in wave] for wave in waves(groups, parallel)]
+    return schedule_seconds(timed, parallel), shown
 
 
 def _ts(event: Event) -> dt.datetime:

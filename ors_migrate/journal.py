@@ -170,6 +170,10 @@ class Journal:
     as one with no runs."""
 
     def __init__(self, state_dir: Path, *, create: bool = True) -> None:
+        # HA pairs run in parallel journal from several threads through this one connection:
+        # one write transaction at a time, so each event is atomic and `seq` orders them; reading
+        # the events waits for a write under way (on one connection it would see it uncommitted).
+        self._lock = threading.RLock()
         self.state_dir = state_dir
         self.path = state_dir / "journal.sqlite3"
         self._read: dict[str, list[Event]] = {}
@@ -201,7 +205,7 @@ class Journal:
 
     def _connect(self, target: str) -> sqlite3.Connection:
         try:
-            db = sqlite3.connect(target, isolation_level=None, timeout=30)
+            db = sqlite3.connect(target, isolation_level=None, timeout=30, check_same_thread=False)
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(SCHEMA)
@@ -247,16 +251,17 @@ class Journal:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        try:
-            self.db.execute("BEGIN IMMEDIATE")
+        with self._lock:
             try:
-                yield self.db
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            raise OrsMigrateError(f"cannot write the run journal {self.path}: {exc}") from None
+                self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self.db
+                except BaseException:
+                    self.db.execute("ROLLBACK")
+                    raise
+                self.db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                raise OrsMigrateError(f"cannot write the run journal {self.path}: {exc}") from None
 
     # Runs
     def create_run(
@@ -387,7 +392,7 @@ class Journal:
         call reads only the events recorded since (by anyone), so resuming a run of 10,000
         events decodes them once, not at every state. The payloads are shared between calls:
         copy one before changing it."""
-        with self._read_lock:
+        with self._lock, self._read_lock:
             known = self._read.setdefault(run_id, [])
             rows = self.db.execute(
                 "SELECT seq, ts, kind, phase, state_id, action_key, payload FROM events"

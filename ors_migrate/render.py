@@ -54,9 +54,14 @@ def _change(c: dict[str, object]) -> str:
 def estimate_line(estimate: Estimate) -> str:
     sources = sorted({source for state in estimate.states for source in state.sources})
     return (
-        f"estimated duration {clock(estimate.total_s)}, one HA pair at a time "
+        f"estimated duration {clock(estimate.total_s)}, {estimate.parallel.describe()} "
         f"(durations from: {'; '.join(sources) or '-'}; gate answers not included)"
     )
+
+
+def _waves(waves: list[list[str]]) -> list[str]:
+    """The HA pairs a parallel run starts together, wave by wave."""
+    return [f"   wave {n}: {', '.join(pairs)}" for n, pairs in enumerate(waves, start=1)]
 
 
 def as_text(plan: Plan, estimate: Estimate | None = None) -> str:
@@ -74,6 +79,7 @@ def as_text(plan: Plan, estimate: Estimate | None = None) -> str:
         lines.append(f"{n}. {state.id} [{seed}] {state.title}")
         if state.id in per_state:
             lines.append(f"   about {clock(per_state[state.id].seconds)}")
+            lines.extend(_waves(per_state[state.id].waves))
         if state.id == rollback_point:
             lines.append("   ROLLBACK POINT: from here a failed verification rolls back")
         if state.gate:

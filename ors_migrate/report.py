@@ -18,6 +18,7 @@ from typing import Any
 
 from ors_migrate.events import CheckRecord, EventKind, GateDecision, SwitchoverDone
 from ors_migrate.journal import Event, Journal, RunRecord
+from ors_migrate.parallel import Parallelism
 from ors_migrate.site import SECRET_REF
 
 FORMATS = ("markdown", "html", "json", "text")
@@ -141,6 +142,7 @@ def estimate_and_actual(
     return {
         "total_estimated_s": made.payload.get("total_s"),
         "total_actual_s": run_seconds,
+        "parallel": Parallelism.from_dict(made.payload.get("parallel") or {}).as_dict(),
         "states": states,
     }
 
@@ -150,7 +152,10 @@ def estimate_line(report: dict[str, Any]) -> str | None:
     if not compared:
         return None
     estimated, actual = compared["total_estimated_s"], compared["total_actual_s"]
-    line = f"estimated {_secs(estimated)} at the start, took {_secs(actual)}"
+    parallel = Parallelism.from_dict(compared.get("parallel") or {})
+    line = (
+        f"estimated {_secs(estimated)} at the start ({parallel.describe()}), took {_secs(actual)}"
+    )
     if estimated and actual:
         line += f" ({(actual - estimated) / estimated:+.0%})"
     return line

@@ -47,6 +47,7 @@ from ors_migrate.events import ROLLBACK_EVENTS, EventKind
 from ors_migrate.gate import session_counts
 from ors_migrate.journal import Journal, RunLock, RunRecord, operator_name
 from ors_migrate.options import PERSISTENCE, TYPE
+from ors_migrate.parallel import Parallelism
 from ors_migrate.plan import build_plan, plan_hash
 from ors_migrate.playbook import LoadedPlaybook
 from ors_migrate.secrets import Secrets
@@ -335,6 +336,7 @@ class Runner:
         transports: TransportFactory = TransportPool,
         create: bool = True,
         window_end: dt.datetime | None = None,
+        parallel: Parallelism | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.transports = transports
@@ -342,6 +344,7 @@ class Runner:
         self.journal = Journal(state_dir, create=create)
         self.switchover_policy = switchover_policy
         self.window_end = window_end
+        self.parallel = parallel
 
     def durations(self, loaded: LoadedSite) -> Durations:
         """The site's declared durations, else those of its latest succeeded run here."""
@@ -400,6 +403,15 @@ class Runner:
             if event.kind == EventKind.SWITCHOVER_POLICY:
                 return SwitchoverPolicy(int(event.payload["below"]), float(event.payload["wait_s"]))
         return None
+
+    def _parallelism(self, run_id: str) -> Parallelism:
+        """A resume keeps the parallelism its run started with, unless it is given again."""
+        if self.parallel is not None:
+            return self.parallel
+        for event in self.journal.events(run_id):
+            if event.kind == EventKind.ESTIMATE and "parallel" in event.payload:
+                return Parallelism.from_dict(event.payload["parallel"])
+        return Parallelism()
 
     def _rollback_plan_factory(
         self, loaded: LoadedSite, name: str | None, flags: frozenset[str], run_id: str
@@ -522,11 +534,12 @@ class Runner:
             ctx.close()
             raise
         durations = self.durations(loaded)
-        estimate = estimate_plan(plan, durations)
+        parallel = self.parallel or Parallelism()
+        estimate = estimate_plan(plan, durations, parallel)
         ctx.record(EventKind.ESTIMATE, payload=estimate.as_dict())
         self.ui.info(
             f"run {run_id}: {plan.title} ({len(plan.states)} states, "
-            f"estimated {clock(estimate.total_s)})"
+            f"estimated {clock(estimate.total_s)}, {parallel.describe()})"
         )
         window = self._window(durations)
         if window is not None:
@@ -540,6 +553,7 @@ class Runner:
             rollback_plan=factory,
             cause_of=as_cause,
             window=window,
+            parallel=parallel,
         )
 
     def _resumed(
@@ -564,8 +578,9 @@ class Runner:
         if run.phase == ROLLBACK:
             self._refuse_changed_rollback(run, factory)
         ctx = self._context(loaded, run.run_id)
+        parallel = self._parallelism(run.run_id)
         try:
-            self.ui.info(f"resuming run {run.run_id}")
+            self.ui.info(f"resuming run {run.run_id} ({parallel.describe()})")
             check_live_topology(ctx, self._initial_primaries(ctx))
         except BaseException:
             ctx.close()
@@ -582,6 +597,7 @@ class Runner:
             rollback_flags=flags,
             cause_of=as_cause,
             window=window,
+            parallel=parallel,
         )
 
     def _resumable(self, loaded: LoadedSite, run_id: str | None) -> RunRecord:

@@ -5,6 +5,10 @@ table of CPU and memory per node, and a gate a one-screen summary (what is done,
 on which hosts, what is at risk) before it asks approve / stop / roll back. Without a terminal the
 same facts are printed as plain lines, and anything that needs an answer stops the run at once
 (`TerminalRequired`, exit 2) instead of waiting for input that cannot come.
+
+With HA pairs in parallel (`run --parallel N`), each line of a pair's work starts with the pair
+(`[pair-1]`), live bars give way to plain lines in the pairs' workers, and questions are asked
+one at a time.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ors_migrate.errors import GateStopped, TerminalRequired
+from ors_migrate.parallel import WORKING_ON
 from ors_migrate.step import Decision, GateView
 
 if TYPE_CHECKING:
@@ -76,19 +82,27 @@ class Ui:
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self._closes_at_exit = False
+        self._asking = threading.RLock()  # one question on the screen at a time
 
     @property
     def live(self) -> bool:
-        """Live displays (spinners, tables) only on a terminal and when not quiet."""
-        return self.console.is_terminal and not self.quiet
+        """Live displays (spinners, tables) only on a terminal, when not quiet, and not in a
+        worker of pairs running in parallel (several bars at once would overwrite each other)."""
+        return self.console.is_terminal and not self.quiet and WORKING_ON.get() is None
 
     # Lines
+    @staticmethod
+    def _pair() -> str:
+        """`[pair] ` while HA pairs run in parallel, so interleaved lines stay readable."""
+        pair = WORKING_ON.get()
+        return f"[{pair}] " if pair else ""
+
     def info(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(message, markup=False)
+            self.console.print(f"{self._pair()}{message}", markup=False)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"warning: {message}", style="yellow", markup=False)
+        self.console.print(f"{self._pair()}warning: {message}", style="yellow", markup=False)
 
     def state_started(
         self,
@@ -116,7 +130,9 @@ class Ui:
         if self.quiet:
             return
         extra = f" ({note})" if note else ""
-        self.console.print(f"    ok  {description}  [{seconds:.1f} s]{extra}", markup=False)
+        self.console.print(
+            f"    {self._pair()}ok  {description}  [{seconds:.1f} s]{extra}", markup=False
+        )
         if self._progress is not None and self._task is not None:
             self._progress.advance(self._task)
 
@@ -153,15 +169,17 @@ class Ui:
 
     @contextmanager
     def _screen(self) -> Iterator[None]:
-        """Hand the screen to a prompt or another live display, then take the spinner back."""
-        progress = self._progress
-        if progress is not None:
-            progress.stop()
-        try:
-            yield
-        finally:
-            if progress is not None and progress is self._progress:
-                progress.start()
+        """Hand the screen to a prompt or another live display, then take the spinner back.
+        Pairs in parallel wait their turn."""
+        with self._asking:
+            progress = self._progress
+            if progress is not None:
+                progress.stop()
+            try:
+                yield
+            finally:
+                if progress is not None and progress is self._progress:
+                    progress.start()
 
     def close(self) -> None:
         self._stop_activity()
@@ -292,7 +310,8 @@ class Ui:
                 if not self.quiet and elapsed - last[0] >= 5.0:
                     last[0] = elapsed
                     self.console.print(
-                        f"    {description}: {seen} ({elapsed:.0f}/{window_s:g} s)", markup=False
+                        f"    {self._pair()}{description}: {seen} ({elapsed:.0f}/{window_s:g} s)",
+                        markup=False,
                     )
 
             yield line
@@ -410,8 +429,9 @@ class Ui:
             def line(elapsed: float, count: int | None) -> None:
                 if not self.quiet:
                     shown = "unknown" if count is None else str(count)
+                    so_far = f"({elapsed:.0f}/{total_s:g} s)"
                     self.console.print(
-                        f"    {description}: {shown} now ({elapsed:.0f}/{total_s:g} s)",
+                        f"    {self._pair()}{description}: {shown} now {so_far}",
                         markup=False,
                     )
 

@@ -32,6 +32,7 @@ LAYER_OF_MODULE = {
     "estate_lock": "model",
     "userfiles": "model",
     "step": "protocol",
+    "parallel": "protocol",
     "playbook": "planning",
     "plan": "planning",
     "rules": "planning",

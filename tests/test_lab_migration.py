@@ -1,5 +1,9 @@
 """The walking skeleton, end to end: the real playbook through the real state machine against a
-real Redis Cluster, simulated ORS HA pairs and the CQL stand-in."""
+real Redis Cluster, simulated ORS HA pairs and the CQL stand-in.
+
+The run uses `--parallel 4 --parallel-per-cluster 1`: it must end exactly as a serial run ends
+(the serial path runs end to end in the kill tests of test_durable_runs.py), and the lab's own
+service record shows the limits held and no pair ever lost both members."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import json
 
 from conftest import cli
 from redis.cluster import RedisCluster
+from service_record import both_members_down, most_pairs_busy
 
 from ors_migrate.lab.redis_cluster import RedisClusterLab
 
@@ -46,8 +51,13 @@ def test_full_migration_moves_every_application_to_redis_as_documented(make_lab,
     original_backups = {a["ha_pair"]: a["app"] for a in before["apps"] if a["role"] == "backup"}
     assert all(a["type"] == "cassandra" and a["version"] < "8.1.401" for a in before["apps"])
 
-    result = cli("run", str(lab.site), "--yes", "--state-dir", str(state_dir))
+    result = cli(
+        "run", str(lab.site), "--yes", "--state-dir", str(state_dir),
+        "--parallel", "4", "--parallel-per-cluster", "1",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "up to 4 HA pairs at a time, at most 1 per ORS cluster" in result.stderr
+    assert "    [cl2-pair1] ok  restart " in result.stderr  # each pair's lines say which
 
     status = json.loads(cli("lab", "status", "--dir", str(lab.root), "--json").stdout)
     apps = status["apps"]
@@ -60,6 +70,12 @@ def test_full_migration_moves_every_application_to_redis_as_documented(make_lab,
     # Three switchovers per pair (prepare.5, enable.1, enable.4): the original backup is primary.
     primaries = {a["ha_pair"]: a["app"] for a in apps if a["role"] == "primary"}
     assert primaries == original_backups
+
+    # From the lab's record: never both members of a pair down; one pair per cluster at a
+    # time although four could run, and the two clusters' pairs at once.
+    assert both_members_down(status["services"]) == []
+    most, per_cluster = most_pairs_busy(status["services"])
+    assert per_cluster == {"ORS_CL1": 1, "ORS_CL2": 1} and most == 2
 
     promotions = [p for p in status["switchovers"] if p["from"]]
     assert len(promotions) == 3 * len(pairs)
@@ -77,6 +93,10 @@ def test_full_migration_moves_every_application_to_redis_as_documented(make_lab,
         cli("status", runs[0]["run_id"], "--json", "--state-dir", str(state_dir)).stdout
     )
     assert one["status"] == "succeeded" and one["playbook"] == "migrate-to-redis"
+    report = json.loads(
+        cli("report", runs[0]["run_id"], "-f", "json", "--state-dir", str(state_dir)).stdout
+    )
+    assert report["estimate"]["parallel"] == {"pairs": 4, "per_cluster": 1}
 
     # Redis itself holds ORS data for each ORS cluster, every key with a TTL.
     config = json.loads(lab.config.read_text())

@@ -443,6 +443,7 @@ def lab_status(directory: Path) -> dict[str, Any]:
         "site": str(layout.site),
         "apps": apps,
         "switchovers": _promotions(layout),
+        "services": orsctl.service_record(layout),
         "redis": {"nodes": config["redis_nodes"]},
         "cassandra": {
             "stand_in": True,

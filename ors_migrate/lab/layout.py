@@ -29,6 +29,11 @@ class LabLayout:
     def events(self) -> Path:
         return self.root / "events.jsonl"
 
+    @property
+    def services(self) -> Path:
+        """The lab's own record of every stop, start and switchover, one JSON line each."""
+        return self.root / "services.jsonl"
+
     def app_dir(self, app: str) -> Path:
         return self.root / "apps" / app
 

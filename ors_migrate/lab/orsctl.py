@@ -85,11 +85,48 @@ def count_start(layout: LabLayout, app: str) -> None:
     counter.write_text(f"{starts(layout, app) + 1}\n")
 
 
+def record(layout: LabLayout, event: str, **what: Any) -> None:
+    """Append one line to the lab's service record (`lab status` shows it as `services`): a
+    test's evidence of what overlapped, from the lab itself rather than from the tool. One
+    `write` of one short line to a file opened for appending: lines of concurrent commands
+    never interleave."""
+    line = json.dumps({"event": event, "at": time.time(), **what}, sort_keys=True) + "\n"
+    fd = os.open(layout.services, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def service_record(layout: LabLayout) -> list[dict[str, Any]]:
+    try:
+        lines = layout.services.read_text().splitlines()
+    except OSError:
+        return []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def _record_app(layout: LabLayout, event: str, app: str) -> None:
+    config = layout.load_config()["apps"][app]
+    record(layout, event, app=app, pair=config["pair"], cluster=config["cluster"])
+
+
 def start(layout: LabLayout, app: str) -> dict[str, Any]:
-    config = layout.load_config()
     pid = read_pid(layout.pid(app))
     if pid_alive(pid):
         return status(layout, app)
+    _record_app(layout, "starting", app)
+    try:
+        ready = _start(layout, app)
+    except LabCommandError:
+        _record_app(layout, "start_failed", app)
+        raise
+    _record_app(layout, "started", app)
+    return ready
+
+
+def _start(layout: LabLayout, app: str) -> dict[str, Any]:
+    config = layout.load_config()
     log = open(layout.log(app), "ab")
     proc = subprocess.Popen(
         [
@@ -130,6 +167,7 @@ def stop(layout: LabLayout, app: str) -> None:
     if not pid_alive(pid):
         return
     assert pid is not None
+    _record_app(layout, "stopping", app)
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT_S
     while pid_alive(pid) and time.monotonic() < deadline:
@@ -140,6 +178,7 @@ def stop(layout: LabLayout, app: str) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+    _record_app(layout, "stopped", app)
 
 
 def switchover(layout: LabLayout, pair: str) -> dict[str, Any]:
@@ -151,6 +190,8 @@ def switchover(layout: LabLayout, pair: str) -> dict[str, Any]:
     new = next(a for a in members if a != current)
     if status(layout, new)["role"] != "backup":
         raise LabCommandError(f"{new} is not running as backup; switchover refused")
+    cluster = config["pairs"][pair]["cluster"]
+    record(layout, "switching", pair=pair, cluster=cluster, app=new)
     write_json_atomic(layout.pair(pair), {"primary": new, "since": time.time()})
     deadline = time.monotonic() + SWITCH_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -158,6 +199,7 @@ def switchover(layout: LabLayout, pair: str) -> dict[str, Any]:
             status(layout, new)["role"] == "primary"
             and status(layout, current)["role"] != "primary"
         ):
+            record(layout, "switched", pair=pair, cluster=cluster, app=new)
             return status(layout, new)
         time.sleep(0.05)
     raise LabCommandError(

@@ -3,6 +3,8 @@ hosts one SSH connection that every command reuses."""
 
 from __future__ import annotations
 
+import threading
+
 from ors_migrate.actions.local import LocalTransport
 from ors_migrate.errors import SiteError
 from ors_migrate.secrets import Secrets
@@ -15,11 +17,13 @@ class TransportPool:
         self.site = site
         self.secrets = secrets
         self._open: dict[str, Transport] = {}
+        self._lock = threading.Lock()  # HA pairs in parallel share a host's one connection
 
     def for_host(self, host_name: str) -> Transport:
-        if host_name not in self._open:
-            self._open[host_name] = self._connect(host_name)
-        return self._open[host_name]
+        with self._lock:
+            if host_name not in self._open:
+                self._open[host_name] = self._connect(host_name)
+            return self._open[host_name]
 
     def _connect(self, host_name: str) -> Transport:
         host = self.site.hosts.get(host_name)

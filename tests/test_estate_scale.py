@@ -173,3 +173,34 @@ def test_a_runs_plan_is_kept_apart_from_its_row_and_an_earlier_journals_row_stil
         assert old is not None and old.plan_json == '{"old": true}'
     finally:
         journal.close()
+
+
+def test_the_topology_is_read_several_pairs_at_once_in_site_order_first_error_first() -> None:
+    import threading
+    from types import SimpleNamespace
+
+    from ors_migrate.actions.service_control import for_every_pair
+    from ors_migrate.errors import VerificationFailed
+
+    ctx = SimpleNamespace(site=load_site(REPO / "examples" / "site.yaml").site)
+    together = threading.Barrier(5, timeout=10)  # every pair's read waits for the others
+
+    def read(pair: str) -> str:
+        together.wait()
+        return pair.upper()
+
+    assert list(for_every_pair(ctx, read).items()) == [  # type: ignore[arg-type]
+        ("voice-1", "VOICE-1"),
+        ("voice-2", "VOICE-2"),
+        ("voice-3", "VOICE-3"),
+        ("outbound-1", "OUTBOUND-1"),
+        ("outbound-2", "OUTBOUND-2"),
+    ]
+
+    def fail_late(pair: str) -> str:
+        if pair in ("voice-2", "outbound-2"):
+            raise VerificationFailed(f"{pair} has no single primary")
+        return pair
+
+    with pytest.raises(VerificationFailed, match="voice-2"):
+        for_every_pair(ctx, fail_late)  # type: ignore[arg-type]

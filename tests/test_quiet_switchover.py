@@ -73,3 +73,29 @@ def test_a_seeded_lab_load_is_the_same_calls_however_the_simulator_ticks():
     assert calls != other_pair.calls_until(1090.0) != other_seed.calls_until(1090.0)
     counts = [in_progress(calls, 1000.0 + t) for t in range(10, 90)]
     assert max(counts) > 3 * min(counts)  # the wave: quiet moments come and go
+
+
+def test_the_demo_sets_switching_at_once_beside_the_lowest_seen_and_the_loss_after_waiting():
+    from types import SimpleNamespace
+
+    from ors_migrate.demo import _quiet_wait_lines
+
+    wait = {
+        "policy": "lowest",
+        "sessions_when_due": 41,
+        "lowest_seen": 8,
+        "waited_s": 12.5,
+    }
+    ended = SimpleNamespace(
+        kind="action_ended",
+        payload={
+            "observed": {"primary": "ors-cl1-p1-b", "quiet_wait": wait, "promotion": {"lost": 9}}
+        },
+    )
+    journal = SimpleNamespace(events=lambda run_id: [ended])
+
+    lines = _quiet_wait_lines(journal, "run", load_seed=7)
+
+    assert "load seed 7" in lines[0]
+    assert "at once:   41 in progress" in lines[1] and "lowest seen    8, lost    9" in lines[1]
+    assert "41 in progress when due (lost switching at once), lowest seen 8, 9 lost" in lines[2]

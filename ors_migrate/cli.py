@@ -574,10 +574,22 @@ def lab_up(
             help="With --from: a shorter Redis monitoring window than the site's.",
         ),
     ] = None,
+    load_seed: Annotated[
+        int | None,
+        typer.Option(
+            "--load-seed",
+            help="Make the call load reproducible: two labs with the same seed get the same "
+            "calls at the same time after lab up (to compare runs on the same load).",
+        ),
+    ] = None,
 ) -> None:
     """Start a lab in DIR and write DIR/site.yaml for it."""
     if from_site is not None:
+        from ors_migrate.errors import InputError
         from ors_migrate.rehearsal import describe, lab_up_from_site
+
+        if load_seed is not None:
+            raise InputError("--load-seed is for the generic lab, not with --from", rule="usage")
 
         lab = lab_up_from_site(directory, from_site, monitor_window_s=monitor_window_s)
         typer.echo(describe(lab))
@@ -585,7 +597,9 @@ def lab_up(
     from ors_migrate.lab.lab import LabShape
     from ors_migrate.lab.lab import lab_up as up
 
-    shape = LabShape(clusters=clusters, pairs_per_cluster=pairs_per_cluster, secure=secure)
+    shape = LabShape(
+        clusters=clusters, pairs_per_cluster=pairs_per_cluster, secure=secure, load_seed=load_seed
+    )
     layout = up(directory, shape)
     typer.echo(f"lab up in {layout.root}; site file: {layout.site}")
 

@@ -12,9 +12,11 @@ from ors_migrate.errors import OrsMigrateError
 from ors_migrate.events import EventKind
 
 # The lab's call load swings between about 7 and 50 sessions in progress per primary over
-# 30 s; the demo waits up to one swing for fewer than 14 before the first switchover.
-QUIET_BELOW = 14
+# 30 s, the same swing in every demo (its seed). Before each pair's first switchover the demo
+# watches for 10 s, then switches at the lowest number in progress seen so far, within 30 s.
+DEMO_LOAD_SEED = 7
 QUIET_WAIT_S = 30.0
+QUIET_WATCH_S = 10.0
 
 
 def _state_durations(journal: Any, run_id: str) -> list[tuple[str, str, float]]:
@@ -35,30 +37,36 @@ def _state_durations(journal: Any, run_id: str) -> list[tuple[str, str, float]]:
     return rows
 
 
-def _quiet_wait_lines(journal: Any, run_id: str) -> list[str]:
-    """The first switchover of each pair (enable.1) loses the sessions in progress: what an
-    immediate switchover would have lost, against what waiting for a quieter moment lost."""
-    lines = ["First switchover (enable.1): sessions lost without waiting vs. with waiting:"]
-    at_risk = lost_total = 0
+def _quiet_wait_lines(journal: Any, run_id: str, load_seed: int | None = None) -> list[str]:
+    """The first switchover of each pair (enable.1) loses the sessions in progress. On one
+    load: what switching at once would have lost (in progress when the switchover was due),
+    the lowest number in progress the wait saw, and what the switchover lost after waiting."""
+    seeded = f", load seed {load_seed}" if load_seed is not None else ""
+    lines = [f"First switchover (enable.1){seeded}: sessions lost switching at once vs. waiting:"]
+    at_risk = lowest_total = lost_total = 0
     for event in journal.events(run_id):
         observed = event.payload.get("observed", {}) if event.kind == EventKind.ACTION_ENDED else {}
         wait = observed.get("quiet_wait")
         if not wait:
             continue
         lost = (observed.get("promotion") or {}).get("lost")
+        lowest = wait.get("lowest_seen")
         at_risk += wait["sessions_when_due"] or 0
+        lowest_total += lowest or 0
         lost_total += lost or 0
         lines.append(
-            f"  {observed['primary']:<16} switching at once: {wait['sessions_when_due']!s:>4} "
-            f"at risk; after waiting {wait['waited_s']:5.1f} s (for < {wait['below']}): "
-            f"{lost!s:>4} lost"
+            f"  {observed['primary']:<16} at once: {wait['sessions_when_due']!s:>4} in progress; "
+            f"waited {wait['waited_s']:5.1f} s ({wait.get('policy', 'below')}): lowest seen "
+            f"{lowest!s:>4}, lost {lost!s:>4}"
         )
     if len(lines) == 1:
-        lines.append("  (no wait: run with --switchover-below N to wait for a quieter moment)")
+        lines.append("  (no wait: set quiet_switchover in the site file for a quiet moment)")
     else:
         lines.append(
-            f"  in all: {at_risk} at risk switching at once, {lost_total} lost after waiting"
+            f"  in all: {at_risk} in progress when due (lost switching at once), lowest seen "
+            f"{lowest_total}, {lost_total} lost after waiting"
         )
+        lines.append("  (bench/quiet_switchover.py runs both on two labs of the same load seed)")
     return lines
 
 
@@ -77,7 +85,7 @@ def summary_text(
             f"in progress {promo['in_progress']:>4}  restored {promo['restored']:>4}  "
             f"lost {promo['lost']:>4}"
         )
-    lines += ["", *_quiet_wait_lines(journal, run_id)]
+    lines += ["", *_quiet_wait_lines(journal, run_id, status.get("load_seed"))]
     lines.append("")
     lines.append("Applications at the end:")
     for a in status["apps"]:
@@ -108,7 +116,8 @@ def run_demo(
     started = time.monotonic()
     try:
         if from_site is None:
-            layout = lab_up(root / "lab", LabShape(pairs_per_cluster=pairs_per_cluster))
+            shape = LabShape(pairs_per_cluster=pairs_per_cluster, load_seed=DEMO_LOAD_SEED)
+            layout = lab_up(root / "lab", shape)
         else:
             from ors_migrate.rehearsal import describe, lab_up_from_site
 
@@ -117,7 +126,7 @@ def run_demo(
             print(describe(rehearsal), file=sys.stderr)
         print(f"demo: lab up in {time.monotonic() - started:.1f} s; migrating", file=sys.stderr)
         state_dir = root / "state"
-        policy = SwitchoverPolicy(below=QUIET_BELOW, wait_s=QUIET_WAIT_S)
+        policy = SwitchoverPolicy(None, QUIET_WAIT_S, "lowest", watch_s=QUIET_WATCH_S)
         runner = Runner(state_dir, Ui(assume_yes=True), switchover_policy=policy)
         try:
             run_id, outcome = runner.start(

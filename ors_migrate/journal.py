@@ -67,6 +67,10 @@ CREATE TABLE IF NOT EXISTS events (
     action_key TEXT,
     payload TEXT NOT NULL DEFAULT '{}'
 );
+CREATE TABLE IF NOT EXISTS plans (
+    run_id TEXT PRIMARY KEY REFERENCES runs(run_id),
+    plan_json TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -148,8 +152,14 @@ class RunRecord:
 LATEST_EVENT = (
     "COALESCE((SELECT MAX(e.ts) FROM events e WHERE e.run_id = runs.run_id), runs.updated_at)"
 )
+# A run's plan lives in its own table, so that a status change does not rewrite it (the plan
+# of 500 HA pairs is 11 MB of JSON); journals written before keep it in the run's row.
+PLAN_JSON = (
+    "COALESCE((SELECT p.plan_json FROM plans p WHERE p.run_id = runs.run_id), runs.plan_json)"
+)
 RUN_COLUMNS = ", ".join(
-    LATEST_EVENT if f.name == "updated_at" else f.name for f in fields(RunRecord)
+    {"updated_at": LATEST_EVENT, "plan_json": PLAN_JSON}.get(f.name, f.name)
+    for f in fields(RunRecord)
 )
 
 
@@ -289,7 +299,7 @@ class Journal:
                     playbook,
                     playbook_digest,
                     plan_hash,
-                    plan_json,
+                    "",
                     "running",
                     "forward",
                     None,
@@ -301,6 +311,7 @@ class Journal:
                     playbook_path,
                 ),
             )
+            db.execute("INSERT INTO plans VALUES (?,?)", (run_id, plan_json))
             self._event(
                 db, run_id, EventKind.RUN_CREATED, "forward", None, None, {"plan_hash": plan_hash}
             )

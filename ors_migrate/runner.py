@@ -385,7 +385,11 @@ class Runner:
 
     # Composition
     def _context(self, loaded: LoadedSite, run_id: str) -> RunContext:
-        policy = self.switchover_policy or self._journaled_policy(run_id)
+        policy = (
+            self.switchover_policy
+            or self._journaled_policy(run_id)
+            or site_switchover_policy(loaded.site)
+        )
         return build_context(
             loaded,
             run_id,
@@ -401,7 +405,7 @@ class Runner:
             return None
         for event in self.journal.events(run_id):
             if event.kind == EventKind.SWITCHOVER_POLICY:
-                return SwitchoverPolicy(int(event.payload["below"]), float(event.payload["wait_s"]))
+                return SwitchoverPolicy.from_dict(event.payload)
         return None
 
     def _parallelism(self, run_id: str) -> Parallelism:
@@ -826,6 +830,15 @@ def rollback_plan_of(loaded: LoadedSite, name: str | None) -> Plan | None:
 # cluster, Cassandra's to check the cluster and to drop the keyspace.
 NEEDS_REDIS_PASSWORD = ("options.set", "redis.")
 NEEDS_CASSANDRA_PASSWORD = ("cassandra.", "cassandra_removal.")
+
+
+def site_switchover_policy(site: Site) -> SwitchoverPolicy | None:
+    """The site's `quiet_switchover`, as the policy the first switchovers follow."""
+    quiet = site.quiet_switchover
+    if quiet is None:
+        return None
+    watch_s = quiet.watch_s if quiet.watch_s is not None else quiet.window_s / 3
+    return SwitchoverPolicy(quiet.below, quiet.window_s, quiet.policy, watch_s, quiet.margin)
 
 
 def resolve_secrets(ctx: RunContext, plan: Plan) -> None:

@@ -388,6 +388,36 @@ class MonitorSettings(StrictModel):
     )
 
 
+class QuietSwitchover(StrictModel):
+    """Before the first switchover of each HA pair (enable.1: the sessions in progress there
+    are lost, they are not in Redis yet), wait for a quiet moment on its primary, read with
+    `services.sessions`. The documents give no such policy: it and its defaults are ours."""
+
+    policy: Literal["lowest", "below"] = Field(
+        default="lowest",
+        description="ours: 'lowest' switches at (or near) the lowest number in progress the "
+        "wait has seen; 'below' as soon as fewer than `below` are in progress",
+    )
+    window_s: float = Field(default=120.0, gt=0, description="ours: how long one pair may wait")
+    watch_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="lowest: only watch this long before switching (default: a third of window_s)",
+    )
+    margin: int = Field(
+        default=0, ge=0, description="lowest: switch at most this many above the lowest seen"
+    )
+    below: int | None = Field(default=None, gt=0, description="below: the number to go under")
+
+    @model_validator(mode="after")
+    def _settings_of_the_policy(self) -> QuietSwitchover:
+        if self.policy == "below" and self.below is None:
+            raise LocatedValueError("policy 'below' needs `below`: the number to go under", ())
+        if self.watch_s is not None and self.watch_s > self.window_s:
+            raise LocatedValueError("watch_s is longer than window_s", ("watch_s",))
+        return self
+
+
 class VerificationSettings(StrictModel):
     """How long the verifications wait for fresh evidence. The documents give no windows: the
     defaults are ors-migrate's own, sized for a quiet maintenance window (few calls at night).
@@ -542,6 +572,7 @@ class Site(StrictModel):
     )
     verification: VerificationSettings = VerificationSettings()
     durations: StepDurations | None = None
+    quiet_switchover: QuietSwitchover | None = None
 
     @model_validator(mode="after")
     def _references_and_uniqueness(self) -> Site:
@@ -573,6 +604,11 @@ class Site(StrictModel):
             )
         for name in self.hosts:
             _check_jump_chain(self.hosts, name)
+        if self.quiet_switchover is not None and not self.services.sessions:
+            raise LocatedValueError(
+                "quiet_switchover reads the sessions in progress: it needs services.sessions",
+                ("quiet_switchover",),
+            )
         return self
 
     # Navigation helpers used by the planner, the rules and the engine.

@@ -94,14 +94,56 @@ class AppStatus:
 
 @dataclass(frozen=True)
 class SwitchoverPolicy:
-    """Before a switchover that allows it, wait up to `wait_s` for the primary to have fewer
-    than `below` sessions in progress (they are at risk at the first switchover)."""
+    """Before a switchover that allows it (the first of each pair: its sessions in progress
+    are lost), wait up to `wait_s` for a quiet moment on the primary. `below`: switch as soon
+    as fewer than `below` are in progress. `lowest`: only watch for `watch_s`, then switch at
+    the first count no higher than the lowest seen so far plus `margin` (the load's trough, as
+    far as the wait has seen it); at `wait_s` switch anyway."""
 
-    below: int
+    below: int | None
     wait_s: float
+    policy: str = "below"
+    watch_s: float = 0.0
+    margin: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"below": self.below, "wait_s": self.wait_s}
+        if self.policy == "below":
+            return {"below": self.below, "wait_s": self.wait_s}
+        return {
+            "policy": self.policy,
+            "wait_s": self.wait_s,
+            "watch_s": self.watch_s,
+            "margin": self.margin,
+        }
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> SwitchoverPolicy:
+        """As journaled by `as_dict` (a run started before `lowest` existed has `below`)."""
+        policy = str(payload.get("policy", "below"))
+        below = payload.get("below")
+        return cls(
+            int(below) if below is not None else None,
+            float(payload["wait_s"]),
+            policy,
+            float(payload.get("watch_s", 0.0)),
+            int(payload.get("margin", 0)),
+        )
+
+    def quiet_now(self, count: int | None, lowest: int | None, elapsed_s: float) -> bool:
+        """Whether to switch at this poll (`lowest` includes `count`)."""
+        if count is None:
+            return False
+        if self.policy == "lowest":
+            return (
+                elapsed_s >= self.watch_s and lowest is not None and count <= lowest + self.margin
+            )
+        return self.below is not None and count < self.below
+
+    def describe(self) -> str:
+        if self.policy == "lowest":
+            near = f" (+{self.margin})" if self.margin else ""
+            return f"the lowest number in progress{near} after watching {self.watch_s:g} s"
+        return f"fewer than {self.below} sessions"
 
 
 def clock(seconds: float) -> str:
@@ -508,8 +550,7 @@ class RunUi(Protocol):
         what: str,
         probe: Callable[[], int | None],
         *,
-        below: int,
-        wait_s: float,
+        policy: SwitchoverPolicy,
         interval_s: float = 1.0,
         sleep: Callable[[float], None] = ...,
     ) -> dict[str, Any]: ...

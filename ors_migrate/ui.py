@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ors_migrate.errors import GateStopped, TerminalRequired
 from ors_migrate.parallel import WORKING_ON
-from ors_migrate.step import Decision, GateView
+from ors_migrate.step import Decision, GateView, SwitchoverPolicy
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -389,33 +389,41 @@ class Ui:
         what: str,
         probe: Callable[[], int | None],
         *,
-        below: int,
-        wait_s: float,
+        policy: SwitchoverPolicy,
         interval_s: float = 1.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> dict[str, Any]:
-        """Before a switchover: poll the sessions in progress until fewer than `below`, or
-        `wait_s` has passed. Returns what was seen, for the journal; never raises for a busy
-        primary (switching anyway is the operator's documented choice). `sessions_when_due` is
-        what an immediate switchover would have put at risk."""
+        """Before a switchover: poll the sessions in progress until `policy` calls the moment
+        quiet, or its `wait_s` has passed. Returns what was seen, for the journal; never raises
+        for a busy primary (switching anyway is the operator's documented choice).
+        `sessions_when_due` is what an immediate switchover would have put at risk,
+        `lowest_seen` the quietest moment the wait saw."""
         started = time.monotonic()
         counts: list[int | None] = []
-        with self._waiting(f"{what}: waiting for fewer than {below} sessions", wait_s) as tick:
+        lowest: int | None = None
+        lowest_at = 0.0
+        quiet = False
+        with self._waiting(f"{what}: waiting for {policy.describe()}", policy.wait_s) as tick:
             while True:
                 count = probe()
                 counts.append(count)
                 elapsed = time.monotonic() - started
-                quiet = count is not None and count < below
+                if count is not None and (lowest is None or count < lowest):
+                    lowest, lowest_at = count, elapsed
+                quiet = policy.quiet_now(count, lowest, elapsed)
                 tick(elapsed, count)
-                if quiet or elapsed >= wait_s:
+                if quiet or elapsed >= policy.wait_s:
                     break
-                sleep(min(interval_s, max(0.0, wait_s - elapsed)))
+                sleep(min(interval_s, max(0.0, policy.wait_s - elapsed)))
         return {
-            "below": below,
-            "wait_s": wait_s,
+            "policy": policy.policy,
+            "below": policy.below,
+            "wait_s": policy.wait_s,
             "waited_s": round(time.monotonic() - started, 3),
             "sessions_when_due": counts[0],
             "sessions_at_switchover": counts[-1],
+            "lowest_seen": lowest,
+            "lowest_seen_at_s": round(lowest_at, 3),
             "quiet": quiet,
             "polls": len(counts),
         }

@@ -140,3 +140,67 @@ def test_the_journal_decodes_each_event_once_and_still_sees_events_recorded_sinc
     finally:
         journal.close()
         other.close()
+
+
+def test_a_runs_plan_is_kept_apart_from_its_row_and_an_earlier_journals_row_still_reads(
+    tmp_path: Path,
+) -> None:
+    journal = Journal(tmp_path / "state")
+    try:
+        run_id = journal.create_run(
+            site_name="s",
+            site_path=str(tmp_path),
+            site_digest="-",
+            playbook="p",
+            playbook_digest="-",
+            plan_hash="h",
+            plan_json='{"states": []}',
+        )
+        journal.set_status(run_id, "paused", current_state="x")
+        in_row = journal.db.execute("SELECT plan_json FROM runs WHERE run_id = ?", (run_id,))
+        assert in_row.fetchone()[0] == ""  # a status change rewrites a small row
+        record = journal.get_run(run_id)
+        assert record is not None and record.plan_json == '{"states": []}'
+        assert record.status == "paused"
+
+        # A run written before plans had their own table keeps its plan in its row.
+        journal.db.execute(
+            "INSERT INTO runs SELECT 'old', site_name, site_path, site_digest, playbook,"
+            " playbook_digest, plan_hash, '{\"old\": true}', status, phase, current_state,"
+            " operator, hostname, created_at, updated_at, outcome, playbook_path FROM runs"
+        )
+        old = journal.get_run("old")
+        assert old is not None and old.plan_json == '{"old": true}'
+    finally:
+        journal.close()
+
+
+def test_the_topology_is_read_several_pairs_at_once_in_site_order_first_error_first() -> None:
+    import threading
+    from types import SimpleNamespace
+
+    from ors_migrate.actions.service_control import for_every_pair
+    from ors_migrate.errors import VerificationFailed
+
+    ctx = SimpleNamespace(site=load_site(REPO / "examples" / "site.yaml").site)
+    together = threading.Barrier(5, timeout=10)  # every pair's read waits for the others
+
+    def read(pair: str) -> str:
+        together.wait()
+        return pair.upper()
+
+    assert list(for_every_pair(ctx, read).items()) == [  # type: ignore[arg-type]
+        ("voice-1", "VOICE-1"),
+        ("voice-2", "VOICE-2"),
+        ("voice-3", "VOICE-3"),
+        ("outbound-1", "OUTBOUND-1"),
+        ("outbound-2", "OUTBOUND-2"),
+    ]
+
+    def fail_late(pair: str) -> str:
+        if pair in ("voice-2", "outbound-2"):
+            raise VerificationFailed(f"{pair} has no single primary")
+        return pair
+
+    with pytest.raises(VerificationFailed, match="voice-2"):
+        for_every_pair(ctx, fail_late)  # type: ignore[arg-type]

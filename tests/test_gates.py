@@ -7,6 +7,9 @@ from __future__ import annotations
 import io
 import json
 import time
+from pathlib import Path
+from typing import Any
+from unittest.mock import patch
 
 import pytest
 from conftest import cli
@@ -19,8 +22,10 @@ from ors_migrate.journal import Journal, operator_name
 from ors_migrate.runner import build_context, load_playbook, make_plan
 from ors_migrate.secrets import Secrets
 from ors_migrate.site import load_site
-from ors_migrate.step import GateView, SessionCount
+from ors_migrate.step import GateView, SessionCount, SwitchoverPolicy
 from ors_migrate.ui import Ui, gate_lines, render_gate
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "site.yaml"
 
 FIRST_GATE = "Gate: Set type=redis on the backups"
 SECOND_GATE = "Gate: Set type=redis on the new backups"
@@ -190,7 +195,11 @@ def test_waiting_for_a_quiet_moment_stops_as_soon_as_sessions_drop_below_the_thr
     ui = Ui(interactive=False, quiet=True)
 
     seen = ui.wait_for_quiet(
-        "voice-1", lambda: next(counts), below=10, wait_s=60, interval_s=2, sleep=slept.append
+        "voice-1",
+        lambda: next(counts),
+        policy=SwitchoverPolicy(10, 60),
+        interval_s=2,
+        sleep=slept.append,
     )
 
     assert seen["quiet"] and seen["sessions_at_switchover"] == 8 and seen["polls"] == 3
@@ -201,7 +210,9 @@ def test_waiting_for_a_quiet_moment_stops_as_soon_as_sessions_drop_below_the_thr
 def test_waiting_for_a_quiet_moment_gives_up_after_the_wait_and_says_so():
     ui = Ui(interactive=False, quiet=True)
 
-    seen = ui.wait_for_quiet("voice-1", lambda: 50, below=10, wait_s=0.3, interval_s=0.1)
+    seen = ui.wait_for_quiet(
+        "voice-1", lambda: 50, policy=SwitchoverPolicy(10, 0.3), interval_s=0.1
+    )
 
     assert not seen["quiet"] and seen["sessions_at_switchover"] == 50
     assert seen["waited_s"] >= 0.3
@@ -241,3 +252,62 @@ def test_monitoring_on_a_terminal_ends_with_a_table_per_node():
 def test_no_color_is_honoured(monkeypatch):
     monkeypatch.setenv("NO_COLOR", "1")
     assert Ui().console.no_color
+
+
+def test_the_lowest_policy_watches_first_then_switches_at_the_lowest_count_seen():
+    # Polls every 2 s on a fake clock: the trough (9) comes during the watch, the next count
+    # as low comes after it; the lower count later (3) is never reached: the wait has ended.
+    counts = iter([30, 20, 9, 15, 25, 12, 9, 3])
+    clock = [0.0]
+    ui = Ui(interactive=False, quiet=True)
+    policy = SwitchoverPolicy(None, 60, "lowest", watch_s=6, margin=0)
+
+    with patch("ors_migrate.ui.time.monotonic", lambda: clock[0]):
+        seen = ui.wait_for_quiet(
+            "voice-1",
+            lambda: next(counts),
+            policy=policy,
+            interval_s=2,
+            sleep=lambda s: clock.__setitem__(0, clock[0] + s),
+        )
+
+    assert seen["quiet"] and seen["sessions_at_switchover"] == 9 and seen["polls"] == 7
+    assert seen["lowest_seen"] == 9 and seen["lowest_seen_at_s"] == 4
+    assert seen["sessions_when_due"] == 30 and seen["policy"] == "lowest"
+
+
+def test_the_lowest_policy_switches_near_the_lowest_within_its_margin_or_at_the_end():
+    clock = [0.0]
+    ui = Ui(interactive=False, quiet=True)
+
+    def wait(counts: list[int], policy: SwitchoverPolicy) -> dict[str, Any]:
+        clock[0] = 0.0
+        left = iter(counts)
+        with patch("ors_migrate.ui.time.monotonic", lambda: clock[0]):
+            return ui.wait_for_quiet(
+                "voice-1",
+                lambda: next(left),
+                policy=policy,
+                interval_s=1,
+                sleep=lambda s: clock.__setitem__(0, clock[0] + s),
+            )
+
+    near = wait([10, 4, 8, 6], SwitchoverPolicy(None, 30, "lowest", watch_s=2, margin=2))
+    assert near["quiet"] and near["sessions_at_switchover"] == 6 and near["lowest_seen"] == 4
+
+    rising = wait(list(range(5, 40)), SwitchoverPolicy(None, 5, "lowest", watch_s=2))
+    assert not rising["quiet"] and rising["waited_s"] == 5 and rising["lowest_seen"] == 5
+
+
+def test_a_site_file_sets_the_quiet_switchover_policy_and_a_resumed_run_keeps_it(tmp_path):
+    from ors_migrate.runner import site_switchover_policy
+
+    text = EXAMPLE.read_text(encoding="utf-8") + "quiet_switchover: {window_s: 90}\n"
+    site = tmp_path / "site.yaml"
+    site.write_text(text, encoding="utf-8")
+
+    policy = site_switchover_policy(load_site(site).site)
+
+    assert policy == SwitchoverPolicy(None, 90.0, "lowest", watch_s=30.0, margin=0)
+    assert SwitchoverPolicy.from_dict(policy.as_dict()) == policy
+    assert SwitchoverPolicy.from_dict({"below": 14, "wait_s": 40}) == SwitchoverPolicy(14, 40.0)

@@ -51,3 +51,51 @@ def test_first_switchover_waits_for_fewer_sessions_and_journals_what_it_saw(make
     first_to_redis = next(p for p in promotions if p["store"] == "redis")
     # What the switchover lost is what was in progress when it finally happened.
     assert first_to_redis["lost"] <= wait["sessions_at_switchover"] + 8
+
+
+def in_progress(calls: list[tuple[float, float]], at: float) -> int:
+    return sum(1 for start, end in calls if start <= at < end)
+
+
+def test_a_seeded_lab_load_is_the_same_calls_however_the_simulator_ticks():
+    from ors_migrate.lab.ors_sim import SeededLoad
+
+    config = {"load_epoch": 1000.0, "session_rate": 8.0, "session_wave_s": 30.0}
+    coarse = SeededLoad(7, "cl1-pair1", config)
+    fine = SeededLoad(7, "cl1-pair1", config)
+    other_pair = SeededLoad(7, "cl1-pair2", config)
+    other_seed = SeededLoad(8, "cl1-pair1", config)
+
+    calls = coarse.calls_until(1090.0)
+    ticked = [c for step in range(1, 1801) for c in fine.calls_until(1000.0 + step * 0.05)]
+
+    assert calls == ticked and len(calls) > 500
+    assert calls != other_pair.calls_until(1090.0) != other_seed.calls_until(1090.0)
+    counts = [in_progress(calls, 1000.0 + t) for t in range(10, 90)]
+    assert max(counts) > 3 * min(counts)  # the wave: quiet moments come and go
+
+
+def test_the_demo_sets_switching_at_once_beside_the_lowest_seen_and_the_loss_after_waiting():
+    from types import SimpleNamespace
+
+    from ors_migrate.demo import _quiet_wait_lines
+
+    wait = {
+        "policy": "lowest",
+        "sessions_when_due": 41,
+        "lowest_seen": 8,
+        "waited_s": 12.5,
+    }
+    ended = SimpleNamespace(
+        kind="action_ended",
+        payload={
+            "observed": {"primary": "ors-cl1-p1-b", "quiet_wait": wait, "promotion": {"lost": 9}}
+        },
+    )
+    journal = SimpleNamespace(events=lambda run_id: [ended])
+
+    lines = _quiet_wait_lines(journal, "run", load_seed=7)
+
+    assert "load seed 7" in lines[0]
+    assert "at once:   41 in progress" in lines[1] and "lowest seen    8, lost    9" in lines[1]
+    assert "41 in progress when due (lost switching at once), lowest seen 8, 9 lost" in lines[2]

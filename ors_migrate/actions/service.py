@@ -166,17 +166,16 @@ class Switchover(Action):
     def _wait_for_quiet(
         ctx: RunContext, step: PlannedAction, intent: dict[str, Any]
     ) -> dict[str, Any] | None:
-        """With `--switchover-below N --switchover-wait T`, a switchover whose playbook step
-        allows it (`wait_for_quiet: true`, the first one, where sessions in progress are lost)
-        waits for a quieter moment on the old primary, up to T seconds."""
+        """With the site's `quiet_switchover` (or `--switchover-below N`), a switchover whose
+        playbook step allows it (`wait_for_quiet: true`, the first one, where sessions in
+        progress are lost) waits for a quiet moment on the old primary, each pair on its own."""
         policy = ctx.switchover_policy
         if policy is None or not step.args.get("wait_for_quiet") or not ctx.site.services.sessions:
             return None
         return ctx.ui.wait_for_quiet(
             f"{intent['pair']} ({intent['old_primary']})",
             lambda: ctx.services.active_sessions(intent["old_primary"]),
-            below=policy.below,
-            wait_s=policy.wait_s,
+            policy=policy,
             interval_s=ctx.site.services.poll_interval_s,
         )
 

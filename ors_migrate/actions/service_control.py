@@ -8,6 +8,9 @@ from __future__ import annotations
 import functools
 import json
 import shlex
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from ors_migrate.errors import OrsMigrateError, ResumeRefused, VerificationFailed
 from ors_migrate.events import EventKind, SwitchoverIntent
@@ -24,6 +27,7 @@ from ors_migrate.step import (
 )
 
 ROLES = ("primary", "backup", "down")
+T = TypeVar("T")
 
 
 def parse_status(app: str, result: CommandResult) -> AppStatus:
@@ -217,20 +221,36 @@ def settled_pair_status(ctx: RunContext, pair_name: str) -> dict[str, AppStatus]
     return statuses
 
 
+# How many HA pairs' roles are read at once before a run: each read is a status command per
+# member, mostly waiting on the network; ours, bounded so that a large estate does not open
+# every connection at the same moment.
+TOPOLOGY_READERS = 8
+
+
+def for_every_pair(ctx: RunContext, read: Callable[[str], T]) -> dict[str, T]:
+    """`read(pair)` for every HA pair of the site, several at once (reads only), in site order;
+    the first error in site order is raised, as a one-by-one loop would have raised it."""
+    names = [pair.name for _, pair in ctx.site.pairs()]
+    if len(names) <= 1:
+        return {name: read(name) for name in names}
+    with ThreadPoolExecutor(min(TOPOLOGY_READERS, len(names)), "topology") as pool:
+        futures = {name: pool.submit(read, name) for name in names}
+        return {name: future.result() for name, future in futures.items()}
+
+
 def live_primaries(ctx: RunContext) -> dict[str, str]:
     """The primary of every HA pair, read from the live world; VerificationFailed when a pair
     has no single primary."""
-    return {
-        pair.name: ctx.services.app_in_role(pair.name, "primary") for _, pair in ctx.site.pairs()
-    }
+    return for_every_pair(ctx, lambda pair: ctx.services.app_in_role(pair, "primary"))
 
 
 def check_live_topology(ctx: RunContext, initial: dict[str, str]) -> None:
     """Refuse to resume when the live primaries cannot be explained by the journal."""
     expected = expected_primaries(ctx.journal, ctx.run_id, initial)
     problems = []
+    settled = for_every_pair(ctx, lambda pair: settled_pair_status(ctx, pair))
     for _, pair in ctx.site.pairs():
-        statuses = settled_pair_status(ctx, pair.name)
+        statuses = settled[pair.name]
         primaries = {n for n, s in statuses.items() if s.role == "primary"}
         allowed = expected.get(pair.name, set())
         if len(primaries) != 1 or not primaries <= allowed:

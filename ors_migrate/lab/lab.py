@@ -49,6 +49,7 @@ class LabShape:
     session_rate: float = 8.0
     monitor_window_s: float = 3.0
     secure: bool = False  # Redis with TLS and an ACL user for ORS
+    load_seed: int | None = None  # the same calls at the same time after lab up, run after run
 
 
 @dataclass(frozen=True)
@@ -405,6 +406,8 @@ def _lab_config(
         "session_max_s": 5.0,
         "session_ttl_s": 300,
         "session_wave_s": 30.0,
+        "load_seed": shape.load_seed,
+        "load_epoch": time.time(),
         "monitor_window_s": shape.monitor_window_s,
         "clusters": {cluster: list(names) for cluster, names in topology.clusters.items()},
         "pairs": pairs,
@@ -444,6 +447,7 @@ def lab_status(directory: Path) -> dict[str, Any]:
         "apps": apps,
         "switchovers": _promotions(layout),
         "services": orsctl.service_record(layout),
+        "load_seed": config.get("load_seed"),
         "redis": {"nodes": config["redis_nodes"]},
         "cassandra": {
             "stand_in": True,

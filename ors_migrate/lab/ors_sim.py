@@ -33,6 +33,48 @@ TICK_S = 0.05
 WAVE_DEPTH = 0.75  # the rate swings between a quarter and 1.75 times the mean
 
 
+class SeededLoad:
+    """A pair's calls as a schedule fixed by the lab's `--load-seed`: a Poisson process whose
+    rate follows the lab's wave from the lab's start, each call with its duration, drawn from
+    one generator per pair. Both members draw the same schedule, so the load depends neither on
+    which member serves it nor on when a simulator's ticks fall: two labs started with the same
+    seed and shape get the same calls at the same time after their start."""
+
+    def __init__(self, seed: int, pair: str, config: dict[str, Any]) -> None:
+        self.rng = random.Random(f"{seed}:{pair}")
+        self.epoch = float(config["load_epoch"])
+        self.rate = float(config.get("session_rate", 8.0))
+        self.wave_s = float(config.get("session_wave_s", 0))
+        self.min_s = float(config.get("session_min_s", 2.0))
+        self.max_s = float(config.get("session_max_s", 5.0))
+        self.peak = self.rate * (1 + WAVE_DEPTH) if self.wave_s > 0 else self.rate
+        self.at = 0.0
+        self.next = self._draw()
+
+    def rate_at(self, lab_s: float) -> float:
+        if self.wave_s <= 0:
+            return self.rate
+        return self.rate * (1 + WAVE_DEPTH * math.sin(2 * math.pi * lab_s / self.wave_s))
+
+    def _draw(self) -> tuple[float, float]:
+        """The next call (start, duration in seconds from the lab's start), by thinning."""
+        while True:
+            self.at += self.rng.expovariate(self.peak)
+            keep = self.rng.random() * self.peak < self.rate_at(self.at)
+            duration = self.rng.uniform(self.min_s, self.max_s)
+            if keep:
+                return self.at, duration
+
+    def calls_until(self, now: float) -> list[tuple[float, float]]:
+        """The calls that start by `now` (wall clock) and were not taken yet: (start, end)."""
+        calls = []
+        while self.epoch + self.next[0] <= now:
+            start = self.epoch + self.next[0]
+            calls.append((start, start + self.next[1]))
+            self.next = self._draw()
+        return calls
+
+
 class StartRefused(Exception):
     """The options would not let a real ORS start."""
 
@@ -174,6 +216,8 @@ class Simulator:
         self.max_s = float(config.get("session_max_s", 5.0))
         self.ttl_s = int(config.get("session_ttl_s", 300))
         self.wave_s = float(config.get("session_wave_s", 0))
+        seed = config.get("load_seed")
+        self.load = SeededLoad(int(seed), self.pair, config) if seed is not None else None
         self.role = "backup"
         self.started_at = time.time()
         self.instance = f"{os.getpid()}-{int(self.started_at * 1000)}"
@@ -277,6 +321,8 @@ class Simulator:
                 )
                 + "\n"
             )
+        if self.load is not None:
+            self.load.calls_until(time.time())  # calls before now were the peer's (or nobody's)
         self.role = "primary"
         self._serve_http()
 
@@ -321,14 +367,10 @@ class Simulator:
             if ends <= now:
                 del self.active[session_id]
                 self._persist(self.store.delete, self.pair, session_id)
-        expected = self.current_rate() * elapsed
-        count = int(expected) + (1 if random.random() < expected - int(expected) else 0)
-        if "no-new-sessions" in self.faults:
-            count = 0
-        for _ in range(count):
+        for ends in self._new_calls(now, elapsed):
             self.serial += 1
             session_id = f"{self.node_prefix}{self.instance}-{self.serial}"
-            self.active[session_id] = now + random.uniform(self.min_s, self.max_s)
+            self.active[session_id] = ends
             self.counters["created"] += 1
             self._persist(
                 self.store.save,
@@ -337,6 +379,17 @@ class Simulator:
                 json.dumps({"app": self.app, "created": now}),
                 self.ttl_s,
             )
+
+    def _new_calls(self, now: float, elapsed: float) -> list[float]:
+        """When each call that arrived since the last tick ends: from the seeded schedule, or
+        drawn now at the current rate."""
+        if self.load is not None:
+            calls = [end for _, end in self.load.calls_until(now)]
+        else:
+            expected = self.current_rate() * elapsed
+            count = int(expected) + (1 if random.random() < expected - int(expected) else 0)
+            calls = [now + random.uniform(self.min_s, self.max_s) for _ in range(count)]
+        return [] if "no-new-sessions" in self.faults else calls
 
     def current_rate(self) -> float:
         """Sessions per second now. Call load rises and falls (a wave of `wave_s` seconds, the

@@ -14,7 +14,7 @@ from conftest import REPO, cli
 from ruamel.yaml import YAML
 
 from ors_migrate.actions.cassandra_checks import keyspace_exists
-from ors_migrate.actions.cassandra_removal import CONFIRM_ENV, confirm_drop
+from ors_migrate.actions.cassandra_removal import CONFIRM_ENV, confirm_drop, removed_options
 from ors_migrate.actions.options_file import read_options
 from ors_migrate.errors import GateStopped
 from ors_migrate.lab.layout import LabLayout
@@ -103,6 +103,8 @@ def test_at_a_terminal_the_operator_types_the_name_back(monkeypatch: pytest.Monk
 
 
 def test_plan_removes_options_everywhere_and_keeps_the_keyspace_by_default() -> None:
+    """Without cassandra.removal.options, and with options the plan cannot read, the plan says
+    the options are found at run time: no name is guessed."""
     states = plan_states(EXAMPLE)
     ids = [s["id"] for s in states]
     assert "drop-keyspace" not in ids and "snapshot-keyspace" not in ids
@@ -111,9 +113,34 @@ def test_plan_removes_options_everywhere_and_keeps_the_keyspace_by_default() -> 
     apps = {a["app"] for a in removal["actions"]}
     assert apps == {a.name for _, _, a in load_site(EXAMPLE).site.apps()}
     changes = removal["actions"][0]["option_changes"]
-    assert [(c["section"], c["option"], c["new"]) for c in changes] == [
-        ("persistence", "cassandra-nodes", None),
-        ("persistence", "cassandra-keyspace", None),
+    assert [(c["section"], c["option"], c["new"], c["source"]) for c in changes] == [
+        ("persistence", "cassandra*", None, "found at run time"),
+    ]
+    assert "cassandra-nodes" not in json.dumps(states)
+
+
+def test_removed_options_are_the_site_files_else_those_found_never_a_guess() -> None:
+    site = load_site(EXAMPLE).site
+    current = {
+        ("persistence", "cassandra-nodes"): "10.0.0.1:9160",
+        ("persistence", "Cassandra-Keyspace"): "orchestration",
+        ("persistence", "redis-nodes"): "r1:6379",
+        ("persistence", "type"): "cassandra",
+        ("orchestration", "cassandra-legacy"): "x",
+    }
+    found = removed_options(site, current)
+    assert found is not None
+    assert [(c.section, c.option, c.source) for c in found] == [
+        ("persistence", "Cassandra-Keyspace", "found at run time"),
+        ("persistence", "cassandra-nodes", "found at run time"),
+    ]
+    assert removed_options(site, None) is None
+    windows = load_site(WINDOWS_EXAMPLE).site  # it lists cassandra.removal.options
+    named = removed_options(windows, current)
+    assert named is not None
+    assert [(c.option, c.source) for c in named] == [
+        ("cassandra-nodes", "site file"),
+        ("cassandra-keyspace", "site file"),
     ]
 
 

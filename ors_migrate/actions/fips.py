@@ -524,6 +524,17 @@ class FipsAction(Action):
         return fips_paths(ctx.site, intent["app"])
 
 
+class ModeAction(FipsAction):
+    """An action for FIPS mode or for TLS without FIPS: `with: {mode: fips|non-fips}`."""
+
+    @classmethod
+    def check_spec(cls, scope: str, spec: Any) -> str | None:
+        problem = super().check_spec(scope, spec)
+        if problem is None and spec.with_.get("mode") not in MODES:
+            return f"action '{cls.name}' needs 'with: {{mode: fips|non-fips}}'"
+        return problem
+
+
 class CheckVersion(FipsAction):
     """FIPS with the OpenSSL 3.x bundled with ORS: 8.1.401.13+ on Linux, 8.1.401.11+ on Windows."""
 
@@ -632,7 +643,7 @@ class LinuxInstall(FipsAction):
         return {"app": paths.app, "output": tail, FIPSINSTALL: {**report, "fipsmodule": fipsmodule}}
 
 
-class LinuxEnvironment(FipsAction):
+class LinuxEnvironment(ModeAction):
     """fips-linux.2 (mode fips): OPENSSL_CONF, OPENSSL_MODULES and LD_LIBRARY_PATH in LCA's
     environment file as fipsinstall.sh suggested them, its folders in place of the Security
     Pack folder. Mode non-fips: the OPENSSL_* variables removed and the Security Pack folder on
@@ -641,13 +652,6 @@ class LinuxEnvironment(FipsAction):
     name = "fips.linux_environment"
     platform = "linux"
     changes_world = True
-
-    @classmethod
-    def check_spec(cls, scope: str, spec: Any) -> str | None:
-        problem = super().check_spec(scope, spec)
-        if problem is None and spec.with_.get("mode") not in MODES:
-            return f"action '{cls.name}' needs 'with: {{mode: fips|non-fips}}'"
-        return problem
 
     @staticmethod
     def documented(paths: FipsPaths) -> dict[str, str]:
@@ -1257,7 +1261,7 @@ class RestartLca(FipsAction):
         return {"host": paths.host, "roles_on_host": roles, "command": command}
 
 
-class VerifyProcessEnvironment(FipsAction):
+class VerifyProcessEnvironment(ModeAction):
     """After the restart, the evidence that counts: the environment of the running ORS process
     itself (Linux: /proc/<pid>/environ; Windows: the process's environment block), never the
     file or machine variables the tool wrote. Mode fips: OPENSSL_CONF and OPENSSL_MODULES as
@@ -1267,13 +1271,6 @@ class VerifyProcessEnvironment(FipsAction):
     `-app <application>`."""
 
     name = "fips.verify_process_environment"
-
-    @classmethod
-    def check_spec(cls, scope: str, spec: Any) -> str | None:
-        problem = super().check_spec(scope, spec)
-        if problem is None and spec.with_.get("mode") not in MODES:
-            return f"action '{cls.name}' needs 'with: {{platform: ..., mode: fips|non-fips}}'"
-        return problem
 
     @staticmethod
     def reader(paths: FipsPaths, pid: int | None) -> str:

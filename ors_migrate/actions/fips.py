@@ -339,12 +339,10 @@ def process_environment_script(app: str, pid: int | None) -> str:
     return ps_script(
         f"Add-Type -TypeDefinition @'\n{PROCESS_ENVIRONMENT_READER}'@",
         find,
-        "foreach ($id in $ids) {",
-        "  try { $block = [OrsMigrateProcessEnvironment]::Of([int]$id) }",
-        f"  catch {{ '{UNREADABLE_MARK}' + $id + ' ' + $_.Exception.Message; continue }}",
-        f"  '{PROCESS_MARK}' + $id",
-        '  $block -split "`0" | Where-Object { $_ }',
-        "}",
+        # one line, the one a failure names
+        "foreach ($id in $ids) { try { $block = [OrsMigrateProcessEnvironment]::Of([int]$id) } "
+        f"catch {{ '{UNREADABLE_MARK}' + $id + ' ' + $_.Exception.Message; continue }}; "
+        f"'{PROCESS_MARK}' + $id; $block -split \"`0\" | Where-Object {{ $_ }} }}",
     )
 
 

@@ -24,6 +24,7 @@ from ors_migrate.actions.fips import (
     fipsmodule_location,
     non_fips_library_path,
     openssl_cnf,
+    openssl_folders_command,
     parse_env_file,
     parse_fipsinstall_output,
     parse_process_environments,
@@ -165,6 +166,25 @@ def test_the_variables_and_fipsmodule_cnf_are_read_from_what_fipsinstall_sh_repo
         "/opt/ORS 8.1/fipsmodule.cnf"
     )
     assert fipsmodule_location(output, "[openssl_init]\n") is None
+
+
+def test_folders_with_openssl_libraries_are_found_among_ld_library_path_entries(
+    tmp_path: Path,
+) -> None:
+    """Without ors.fips.security_pack_dir, a folder of LD_LIBRARY_PATH that holds OpenSSL
+    libraries (the Security Pack, most likely) stops the run instead of staying beside
+    <ORS>/fips: this is how such folders are found on the host."""
+    pack, plain, spaced = tmp_path / "secpack", tmp_path / "plain", tmp_path / "with space"
+    for folder in (pack, plain, spaced):
+        folder.mkdir()
+    (pack / "libssl.so.1.1").write_text("")
+    (spaced / "libcrypto.so.3").write_text("")
+    (plain / "libz.so.1").write_text("")
+    folders = [str(pack), str(plain), str(spaced), str(tmp_path / "missing")]
+    done = subprocess.run(
+        ["sh", "-c", openssl_folders_command(folders)], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.splitlines() == [str(pack), str(spaced)]
 
 
 def test_a_running_process_without_the_fips_variables_fails_the_check_and_with_them_passes(

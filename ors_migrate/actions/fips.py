@@ -221,6 +221,17 @@ def fipsmodule_location(output: str, openssl_cnf_text: str | None) -> str | None
     return included.group(1) if included else None
 
 
+def openssl_folders_command(folders: list[str]) -> str:
+    """A POSIX shell command printing, one a line, those of `folders` that hold OpenSSL
+    libraries (libssl.so* or libcrypto.so*)."""
+    return (
+        "for d in "
+        + " ".join(shlex.quote(f) for f in folders)
+        + '; do for f in "$d"/libssl.so* "$d"/libcrypto.so*; do '
+        'if [ -e "$f" ]; then echo "$d"; break; fi; done; done'
+    )
+
+
 PROCESS_MARK = "@@pid "
 UNREADABLE_MARK = "@@unreadable "
 
@@ -770,13 +781,8 @@ class LinuxEnvironment(ModeAction):
         others = [e for e in _path_entries(before.get(LD_LIBRARY_PATH)) if e not in ours]
         if not others:
             return
-        command = (
-            "for d in "
-            + " ".join(shlex.quote(e) for e in others)
-            + '; do for f in "$d"/libssl.so* "$d"/libcrypto.so*; do '
-            'if [ -e "$f" ]; then echo "$d"; break; fi; done; done'
-        )
-        found = run_command(self.transport(ctx, step), command).split()
+        out = run_command(self.transport(ctx, step), openssl_folders_command(others))
+        found = out.splitlines()
         if found:
             raise VerificationFailed(
                 f"LD_LIBRARY_PATH in {paths.env_file} on {paths.host} lists {', '.join(found)}, "

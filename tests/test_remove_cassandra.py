@@ -257,3 +257,43 @@ def test_remove_cassandra_in_the_lab_after_the_migration(make_lab, tmp_path: Pat
         ("migrate-to-redis", "succeeded"),
         ("remove-cassandra", "succeeded"),
     ]
+
+
+def test_the_plan_of_options_found_at_run_time_stays_the_same_as_they_are_removed(
+    tmp_path: Path,
+) -> None:
+    """What is found is shown as the row's current value, which the plan hash leaves out, so
+    that a run paused after removing the options can be resumed."""
+    from tiny_site import APPS, make_tiny_site
+
+    from ors_migrate.runner import load_playbook, make_plan
+
+    site = make_tiny_site(tmp_path)
+    with site.path.open("a") as fh:
+        fh.write("cassandra:\n  contact_points: [127.0.0.1:9042]\n  keyspace: orchestration\n")
+    for app in APPS:
+        with site.options(app).open("a") as fh:
+            fh.write("cassandra-nodes=10.0.0.1:9160\ncassandra-keyspace=orchestration\n")
+
+    def removal_rows() -> tuple[str, list[dict[str, Any]]]:
+        plan = make_plan(load_site(site.path), load_playbook("remove-cassandra"))
+        state = plan.as_dict()["states"]
+        rows = next(s for s in state if s["id"] == "remove-cassandra-options")["actions"]
+        return plan.plan_hash, [r for a in rows for r in a["option_changes"]]
+
+    before_hash, before = removal_rows()
+    assert {(r["option"], r["source"], r["old"]) for r in before} == {
+        ("cassandra*", "found at run time", "cassandra-keyspace=orchestration; "
+         "cassandra-nodes=10.0.0.1:9160"),
+    }  # fmt: skip
+    for app in APPS:
+        site.options(app).write_text(
+            "\n".join(
+                line
+                for line in site.options(app).read_text().splitlines()
+                if not line.startswith("cassandra-")
+            )
+        )
+    after_hash, after = removal_rows()
+    assert after_hash == before_hash
+    assert {(r["option"], r["old"]) for r in after} == {("cassandra*", None)}

@@ -151,28 +151,12 @@ class RemoveOptions(Action):
     def preview(self, step: PlannedAction, view: PlanningView) -> Preview:
         app = step.target.app
         assert app
-        section = cassandra_of(view.site).removal.section
         backend = view.site.options_backend.kind
-        changes = removed_options(view.site, view.options.get(app))
-        if changes is None:
-            row = {
-                "section": section,
-                "option": f"{FOUND_PREFIX}*",
-                "old": None,
-                "old_known": False,
-                "new": None,
-                "source": FOUND,
-            }
-            return Preview(
-                f"remove from {app} the [{section}] options whose names begin with "
-                f"'{FOUND_PREFIX}', as found in its options at run time (the documents name "
-                f"none; cassandra.removal.options names them instead), via the {backend} "
-                "backend (backup kept)",
-                [],
-                [row],
-            )
+        named = named_options(view.site)
+        if named is None:
+            return self._found_preview(app, view)
         rows = []
-        for change in changes:
+        for change in named:
             old = view.option(app, change.section, change.option)
             rows.append(
                 {
@@ -185,11 +169,37 @@ class RemoveOptions(Action):
                 }
             )
             view.set_option(app, change.section, change.option, None)
-        names = ", ".join(f"[{c.section}] {c.option}" for c in changes) or (
-            f"nothing (no [{section}] option begins with '{FOUND_PREFIX}')"
-        )
+        names = ", ".join(f"[{c.section}] {c.option}" for c in named)
         return Preview(
             f"remove {names} from {app} via the {backend} backend (backup kept)", [], rows
+        )
+
+    @staticmethod
+    def _found_preview(app: str, view: PlanningView) -> Preview:
+        """One row for the options found at run time. What is there now is its old value, which
+        the plan hash leaves out: the plan stays the same as the run removes them."""
+        section = cassandra_of(view.site).removal.section
+        found = removed_options(view.site, view.options.get(app)) or []
+        now = "; ".join(
+            f"{c.option}={shown(c.option, view.option(app, c.section, c.option))}" for c in found
+        )
+        for change in found:
+            view.set_option(app, change.section, change.option, None)
+        row = {
+            "section": section,
+            "option": f"{FOUND_PREFIX}*",
+            "old": now or None,
+            "old_known": view.options_known(app),
+            "new": None,
+            "source": FOUND,
+        }
+        return Preview(
+            f"remove from {app} the [{section}] options whose names begin with "
+            f"'{FOUND_PREFIX}', as found in its options at run time (the documents name none; "
+            f"cassandra.removal.options names them instead), via the "
+            f"{view.site.options_backend.kind} backend (backup kept)",
+            [],
+            [row],
         )
 
     def prepare(self, ctx: RunContext, step: PlannedAction) -> dict[str, Any]:

@@ -1076,10 +1076,11 @@ class VerifyProviders(FipsAction):
             out = run_powershell(transport, self.windows_script(paths))
         providers = parse_providers(out)
         if providers.get("fips") != "active":
+            where = paths.env_file if paths.platform == "linux" else "the machine environment"
             raise VerificationFailed(
                 f"OpenSSL on {paths.host} does not list the fips provider as active for "
-                f"{paths.app} (providers: {providers or 'none'}); check {paths.openssl_cnf} and "
-                "the OPENSSL_CONF / OPENSSL_MODULES variables"
+                f"{paths.app} (providers: {providers or 'none'}); check OPENSSL_CONF and "
+                f"OPENSSL_MODULES in {where} and the openssl.cnf they name"
             )
         return {"app": paths.app, "providers": providers}
 

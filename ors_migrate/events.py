@@ -31,6 +31,9 @@ class EventKind(StrEnum):
     ABANDONED = "abandoned"
     ESTIMATE = "estimate"
     WINDOW_PAUSE = "window_pause"
+    WINDOW_TIMEOUT = "window_timeout"
+    CAPACITY_DECISION = "capacity_decision"
+    MANUAL_CONFIRMATION = "manual_confirmation"
 
 
 ROLLBACK_EVENTS = (EventKind.ROLLBACK_STARTED, EventKind.ROLLBACK_REQUESTED)

@@ -44,7 +44,6 @@ DOCUMENTED_MIN_VERSION = "8.1.401.10"
 PAIRS_PER_THREE_NODES = 9
 MIN_REDIS_NODES = 3
 TRUE_VALUES = frozenset({"true", "1", "yes", "on"})
-DIGITAL_OPTION = "enable-multimedia-persistence"
 MANAGED_PERSISTENCE_OPTIONS = frozenset(
     {TYPE, "redis-nodes", "username", "password"}
     | {f"tls-{o}" for o in ("enabled", "cert", "key", "cacert", "cacertdir", "sni")}
@@ -360,8 +359,9 @@ def digital_persistence_unset(site: Site) -> Iterator[Problem]:
     if site.ors.digital_persistence is None:
         yield Problem(
             "ors.digital_persistence is not set: the documents recommend disabling persistence "
-            "of digital (eServices) sessions; set it to {section: persistence, option: "
-            f"{DIGITAL_OPTION}, value: 'false'}} so that prepare.4 writes it",
+            "of digital (eServices) sessions but name no option for it; name the option of your "
+            "ORS release that turns it off, as {section: ..., option: ..., value: 'false'}, so "
+            "that prepare.4 writes it",
             ("ors",),
         )
 
@@ -404,7 +404,8 @@ def options_managed_by_tool(site: Site) -> Iterator[Problem]:
     if digital is not None and (digital.section, digital.option) in managed:
         yield Problem(
             f"ors.digital_persistence names [{digital.section}] {digital.option}, which "
-            f"ors-migrate writes itself: name the digital-session option ({DIGITAL_OPTION})",
+            "ors-migrate writes itself: name the option of your ORS release that turns "
+            "digital-session persistence off",
             ("ors", "digital_persistence", "option"),
         )
 

@@ -470,7 +470,12 @@ class CassandraRemoval(StrictModel):
     removed from every application, and whether the ORS keyspace is snapshotted and dropped."""
 
     section: str = "persistence"
-    options: list[str] = Field(default_factory=lambda: ["cassandra-nodes", "cassandra-keyspace"])
+    options: list[str] | None = Field(
+        default=None,
+        description="the Cassandra options to remove (the documents name none); without it, "
+        "the options of `section` whose names begin with 'cassandra', as found in each "
+        "application's options at run time",
+    )
     drop_keyspace: bool = False
     snapshot: bool = True
     snapshot_hosts: list[str] = Field(default_factory=list)
@@ -527,8 +532,9 @@ class OrsSettings(StrictModel):
     extra_persistence_options: dict[str, str] = Field(default_factory=dict)
     digital_persistence: OptionRef | None = Field(
         default=None,
-        description="the option that turns digital-session persistence off, e.g. "
-        "{section: persistence, option: enable-multimedia-persistence, value: 'false'}",
+        description="the option of your ORS release that turns digital-session persistence "
+        "off (the documents recommend it but name no option), as {section, option, "
+        "value: 'false'}",
     )
     fips_enabled: bool | None = None
     fips: FipsSettings = FipsSettings()

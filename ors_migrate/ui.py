@@ -14,6 +14,7 @@ one at a time.
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import sys
 import threading
@@ -303,14 +304,23 @@ class Ui:
     ) -> Iterator[Callable[[float, str], None]]:
         """Progress while a verification waits for evidence: a bar on a terminal, otherwise a
         line at most every 5 seconds. Yields `tick(elapsed_s, what_is_seen_so_far)`."""
+        with self._timed_progress(description, window_s, every_s=5.0) as tick:
+            yield tick
+
+    @contextmanager
+    def _timed_progress(
+        self, description: str, total_s: float, *, every_s: float = 0.0
+    ) -> Iterator[Callable[[float, str], None]]:
+        """A wait of up to `total_s` and what is seen so far: a bar on a terminal, elsewhere a
+        line at most every `every_s` seconds. Yields `tick(elapsed_s, seen)`."""
         if not self.live:
-            last = [-10.0]
+            last = [-math.inf]
 
             def line(elapsed: float, seen: str) -> None:
-                if not self.quiet and elapsed - last[0] >= 5.0:
+                if not self.quiet and elapsed - last[0] >= every_s:
                     last[0] = elapsed
                     self.console.print(
-                        f"    {self._pair()}{description}: {seen} ({elapsed:.0f}/{window_s:g} s)",
+                        f"    {self._pair()}{description}: {seen} ({elapsed:.0f}/{total_s:g} s)",
                         markup=False,
                     )
 
@@ -329,10 +339,10 @@ class Ui:
                 transient=True,
             ) as progress,
         ):
-            task = progress.add_task(description, total=window_s, seen="")
+            task = progress.add_task(description, total=total_s, seen="")
 
             def bar(elapsed: float, seen: str) -> None:
-                progress.update(task, completed=min(elapsed, window_s), seen=seen)
+                progress.update(task, completed=min(elapsed, total_s), seen=seen)
 
             yield bar
 
@@ -403,7 +413,8 @@ class Ui:
         lowest: int | None = None
         lowest_at = 0.0
         quiet = False
-        with self._waiting(f"{what}: waiting for {policy.describe()}", policy.wait_s) as tick:
+        waiting = f"{what}: waiting for {policy.describe()}"
+        with self._timed_progress(waiting, policy.wait_s) as tick:
             while True:
                 count = probe()
                 counts.append(count)
@@ -411,7 +422,7 @@ class Ui:
                 if count is not None and (lowest is None or count < lowest):
                     lowest, lowest_at = count, elapsed
                 quiet = policy.quiet_now(count, lowest, elapsed)
-                tick(elapsed, count)
+                tick(elapsed, f"{'unknown' if count is None else count} in progress")
                 if quiet or elapsed >= policy.wait_s:
                     break
                 sleep(min(interval_s, max(0.0, policy.wait_s - elapsed)))
@@ -427,43 +438,6 @@ class Ui:
             "quiet": quiet,
             "polls": len(counts),
         }
-
-    @contextmanager
-    def _waiting(
-        self, description: str, total_s: float
-    ) -> Iterator[Callable[[float, int | None], None]]:
-        if not self.live:
-
-            def line(elapsed: float, count: int | None) -> None:
-                if not self.quiet:
-                    shown = "unknown" if count is None else str(count)
-                    so_far = f"({elapsed:.0f}/{total_s:g} s)"
-                    self.console.print(
-                        f"    {self._pair()}{description}: {shown} now {so_far}",
-                        markup=False,
-                    )
-
-            yield line
-            return
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        with (
-            self._screen(),
-            Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                TextColumn("{task.fields[count]} in progress"),
-                TimeElapsedColumn(),
-                console=self.console,
-                transient=True,
-            ) as progress,
-        ):
-            task = progress.add_task(description, total=total_s, count="?")
-
-            def bar(elapsed: float, count: int | None) -> None:
-                progress.update(task, completed=elapsed, count="?" if count is None else count)
-
-            yield bar
 
 
 def _record_sample(nodes: dict[str, _NodeLoad], sample: dict[str, Any]) -> None:

@@ -23,7 +23,14 @@ from typing import Any
 import pytest
 from conftest import REPO, cli
 from service_record import both_members_down, most_pairs_busy
-from tiny_site import APPS, TinySite, make_tiny_site
+from tiny_site import (
+    APPS,
+    ROLLBACK_WITH_RESTART,
+    VERIFY_VERSION,
+    TinySite,
+    gated_playbook,
+    make_tiny_site,
+)
 
 from ors_migrate.lab.layout import LabLayout, read_json
 from ors_migrate.lab.redis_cluster import RedisClusterLab
@@ -558,64 +565,6 @@ def test_sigterm_records_the_run_as_interrupted_and_exits_130(tmp_path, runs_of)
     assert run["status"] == "interrupted"
 
 
-GATED = """
-name: gated
-title: Configure, then a gate
-rollback_playbook: {rollback}
-states:
-  - id: configure
-    title: Configure the Redis options
-    seed_step: prepare.4
-    scope: app
-    actions:
-      - do: options.set
-        with: {{set: preparation}}
-  - id: enable
-    title: Enable Redis
-    seed_step: enable.1
-    scope: ha_pair
-    enables_redis: true
-    gate: Sessions in progress are not restored at this switchover.
-    actions:
-      - do: options.set
-        role: backup
-        with: {{set: enable}}
-      - do: service.switchover
-  - id: verify
-    title: Verify the applications after the switchover
-    seed_step: enable.2
-    scope: {verify}
-"""
-VERIFY_PAIR = """ha_pair
-    actions:
-      - do: service.verify_pair
-        with: {type: null}"""
-VERIFY_VERSION = """app
-    actions:
-      - do: ors.upgrade"""
-
-ROLLBACK = """
-name: tiny-rollback
-title: Put type back
-states:
-  - id: disable-redis
-    title: Disable Redis persistence
-    seed_step: rollback.1
-    scope: app
-    actions:
-      - do: options.set
-        with: {set: disable}
-"""
-
-
-def gated_playbook(site: TinySite, verify: str = VERIFY_PAIR) -> Path:
-    """Preparation, a gate, type=redis on the backup and a switchover, then a verification;
-    a failure after the gate rolls back with a tiny rollback playbook."""
-    rollback = site.write_playbook("tiny-rollback", ROLLBACK)
-    text = GATED.format(rollback=json.dumps(str(rollback)), verify=verify)
-    return site.write_playbook("gated", text)
-
-
 # The tiny playbooks stop after enabling Redis on the backups (enable.1 alone), which leaves each
 # ORS cluster on two stores: a documented rule error the operator must override by its id.
 PARTIAL_ENABLE = ("--override-rule", "ors.one-store-per-cluster")
@@ -666,28 +615,6 @@ def test_runs_and_status_report_paused_failed_rolled_back_and_succeeded(tmp_path
     assert "rolled back after: state verify failed" in rolled.stderr
     assert status_of(tmp_path / "s3") == "rolled_back"
     assert all("type=cassandra" in fresh.options(app).read_text() for app in APPS)
-
-
-ROLLBACK_WITH_RESTART = """
-name: tiny-rollback
-title: Put type back and restart
-states:
-  - id: disable-redis
-    title: Disable Redis persistence
-    seed_step: rollback.1
-    scope: app
-    actions:
-      - do: options.set
-        with: {set: disable}
-  - id: standard-restart
-    title: Restart the backup, switch over
-    seed_step: rollback.2
-    scope: ha_pair
-    actions:
-      - do: service.restart
-        role: backup
-      - do: service.switchover
-"""
 
 
 def test_an_automatic_rollback_killed_midway_is_resumed_to_rolled_back(tmp_path, runs_of):

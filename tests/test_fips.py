@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +18,20 @@ from conftest import REPO, cli
 from ruamel.yaml import YAML
 
 from ors_migrate.actions.fips import (
+    VerifyProcessEnvironment,
     decode_invocation,
     fips_library_path,
+    fipsmodule_location,
     non_fips_library_path,
     openssl_cnf,
+    openssl_folders_command,
     parse_env_file,
+    parse_fipsinstall_output,
+    parse_process_environments,
     parse_providers,
     powershell_invocation,
+    process_environment_command,
+    process_environment_script,
     ps_quote,
     update_env_file,
 )
@@ -42,6 +52,7 @@ SEED_PROVIDERS = """Providers:
     version: 3.0.10
     status: active
 """
+HOSTS = ("lab-a", "lab-b")
 PREAMBLE = "$ErrorActionPreference = 'Stop'\n$ProgressPreference = 'SilentlyContinue'\n"
 
 
@@ -119,14 +130,133 @@ def test_env_file_edit_keeps_other_lines_replaces_ours_and_is_idempotent() -> No
     assert parse_env_file(removed) == {"GCTI_LOGS": "/var/log/genesys"}
 
 
-def test_ld_library_path_swaps_the_security_pack_and_the_fips_folder() -> None:
+def test_ld_library_path_puts_the_fips_folders_in_place_of_the_security_pack_and_back() -> None:
     ors, pack = "/opt/ors", "/opt/secpack/lib"
-    fips = fips_library_path(f"{pack}:/usr/local/lib", ors, pack)
-    assert fips == "/opt/ors/fips:/opt/ors/lib64:/usr/local/lib"
-    assert fips_library_path(fips, ors, pack) == fips
+    suggested = ["/opt/ors/fips", "/opt/ors/lib64"]
+    fips = fips_library_path(f"/usr/local/lib:{pack}:/opt/x", suggested, pack)
+    assert fips == "/usr/local/lib:/opt/ors/fips:/opt/ors/lib64:/opt/x"
+    assert fips_library_path(fips, suggested, pack) == fips
+    assert fips_library_path("/usr/local/lib", suggested, None) == (
+        "/opt/ors/fips:/opt/ors/lib64:/usr/local/lib"
+    )
     plain = non_fips_library_path(fips, ors, pack)
-    assert plain == "/opt/secpack/lib:/opt/ors/lib64:/usr/local/lib"
+    assert plain == "/usr/local/lib:/opt/secpack/lib:/opt/ors/lib64:/opt/x"
     assert non_fips_library_path(plain, ors, pack) == plain
+
+
+def test_the_variables_and_fipsmodule_cnf_are_read_from_what_fipsinstall_sh_reports() -> None:
+    output = (
+        "INSTALL PASSED\n"
+        "Set before starting ORS:\n"
+        "  export LD_LIBRARY_PATH=/srv/ors/fips:/srv/ors/lib64:$LD_LIBRARY_PATH\n"
+        '  OPENSSL_MODULES="/srv/ors/fips"\n'
+        "  export OPENSSL_CONF=/srv/ors/ssl/openssl.cnf;\n"
+    )
+    assert parse_fipsinstall_output(output) == {
+        "LD_LIBRARY_PATH": "/srv/ors/fips:/srv/ors/lib64",
+        "OPENSSL_MODULES": "/srv/ors/fips",
+        "OPENSSL_CONF": "/srv/ors/ssl/openssl.cnf",
+    }
+    assert parse_fipsinstall_output("INSTALL PASSED\n") == {}
+    cnf = "config_diagnostics = 1\n.include /srv/ors/ssl/fipsmodule.cnf\n[openssl_init]\n"
+    assert fipsmodule_location(output, cnf) == "/srv/ors/ssl/fipsmodule.cnf"
+    named = output + "wrote /var/lib/ORS 8.1/fipsmodule.cnf\n"
+    assert fipsmodule_location(named, cnf) == "/var/lib/ORS 8.1/fipsmodule.cnf"
+    assert fipsmodule_location("", ".include /opt/ORS 8.1/fipsmodule.cnf\n") == (
+        "/opt/ORS 8.1/fipsmodule.cnf"
+    )
+    assert fipsmodule_location(output, "[openssl_init]\n") is None
+
+
+def test_folders_with_openssl_libraries_are_found_among_ld_library_path_entries(
+    tmp_path: Path,
+) -> None:
+    """Without ors.fips.security_pack_dir, a folder of LD_LIBRARY_PATH that holds OpenSSL
+    libraries (the Security Pack, most likely) stops the run instead of staying beside
+    <ORS>/fips: this is how such folders are found on the host."""
+    pack, plain, spaced = tmp_path / "secpack", tmp_path / "plain", tmp_path / "with space"
+    for folder in (pack, plain, spaced):
+        folder.mkdir()
+    (pack / "libssl.so.1.1").write_text("")
+    (spaced / "libcrypto.so.3").write_text("")
+    (plain / "libz.so.1").write_text("")
+    folders = [str(pack), str(plain), str(spaced), str(tmp_path / "missing")]
+    done = subprocess.run(
+        ["sh", "-c", openssl_folders_command(folders)], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.splitlines() == [str(pack), str(spaced)]
+
+
+def test_a_running_process_without_the_fips_variables_fails_the_check_and_with_them_passes(
+    tmp_path: Path,
+) -> None:
+    """Real processes started the way LCA starts ORS (`-app NAME`), one with the environment of
+    FIPS mode and one without: the check reads /proc/<pid>/environ of each."""
+    ors, pack = "/opt/ors", "/opt/secpack/lib"
+    wanted = {"OPENSSL_CONF": f"{ors}/openssl.cnf", "OPENSSL_MODULES": f"{ors}/fips"}
+    expected = (dict(wanted), [f"{ors}/fips", f"{ors}/lib64"], [pack])
+    good = {**wanted, "LD_LIBRARY_PATH": f"{ors}/fips:{ors}/lib64:/usr/lib"}
+    stale = {"LD_LIBRARY_PATH": f"{pack}:/usr/lib"}
+    sleeper = [sys.executable, "-c", "import time; time.sleep(30)", "-host", "cfg", "-app"]
+    children = {
+        name: subprocess.Popen([*sleeper, name], env=env, cwd=tmp_path)
+        for name, env in (("ORS 1A", good), ("ORS 1", stale))
+    }
+    try:
+        seen = {}
+        for name, child in children.items():
+            for pid in (None, child.pid):  # found by its -app argument, or by the reported pid
+                out = subprocess.run(
+                    ["sh", "-c", process_environment_command(name, pid)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+                envs = parse_process_environments(out)
+                assert list(envs) == [child.pid], (name, pid, out[:300])
+                seen[name] = envs[child.pid]
+    finally:
+        for child in children.values():
+            child.kill()
+            child.wait()
+    assert VerifyProcessEnvironment.problems(seen["ORS 1A"], "linux", expected) == []
+    assert VerifyProcessEnvironment.problems(seen["ORS 1"], "linux", expected) == [
+        "OPENSSL_CONF is not set, not '/opt/ors/openssl.cnf'",
+        "OPENSSL_MODULES is not set, not '/opt/ors/fips'",
+        "LD_LIBRARY_PATH lacks /opt/ors/fips",
+        "LD_LIBRARY_PATH lacks /opt/ors/lib64",
+        "LD_LIBRARY_PATH has /opt/secpack/lib",
+    ]
+
+
+def test_windows_process_environment_is_read_from_the_process_and_parsed() -> None:
+    script = process_environment_script("ORS_APAC_1A", None)
+    assert "[OrsMigrateProcessEnvironment]::Of([int]$id)" in script
+    assert "[regex]::Escape('ORS_APAC_1A')" in script and "Win32_Process" in script
+    assert "$ids = @(4242)" in process_environment_script("ORS_APAC_1A", 4242)
+    output = (
+        "@@pid 4242\r\n=C:=C:\\GCTI\r\nPath=C:\\Windows\r\n"
+        "Openssl_Conf=C:\\GCTI\\ORS_FIPS_CFG\\openssl.cnf\r\n"
+        "@@unreadable 4343 Access is denied\r\n"
+    )
+    envs = parse_process_environments(output)
+    assert envs == {
+        4242: {"Path": "C:\\Windows", "Openssl_Conf": "C:\\GCTI\\ORS_FIPS_CFG\\openssl.cnf"},
+        4343: "Access is denied",
+    }
+    env = envs[4242]
+    assert isinstance(env, dict)
+    expected = (
+        {
+            "OPENSSL_CONF": "c:\\gcti\\ors_fips_cfg\\OPENSSL.cnf",
+            "OPENSSL_MODULES": "C:\\GCTI\\ORS 8.1.401.11\\fips",
+        },
+        [],
+        [],
+    )
+    assert VerifyProcessEnvironment.problems(env, "windows", expected) == [
+        "OPENSSL_MODULES is not set, not 'C:\\\\GCTI\\\\ORS 8.1.401.11\\\\fips'"
+    ]
 
 
 # ----------------------------------------------------------------------------- Windows
@@ -228,7 +358,11 @@ class FakeWindowsHost:
     def _powershell(self, command: str, script: str) -> CommandResult:
         machine = self.world["env"].setdefault(self.name, {})
         files = self.world["files"]
-        if "fipsinstall" in script:
+        if "OrsMigrateProcessEnvironment" in script:
+            return self._ok(command, self._process_environment(script))
+        if script.startswith("Restart-Service"):
+            self._restart_lca(machine)
+        elif "fipsinstall" in script:
             out = re.search(r"-out '([^']+)'", script)
             assert out is not None
             files[(self.name, out.group(1))] = "[fips_sect]\nactivate = 1\n"
@@ -257,6 +391,25 @@ class FakeWindowsHost:
             return self._ok(command, machine.get(name, "") + "\r\n")
         return self._ok(command)
 
+    def _restart_lca(self, machine: dict[str, str]) -> None:
+        """LCA restarts: the roles on this host at that moment are recorded, and LCA takes the
+        machine environment (unless the world says it does not), which the ORS it starts next
+        inherits."""
+        on_host = {
+            a: r for a, r in self.world["roles"].items() if self.world["hosts"][a] == self.name
+        }
+        self.world["lca_restarts"].append((self.name, on_host))
+        if self.world.get("lca_reads_env", True):
+            self.world["lca_env"][self.name] = dict(machine)
+
+    def _process_environment(self, script: str) -> str:
+        name = re.findall(r"\[regex\]::Escape\('([^']+)'\)", script)[0]
+        if self.world["roles"][name] == "down":
+            return ""
+        env = {"Path": "C:\\Windows", **self.world["process_env"].get(name, {})}
+        lines = [f"@@pid {1000 + sorted(self.world['roles']).index(name)}"]
+        return "\r\n".join(lines + [f"{k}={v}" for k, v in env.items()]) + "\r\n"
+
     def _service(self, command: str) -> CommandResult:
         roles = self.world["roles"]
         words = command.split()
@@ -274,6 +427,7 @@ class FakeWindowsHost:
         elif "-start" in words:
             roles[app] = "backup"
             self.world["started"].append(app)
+            self.world["process_env"][app] = dict(self.world["lca_env"].get(self.name, {}))
         elif "-switchover" in words:
             pair = self.world["pairs"][app]
             for member in pair:
@@ -291,17 +445,23 @@ class FakeWindowsHost:
         return None
 
 
-def windows_world(version: str) -> dict[str, Any]:
+def windows_world(
+    version: str, hosts: tuple[str, str] = ("ors-win-01", "ors-win-02")
+) -> dict[str, Any]:
     return {
         "version": version,
         "log": [],
         "env": {},
+        "lca_env": {},
+        "lca_restarts": [],
+        "process_env": {},
+        "hosts": {"ORS_APAC_1A": hosts[0], "ORS_APAC_1B": hosts[1]},
         "started": [],
         "roles": {"ORS_APAC_1A": "primary", "ORS_APAC_1B": "backup"},
         "pairs": {"apac-1": ["ORS_APAC_1A", "ORS_APAC_1B"]},
         "files": {
-            ("ors-win-01", "C:\\GCTI\\ORS\\options\\ORS_APAC_1A.ini"): "[scxml]\n",
-            ("ors-win-02", "C:\\GCTI\\ORS\\options\\ORS_APAC_1B.ini"): "[scxml]\n",
+            (hosts[0], "C:\\GCTI\\ORS\\options\\ORS_APAC_1A.ini"): "[scxml]\n",
+            (hosts[1], "C:\\GCTI\\ORS\\options\\ORS_APAC_1B.ini"): "[scxml]\n",
         },
     }
 
@@ -320,7 +480,12 @@ class FakeHosts:
 
 
 def run_on_fake_windows(
-    world: dict[str, Any], state_dir: Path, monkeypatch: pytest.MonkeyPatch, *, resume: bool = False
+    world: dict[str, Any],
+    state_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    resume: bool = False,
+    site: Path = WINDOWS_SITE,
 ) -> Any:
     from ors_migrate.runner import Runner
 
@@ -332,7 +497,7 @@ def run_on_fake_windows(
     )
     try:
         _, outcome = runner.start(
-            str(WINDOWS_SITE), "fips-windows", resume=resume, run_id=None, auto_rollback=True
+            str(site), "fips-windows", resume=resume, run_id=None, auto_rollback=True
         )
     finally:
         runner.close()
@@ -405,6 +570,58 @@ def test_windows_playbook_runs_the_planned_powershell_and_starts_ors_only_after(
     assert read_options(options, "x")[("scxml", "fips-enabled")] == "true"
 
 
+def test_windows_lca_restarts_on_the_backups_host_only_first_then_after_the_switchover(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = windows_world("8.1.401.11")
+    outcome = run_on_fake_windows(world, tmp_path, monkeypatch)
+    assert outcome.status == "succeeded", outcome.message
+    assert world["lca_restarts"] == [
+        ("ors-win-02", {"ORS_APAC_1B": "backup"}),
+        ("ors-win-01", {"ORS_APAC_1A": "backup"}),
+    ]
+    assert (
+        world["process_env"]["ORS_APAC_1A"]["OPENSSL_MODULES"] == "C:\\GCTI\\ORS 8.1.401.11\\fips"
+    )
+
+
+def test_lca_is_never_restarted_on_the_host_of_a_primary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both members on one host: the backup's host is also the primary's, so the run stops
+    before LCA or any ORS restarts there, naming the primary."""
+    yaml = YAML()
+    site = yaml.load(WINDOWS_SITE.read_text())
+    site["ors_clusters"][0]["ha_pairs"][0]["apps"][1]["host"] = "ors-win-01"
+    path = tmp_path / "site.yaml"
+    with path.open("w") as fh:
+        yaml.dump(site, fh)
+    world = windows_world("8.1.401.11", hosts=("ors-win-01", "ors-win-01"))
+
+    outcome = run_on_fake_windows(world, tmp_path / "state", monkeypatch, site=path)
+
+    assert outcome.status == "failed"
+    assert "LCA is not restarted on host ors-win-01: ORS_APAC_1A runs there as primary" in (
+        outcome.message
+    )
+    assert world["lca_restarts"] == [] and world["started"] == []
+    assert not any("-stop" in c for _, c in world["log"])
+
+
+def test_ors_started_by_an_lca_without_the_variables_fails_the_process_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The machine variables are set and read back, but LCA did not take them: the running
+    ORS lacks them, and only the check of its own environment can tell."""
+    world = windows_world("8.1.401.11")
+    world["lca_reads_env"] = False
+    outcome = run_on_fake_windows(world, tmp_path, monkeypatch)
+    assert outcome.status == "failed"
+    assert "the running ORS process 100" in outcome.message
+    assert "OPENSSL_CONF is not set" in outcome.message
+    assert world["env"]["ors-win-01"]["OPENSSL_CONF"] == "C:\\GCTI\\ORS_FIPS_CFG\\openssl.cnf"
+
+
 def test_windows_fips_plan_names_an_application_without_install_dir(tmp_path: Path) -> None:
     yaml = YAML()
     site = yaml.load(WINDOWS_SITE.read_text())
@@ -420,37 +637,66 @@ def test_windows_fips_plan_names_an_application_without_install_dir(tmp_path: Pa
 # ----------------------------------------------------------------------------- Linux, in the lab
 
 
-def fips_site(lab: LabLayout, tmp_path: Path) -> tuple[Path, Path, Path]:
-    """The lab's site with one ORS installation (a test double) for its applications and the
-    FIPS settings; LCA's environment file starts with the Security Pack on LD_LIBRARY_PATH."""
+def fips_site(lab: LabLayout, tmp_path: Path) -> tuple[Path, Path, dict[str, Path]]:
+    """The lab's site with one ORS installation (a test double) for its applications, each
+    member of the pair on its own (local) host, and the FIPS settings. Each host's LCA is
+    emulated: its restart copies the host's environment file to what "LCA" read (and notes the
+    roles of the ORS applications on that host at that moment), and the lab's start command
+    starts ORS with what "LCA" read, as LCA passes its environment to the ORS it starts."""
     install = tmp_path / "ORS 8.1.401.13"
     shutil.copytree(FAKE_INSTALL, install)
+    (install / "lib64" / "libssl.so.3").unlink()  # the lab's Python would load the stand-in
     pack = tmp_path / "security_pack" / "lib"
     pack.mkdir(parents=True)
     lca = tmp_path / "lca"
     lca.mkdir()
-    env_file = lca / "lab.env"
-    env_file.write_text(
-        "# Local Control Agent environment\n"
-        "GCTI_LOGS=/var/log/genesys\n"
-        f'LD_LIBRARY_PATH="{pack}:/usr/local/lib"\n'
-    )
     yaml = YAML()
     site = yaml.load(lab.site.read_text())
+    site["hosts"] = {name: {"transport": "local", "platform": "linux"} for name in HOSTS}
+    env_files = {}
+    for name in HOSTS:
+        env_files[name] = lca / f"{name}.env"
+        env_files[name].write_text(
+            "# Local Control Agent environment\n"
+            "GCTI_LOGS=/var/log/genesys\n"
+            f'LD_LIBRARY_PATH="/usr/local/lib:{pack}"\n'
+        )
     for cluster in site["ors_clusters"]:
         for pair in cluster["ha_pairs"]:
-            for app in pair["apps"]:
+            for app, host in zip(pair["apps"], HOSTS, strict=True):
                 app["install_dir"] = str(install)
+                app["host"] = host
+    states = shlex.quote(str(lab.root / "apps"))
     site["ors"]["fips"] = {
         "lca_env_file": str(lca / "{host}.env"),
-        "lca_restart": "cp {env_file} {env_file}.seen-by-lca",
+        "lca_restart": (
+            "cp {env_file} {env_file}.seen-by-lca && (echo {host}; "
+            f'for f in {states}/*/state.json; do cat "$f"; echo; done) >> '
+            + shlex.quote(str(lca / "restarts.log"))
+        ),
         "openssl": "{install_dir}/bin/openssl",
         "security_pack_dir": str(pack),
     }
+    seen = shlex.quote(str(lca)) + "/{host}.env.seen-by-lca"
+    site["services"]["start"] = (
+        f"if [ -f {seen} ]; then set -a; . {seen}; set +a; fi; " + site["services"]["start"]
+    )
     path = lab.root / "site-fips.yaml"
     with path.open("w") as fh:
         yaml.dump(site, fh)
-    return path, install, env_file
+    return path, install, env_files
+
+
+def lca_restarts(log: Path) -> list[tuple[str, dict[str, str]]]:
+    """Each LCA restart: the host, and the role of each ORS application of the lab then."""
+    restarts: list[tuple[str, dict[str, str]]] = []
+    for line in log.read_text().splitlines():
+        if line in HOSTS:
+            restarts.append((line, {}))
+        elif line.strip():
+            state = json.loads(line)
+            restarts[-1][1][state["app"]] = state["role"]
+    return restarts
 
 
 def lab_apps(lab: LabLayout) -> list[str]:
@@ -462,17 +708,27 @@ def fips_option(lab: LabLayout, app: str) -> str | None:
     return values.get(("scxml", "fips-enabled"))
 
 
+def process_environment(lab: LabLayout, app: str) -> dict[str, str]:
+    """/proc/<pid>/environ of the running simulated ORS, read by the test itself."""
+    pid = int(lab.pid(app).read_text())
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(e.decode().split("=", 1) for e in raw if b"=" in e)
+
+
 def test_fips_linux_in_the_lab_then_back_to_tls_without_fips(make_lab, tmp_path: Path) -> None:
     lab = make_lab(clusters=1, pairs_per_cluster=1)
-    site, install, env_file = fips_site(lab, tmp_path)
-    original_env = env_file.read_text()
+    site, install, env_files = fips_site(lab, tmp_path)
+    original_env = {host: f.read_text() for host, f in env_files.items()}
+    primary, backup = lab_apps(lab)
+    log = tmp_path / "lca" / "restarts.log"
 
     refused = cli(
         "run", str(site), "-p", "fips-linux", "--yes", "--state-dir", str(tmp_path / "refused")
     )
     assert refused.returncode == 1
     assert "needs 8.1.401.13 or later" in refused.stderr
-    assert not (install / "openssl.cnf").exists() and env_file.read_text() == original_env
+    assert not (install / "openssl.cnf").exists()
+    assert {h: f.read_text() for h, f in env_files.items()} == original_env
 
     for app in lab_apps(lab):
         lab.installed_version(app).write_text("8.1.401.13\n")
@@ -482,29 +738,45 @@ def test_fips_linux_in_the_lab_then_back_to_tls_without_fips(make_lab, tmp_path:
 
     assert ".include " + str(install / "fipsmodule.cnf") in (install / "openssl.cnf").read_text()
     assert "[fips_sect]" in (install / "fipsmodule.cnf").read_text()
-    env = parse_env_file(env_file.read_text())
-    assert env == {
-        "GCTI_LOGS": "/var/log/genesys",
-        "LD_LIBRARY_PATH": f"{install}/fips:{install}/lib64:/usr/local/lib",
-        "OPENSSL_MODULES": f"{install}/fips",
+    fips_env = {
         "OPENSSL_CONF": f"{install}/openssl.cnf",
+        "OPENSSL_MODULES": f"{install}/fips",
+        "LD_LIBRARY_PATH": f"/usr/local/lib:{install}/fips:{install}/lib64",
     }
-    assert Path(f"{env_file}.seen-by-lca").read_text() == env_file.read_text()
-    assert Path(f"{env_file}.ors-migrate.bak").read_text() == original_env
+    for host, env_file in env_files.items():
+        assert parse_env_file(env_file.read_text()) == {"GCTI_LOGS": "/var/log/genesys", **fips_env}
+        assert Path(f"{env_file}.ors-migrate.bak").read_text() == original_env[host]
+    # LCA restarted on the backup's host, then (after the switchover) on the other one; never
+    # where a primary ran; and the running ORS processes carry the variables.
+    on_host = {"lab-a": primary, "lab-b": backup}
+    restarts = lca_restarts(log)
+    assert [host for host, _ in restarts] == ["lab-b", "lab-a"]
+    assert all(roles[on_host[host]] == "backup" for host, roles in restarts), restarts
+    for app in lab_apps(lab):
+        running = process_environment(lab, app)
+        assert {k: running.get(k) for k in fips_env} == fips_env, app
     assert all(fips_option(lab, app) == "true" for app in lab_apps(lab))
     status = json.loads(cli("lab", "status", "--dir", str(lab.root), "--json").stdout)
     assert sorted(a["role"] for a in status["apps"]) == ["backup", "primary"]
     assert {a["version"] for a in status["apps"]} == {"8.1.401.13"}
 
+    log.unlink()
     disabled = cli("run", str(site), "-p", "fips-linux-off", "--yes", "--state-dir", state_dir)
     assert disabled.returncode == 0, disabled.stderr[-3000:]
-    env = parse_env_file(env_file.read_text())
     pack = tmp_path / "security_pack" / "lib"
-    assert env == {
-        "GCTI_LOGS": "/var/log/genesys",
-        "LD_LIBRARY_PATH": f"{pack}:{install}/lib64:/usr/local/lib",
-    }
-    assert Path(f"{env_file}.seen-by-lca").read_text() == env_file.read_text()
+    plain_env = {"LD_LIBRARY_PATH": f"/usr/local/lib:{pack}:{install}/lib64"}
+    for env_file in env_files.values():
+        assert parse_env_file(env_file.read_text()) == {
+            "GCTI_LOGS": "/var/log/genesys",
+            **plain_env,
+        }
+    restarts = lca_restarts(log)
+    assert [host for host, _ in restarts] == ["lab-a", "lab-b"]
+    assert all(roles[on_host[host]] == "backup" for host, roles in restarts), restarts
+    for app in lab_apps(lab):
+        running = process_environment(lab, app)
+        assert "OPENSSL_CONF" not in running and "OPENSSL_MODULES" not in running
+        assert running["LD_LIBRARY_PATH"] == plain_env["LD_LIBRARY_PATH"]
     assert all(fips_option(lab, app) == "false" for app in lab_apps(lab))
     runs = json.loads(cli("runs", "--json", "--state-dir", state_dir).stdout)
     assert [(r["playbook"], r["status"]) for r in runs] == [

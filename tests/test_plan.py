@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from ors_migrate.errors import SiteError
 from ors_migrate.render import FORMATS, render_plan
 from ors_migrate.runner import load_playbook, make_plan
 from ors_migrate.site import load_site
@@ -319,27 +320,54 @@ def test_help_plan_and_validate_import_no_network_library(
     assert _imports_after(args, tmp_path) == []
 
 
+# The only (example, playbook) pairs refused, and the rule that refuses them: a FIPS playbook for a
+# platform the example has no ORS application on, or on a site not prepared for FIPS.
+REFUSED = {
+    ("site.yaml", "fips-windows"): "fips-platform",
+    ("site.yaml", "fips-linux"): "fips-install-dir",
+    ("site.yaml", "fips-linux-off"): "fips-install-dir",
+    ("site-linux-fips.yaml", "fips-windows"): "fips-platform",
+    ("site-windows.yaml", "fips-linux"): "fips-platform",
+}
+OPTION_SOURCES = ("documents", "documents (section: site file)", "site file", "found at run time")
+
+
 def test_no_plan_of_a_bundled_playbook_and_example_prints_none() -> None:
     """`None` is Python's, not the operator's: a value not known, not checked or removed is
-    said in words in every format."""
-    examples = sorted((REPO / "examples").glob("*.yaml"))
-    playbooks = sorted((REPO / "playbooks").glob("*.yaml"))
-    shown = 0
+    said in words in every format; and every option change says where its name comes from."""
+    from ors_migrate.playbook import bundled_playbooks
+
+    examples = sorted(p.name for p in (REPO / "examples").glob("*.yaml"))
+    planned: dict[str, list[str]] = {}
     for example in examples:
-        for playbook in playbooks:
+        for playbook in bundled_playbooks():
+            site = str(REPO / "examples" / example)
+            if (example, playbook) in REFUSED:
+                with pytest.raises(SiteError) as refused:
+                    plan_for(Path(site), playbook)
+                assert refused.value.rule == REFUSED[example, playbook]
+                continue
+            rows = [
+                change
+                for state in plan_for(Path(site), playbook).as_dict()["states"]
+                for action in state["actions"]
+                for change in action["option_changes"]
+            ]
+            assert all(c["source"] in OPTION_SOURCES for c in rows), (example, playbook, rows)
             for fmt in ("text", "markdown"):
-                done = cli(
-                    "plan", str(example), "-p", str(playbook), "--format", fmt, env=SECRET_ENV
-                )
-                if done.returncode == 2:  # the playbook does not fit this example's platform
-                    continue
+                done = cli("plan", site, "-p", playbook, "--format", fmt, env=SECRET_ENV)
                 assert done.returncode == 0, done.stderr
-                assert "None" not in done.stdout, f"{example.name} {playbook.name} {fmt}"
-                if fmt == "text":  # every option change says where its name comes from
+                assert "None" not in done.stdout, f"{example} {playbook} {fmt}"
+                if fmt == "text":
                     changes = [line for line in done.stdout.splitlines() if " -> " in line]
-                    assert all("(name from: " in line for line in changes), changes
-                shown += 1
-    assert shown >= 2 * 12
+                    assert len(changes) == len(rows), (example, playbook)
+                    assert all(
+                        any(line.endswith(f"(name from: {s})") for s in OPTION_SOURCES)
+                        for line in changes
+                    ), changes
+            planned.setdefault(playbook, []).append(example)
+    assert sorted(planned) == bundled_playbooks()  # each bundled playbook planned on an example
+    assert sum(map(len, planned.values())) == len(examples) * len(planned) - len(REFUSED)
 
 
 def test_option_names_are_marked_with_their_source(site_path: Path) -> None:

@@ -14,7 +14,7 @@ from conftest import REPO, cli
 from ruamel.yaml import YAML
 
 from ors_migrate.actions.cassandra_checks import keyspace_exists
-from ors_migrate.actions.cassandra_removal import CONFIRM_ENV, confirm_drop
+from ors_migrate.actions.cassandra_removal import CONFIRM_ENV, confirm_drop, removed_options
 from ors_migrate.actions.options_file import read_options
 from ors_migrate.errors import GateStopped
 from ors_migrate.lab.layout import LabLayout
@@ -103,6 +103,8 @@ def test_at_a_terminal_the_operator_types_the_name_back(monkeypatch: pytest.Monk
 
 
 def test_plan_removes_options_everywhere_and_keeps_the_keyspace_by_default() -> None:
+    """Without cassandra.removal.options, and with options the plan cannot read, the plan says
+    the options are found at run time: no name is guessed."""
     states = plan_states(EXAMPLE)
     ids = [s["id"] for s in states]
     assert "drop-keyspace" not in ids and "snapshot-keyspace" not in ids
@@ -111,9 +113,34 @@ def test_plan_removes_options_everywhere_and_keeps_the_keyspace_by_default() -> 
     apps = {a["app"] for a in removal["actions"]}
     assert apps == {a.name for _, _, a in load_site(EXAMPLE).site.apps()}
     changes = removal["actions"][0]["option_changes"]
-    assert [(c["section"], c["option"], c["new"]) for c in changes] == [
-        ("persistence", "cassandra-nodes", None),
-        ("persistence", "cassandra-keyspace", None),
+    assert [(c["section"], c["option"], c["new"], c["source"]) for c in changes] == [
+        ("persistence", "cassandra*", None, "found at run time"),
+    ]
+    assert "cassandra-nodes" not in json.dumps(states)
+
+
+def test_removed_options_are_the_site_files_else_those_found_never_a_guess() -> None:
+    site = load_site(EXAMPLE).site
+    current = {
+        ("persistence", "cassandra-nodes"): "10.0.0.1:9160",
+        ("persistence", "Cassandra-Keyspace"): "orchestration",
+        ("persistence", "redis-nodes"): "r1:6379",
+        ("persistence", "type"): "cassandra",
+        ("orchestration", "cassandra-legacy"): "x",
+    }
+    found = removed_options(site, current)
+    assert found is not None
+    assert [(c.section, c.option, c.source) for c in found] == [
+        ("persistence", "Cassandra-Keyspace", "found at run time"),
+        ("persistence", "cassandra-nodes", "found at run time"),
+    ]
+    assert removed_options(site, None) is None
+    windows = load_site(WINDOWS_EXAMPLE).site  # it lists cassandra.removal.options
+    named = removed_options(windows, current)
+    assert named is not None
+    assert [(c.option, c.source) for c in named] == [
+        ("cassandra-nodes", "site file"),
+        ("cassandra-keyspace", "site file"),
     ]
 
 
@@ -230,3 +257,43 @@ def test_remove_cassandra_in_the_lab_after_the_migration(make_lab, tmp_path: Pat
         ("migrate-to-redis", "succeeded"),
         ("remove-cassandra", "succeeded"),
     ]
+
+
+def test_the_plan_of_options_found_at_run_time_stays_the_same_as_they_are_removed(
+    tmp_path: Path,
+) -> None:
+    """What is found is shown as the row's current value, which the plan hash leaves out, so
+    that a run paused after removing the options can be resumed."""
+    from tiny_site import APPS, make_tiny_site
+
+    from ors_migrate.runner import load_playbook, make_plan
+
+    site = make_tiny_site(tmp_path)
+    with site.path.open("a") as fh:
+        fh.write("cassandra:\n  contact_points: [127.0.0.1:9042]\n  keyspace: orchestration\n")
+    for app in APPS:
+        with site.options(app).open("a") as fh:
+            fh.write("cassandra-nodes=10.0.0.1:9160\ncassandra-keyspace=orchestration\n")
+
+    def removal_rows() -> tuple[str, list[dict[str, Any]]]:
+        plan = make_plan(load_site(site.path), load_playbook("remove-cassandra"))
+        state = plan.as_dict()["states"]
+        rows = next(s for s in state if s["id"] == "remove-cassandra-options")["actions"]
+        return plan.plan_hash, [r for a in rows for r in a["option_changes"]]
+
+    before_hash, before = removal_rows()
+    assert {(r["option"], r["source"], r["old"]) for r in before} == {
+        ("cassandra*", "found at run time", "cassandra-keyspace=orchestration; "
+         "cassandra-nodes=10.0.0.1:9160"),
+    }  # fmt: skip
+    for app in APPS:
+        site.options(app).write_text(
+            "\n".join(
+                line
+                for line in site.options(app).read_text().splitlines()
+                if not line.startswith("cassandra-")
+            )
+        )
+    after_hash, after = removal_rows()
+    assert after_hash == before_hash
+    assert {(r["option"], r["old"]) for r in after} == {("cassandra*", None)}

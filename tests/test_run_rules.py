@@ -4,8 +4,7 @@ deliberate, names the rule by its id, and is journaled with who made it."""
 from __future__ import annotations
 
 from conftest import cli
-from test_durable_runs import gated_playbook
-from tiny_site import make_tiny_site
+from tiny_site import gated_playbook, make_tiny_site
 
 from ors_migrate.journal import Journal
 

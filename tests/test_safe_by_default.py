@@ -17,39 +17,17 @@ import time
 from pathlib import Path
 
 from conftest import REPO, cli
-from test_durable_runs import (
-    PARTIAL_ENABLE,
-    UPGRADE_ONLY,
+from test_durable_runs import PARTIAL_ENABLE, UPGRADE_ONLY, cli_json, has_event, journal_events
+from tiny_site import (
+    APPS,
+    ROLLBACK_WITH_RESTART,
     VERIFY_VERSION,
-    cli_json,
+    TinySite,
     gated_playbook,
-    has_event,
-    journal_events,
+    make_tiny_site,
 )
-from tiny_site import APPS, TinySite, make_tiny_site
 
 from ors_migrate.journal import Journal
-
-TINY_ROLLBACK = """
-name: tiny-rollback
-title: Put type back and restart by the standard procedure
-states:
-  - id: disable-redis
-    title: Disable Redis persistence
-    seed_step: rollback.1
-    scope: app
-    actions:
-      - do: options.set
-        with: {set: disable}
-  - id: standard-restart
-    title: Restart the backup, switch over
-    seed_step: rollback.2
-    scope: ha_pair
-    actions:
-      - do: service.restart
-        role: backup
-      - do: service.switchover
-"""
 
 
 def counted_site(root: Path, **kwargs: object) -> TinySite:
@@ -68,7 +46,7 @@ def failed_after_enabling(site: TinySite, state: Path) -> str:
     """A run that set type=redis on the backup, switched over, then failed its verification
     and stopped there (no automatic rollback): the estate is half migrated."""
     playbook = gated_playbook(site, VERIFY_VERSION)
-    site.write_playbook("tiny-rollback", TINY_ROLLBACK)
+    site.write_playbook("tiny-rollback", ROLLBACK_WITH_RESTART)
     done = cli(
         "run", str(site.path), "--playbook", str(playbook), "--yes", "--no-auto-rollback",
         "--state-dir", str(state), *PARTIAL_ENABLE,
@@ -277,7 +255,9 @@ def test_only_the_applications_whose_options_the_run_changed_are_rolled_back(tmp
     loaded = load_site(site.path)
     forward = make_plan(loaded, load_playbook(str(gated_playbook(site))), read_current=False)
     rollback = make_plan(
-        loaded, load_playbook(str(site.write_playbook("r", TINY_ROLLBACK))), read_current=False
+        loaded,
+        load_playbook(str(site.write_playbook("r", ROLLBACK_WITH_RESTART))),
+        read_current=False,
     )
     journal = Journal(tmp_path / "state")
     try:

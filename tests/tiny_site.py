@@ -113,3 +113,78 @@ def make_tiny_site(
         lines.append(f"  password: env:{redis_password}")
     site.path.write_text("\n".join(lines) + "\n")
     return site
+
+
+# A playbook for the tiny site: preparation, a gate, type=redis on the backup and a switchover,
+# then a verification (of the pair, or of the version: VERIFY_VERSION fails on an old release).
+GATED = """
+name: gated
+title: Configure, then a gate
+rollback_playbook: {rollback}
+states:
+  - id: configure
+    title: Configure the Redis options
+    seed_step: prepare.4
+    scope: app
+    actions:
+      - do: options.set
+        with: {{set: preparation}}
+  - id: enable
+    title: Enable Redis
+    seed_step: enable.1
+    scope: ha_pair
+    enables_redis: true
+    gate: Sessions in progress are not restored at this switchover.
+    actions:
+      - do: options.set
+        role: backup
+        with: {{set: enable}}
+      - do: service.switchover
+  - id: verify
+    title: Verify the applications after the switchover
+    seed_step: enable.2
+    scope: {verify}
+"""
+VERIFY_PAIR = """ha_pair
+    actions:
+      - do: service.verify_pair
+        with: {type: null}"""
+VERIFY_VERSION = """app
+    actions:
+      - do: ors.upgrade"""
+
+ROLLBACK = """
+name: tiny-rollback
+title: Put type back
+states:
+  - id: disable-redis
+    title: Disable Redis persistence
+    seed_step: rollback.1
+    scope: app
+    actions:
+      - do: options.set
+        with: {set: disable}
+"""
+
+
+def gated_playbook(site: TinySite, verify: str = VERIFY_PAIR) -> Path:
+    """Preparation, a gate, type=redis on the backup and a switchover, then a verification;
+    a failure after the gate rolls back with a tiny rollback playbook."""
+    rollback = site.write_playbook("tiny-rollback", ROLLBACK)
+    text = GATED.format(rollback=json.dumps(str(rollback)), verify=verify)
+    return site.write_playbook("gated", text)
+
+
+ROLLBACK_WITH_RESTART = ROLLBACK.replace(
+    "title: Put type back\n", "title: Put type back and restart\n"
+) + (
+    """  - id: standard-restart
+    title: Restart the backup, switch over
+    seed_step: rollback.2
+    scope: ha_pair
+    actions:
+      - do: service.restart
+        role: backup
+      - do: service.switchover
+"""
+)

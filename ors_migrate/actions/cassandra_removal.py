@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from ors_migrate.actions.service_control import render
 from ors_migrate.errors import GateStopped, SiteError, VerificationFailed
-from ors_migrate.options import PERSISTENCE, REDIS, TYPE, OptionChange
-from ors_migrate.step import Action, Preview, run_checked
+from ors_migrate.options import FOUND, PERSISTENCE, REDIS, SITE_FILE, TYPE, OptionChange
+from ors_migrate.step import Action, OptionValues, Preview, run_checked
 
 if TYPE_CHECKING:
     from ors_migrate.site import CassandraSettings, Site
@@ -32,6 +32,9 @@ CONFIRM_ENV = "ORS_MIGRATE_CONFIRM_DROP_KEYSPACE"
 MIGRATION_PLAYBOOK = "migrate-to-redis"
 # Options ORS needs to persist to Redis: never removed as "Cassandra options".
 KEPT_OPTIONS = frozenset({TYPE, "redis-nodes", "username", "password"})
+# Without cassandra.removal.options, the options of its section whose names begin with this,
+# as found in each application's current options, are the ones removed.
+FOUND_PREFIX = "cassandra"
 COMMAND_TIMEOUT_S = 600.0
 
 
@@ -45,9 +48,12 @@ def cassandra_of(site: Site) -> CassandraSettings:
     return site.cassandra
 
 
-def removed_options(site: Site) -> list[OptionChange]:
-    """The Cassandra options to remove from every application (`cassandra.removal.options`)."""
+def named_options(site: Site) -> list[OptionChange] | None:
+    """The Cassandra options the site file names (`cassandra.removal.options`), or None when it
+    names none: they are then found in each application's current options."""
     removal = cassandra_of(site).removal
+    if removal.options is None:
+        return None
     kept = sorted(set(removal.options) & KEPT_OPTIONS) if removal.section == PERSISTENCE else []
     if kept:
         raise SiteError(
@@ -56,15 +62,28 @@ def removed_options(site: Site) -> list[OptionChange]:
             field="cassandra.removal.options",
             rule="removal-keeps-redis",
         )
-    # The documents name no Cassandra option: the names are the site file's, or ors-migrate's
-    # own default when the site file does not list them.
-    source = (
-        "site file"
-        if "options" in removal.model_fields_set
-        else "ors-migrate's default, not the documents: set cassandra.removal.options"
-    )
     return [
-        OptionChange(removal.section, option, None, source=source) for option in removal.options
+        OptionChange(removal.section, option, None, source=SITE_FILE) for option in removal.options
+    ]
+
+
+def removed_options(site: Site, current: OptionValues | None) -> list[OptionChange] | None:
+    """The Cassandra options to remove from one application. The documents name none, and
+    ors-migrate guesses none: the site file's list, else the options of `removal.section` found
+    in the application's current options whose names begin with `cassandra` (None while those
+    are not known, as in a plan that could not read them)."""
+    named = named_options(site)
+    if named is not None:
+        return named
+    if current is None:
+        return None
+    section = cassandra_of(site).removal.section
+    return [
+        OptionChange(section, option, None, source=FOUND)
+        for (where, option) in sorted(current)
+        if where == section
+        and option.lower().startswith(FOUND_PREFIX)
+        and option not in KEPT_OPTIONS
     ]
 
 
@@ -130,51 +149,97 @@ class RemoveOptions(Action):
     changes_world = True
 
     def preview(self, step: PlannedAction, view: PlanningView) -> Preview:
-        assert step.target.app
+        app = step.target.app
+        assert app
+        backend = view.site.options_backend.kind
+        named = named_options(view.site)
+        if named is None:
+            return self._found_preview(app, view)
         rows = []
-        for change in removed_options(view.site):
-            old = view.option(step.target.app, change.section, change.option)
+        for change in named:
+            old = view.option(app, change.section, change.option)
             rows.append(
                 {
                     "section": change.section,
                     "option": change.option,
                     "old": shown(change.option, old),
-                    "old_known": view.options_known(step.target.app),
+                    "old_known": view.options_known(app),
                     "new": None,
                     "source": change.source,
                 }
             )
-            view.set_option(step.target.app, change.section, change.option, None)
-        names = ", ".join(f"[{c.section}] {c.option}" for c in removed_options(view.site))
-        backend = view.site.options_backend.kind
+            view.set_option(app, change.section, change.option, None)
+        names = ", ".join(f"[{c.section}] {c.option}" for c in named)
         return Preview(
-            f"remove {names} from {step.target.app} via the {backend} backend (backup kept)",
+            f"remove {names} from {app} via the {backend} backend (backup kept)", [], rows
+        )
+
+    @staticmethod
+    def _found_preview(app: str, view: PlanningView) -> Preview:
+        """One row for the options found at run time. What is there now is its old value, which
+        the plan hash leaves out: the plan stays the same as the run removes them."""
+        section = cassandra_of(view.site).removal.section
+        found = removed_options(view.site, view.options.get(app)) or []
+        now = "; ".join(
+            f"{c.option}={shown(c.option, view.option(app, c.section, c.option))}" for c in found
+        )
+        for change in found:
+            view.set_option(app, change.section, change.option, None)
+        row = {
+            "section": section,
+            "option": f"{FOUND_PREFIX}*",
+            "old": now or None,
+            "old_known": view.options_known(app),
+            "new": None,
+            "source": FOUND,
+        }
+        return Preview(
+            f"remove from {app} the [{section}] options whose names begin with "
+            f"'{FOUND_PREFIX}', as found in its options at run time (the documents name none; "
+            f"cassandra.removal.options names them instead), via the "
+            f"{view.site.options_backend.kind} backend (backup kept)",
             [],
-            rows,
+            [row],
         )
 
     def prepare(self, ctx: RunContext, step: PlannedAction) -> dict[str, Any]:
         assert step.target.app
         ctx.capture_originals(step.target.app)
         current = ctx.option_store(step.target.app).read()
-        before = {c.option: shown(c.option, current.get(c.key)) for c in removed_options(ctx.site)}
-        return {"app": step.target.app, "before": before}
+        changes = removed_options(ctx.site, current) or []
+        return {
+            "app": step.target.app,
+            "options": [[c.section, c.option, c.source] for c in changes],
+            "before": {c.option: shown(c.option, current.get(c.key)) for c in changes},
+        }
 
-    def _left(self, ctx: RunContext, app: str) -> list[str]:
-        current = ctx.option_store(app).read()
-        return [f"[{c.section}] {c.option}" for c in removed_options(ctx.site) if c.key in current]
+    @staticmethod
+    def _changes(intent: dict[str, Any]) -> list[OptionChange]:
+        """The options this application's removal chose at its start (journaled, so a resumed
+        run removes the same ones even once they are gone)."""
+        return [
+            OptionChange(section, option, None, source=source)
+            for section, option, source in intent["options"]
+        ]
+
+    def _left(self, ctx: RunContext, intent: dict[str, Any]) -> list[str]:
+        current = ctx.option_store(intent["app"]).read()
+        return [f"[{c.section}] {c.option}" for c in self._changes(intent) if c.key in current]
 
     def check(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> bool:
-        return not self._left(ctx, intent["app"])
+        return not self._left(ctx, intent)
 
     def apply(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> dict[str, Any]:
-        ctx.option_store(intent["app"]).write([(c, None) for c in removed_options(ctx.site)])
-        return {"app": intent["app"], "removed": intent["before"]}
+        changes = self._changes(intent)
+        if changes:
+            ctx.option_store(intent["app"]).write([(c, None) for c in changes])
+        sources = {c.option: c.source for c in changes}
+        return {"app": intent["app"], "removed": intent["before"], "name_from": sources}
 
     def verify(
         self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]
     ) -> dict[str, Any]:
-        left = self._left(ctx, intent["app"])
+        left = self._left(ctx, intent)
         if left:
             raise VerificationFailed(f"{intent['app']} still has {', '.join(left)}")
         return {}

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ors_migrate.errors import GateStopped, RollbackRequested
+from ors_migrate.events import EventKind
 from ors_migrate.step import CheckResult, PlannedAction, RunContext
 
 ROLLBACK_PHASE = "rollback"
@@ -73,6 +74,33 @@ def wait_for_evidence(
         windows += 1
 
 
+def decide(
+    ctx: RunContext,
+    step: PlannedAction,
+    kind: EventKind,
+    question: tuple[str, list[str], list[tuple[str, str]]],
+    *,
+    unattended: tuple[str, str],
+    payload: dict[str, Any],
+) -> tuple[str, str]:
+    """(decision, who made it) for a finding no check may settle alone: a person chooses from
+    `question` (title, what was seen, choices), or an unattended run applies its policy
+    (decision, how it is named) after showing the same lines. A rollback is never started
+    during a rollback (that becomes "stop"). The decision is journaled as `kind`."""
+    title, lines, choices = question
+    ui = ctx.ui
+    if ui.unattended():
+        decision, by = unattended
+        for line in lines:
+            ui.warn(line)
+    else:
+        decision, by = ui.choose(title, lines, choices), ctx.operator
+    if decision == "rollback" and ctx.phase == ROLLBACK_PHASE:
+        decision = "stop"
+    ctx.record(kind, action_key=step.key, payload={**payload, "decision": decision, "by": by})
+    return decision, by
+
+
 def timeout_decision(ctx: RunContext, step: PlannedAction, window: Window, seen: str) -> None:
     """A window ended without evidence: ask a person, or follow `--on-timeout` (default stop).
     Returns to wait another window; raises GateStopped or RollbackRequested otherwise."""
@@ -82,27 +110,17 @@ def timeout_decision(ctx: RunContext, step: PlannedAction, window: Window, seen:
         "documents give none); on a quiet night an empty window is not proof of a fault",
         f"check by hand: {window.by_hand}",
     ]
-    ui = ctx.ui
-    if ui.unattended():
-        decision = ui.on_timeout or "stop"
-        by = f"--on-timeout {decision}" if ui.on_timeout else "the default unattended policy"
-        for line in lines:
-            ui.warn(line)
-    else:
-        decision = ui.choose(f"{step.key}: verification window ended", lines, TIMEOUT_CHOICES)
-        by = ctx.operator
-    if decision == "rollback" and ctx.phase == ROLLBACK_PHASE:
-        decision = "stop"
-    ctx.record(
-        "window_timeout",
-        action_key=step.key,
-        payload={
-            "what": window.what,
-            "window_s": window.window_s,
-            "seen": seen,
-            "decision": decision,
-            "by": by,
-        },
+    policy = ctx.ui.on_timeout or "stop"
+    decision, by = decide(
+        ctx,
+        step,
+        EventKind.WINDOW_TIMEOUT,
+        (f"{step.key}: verification window ended", lines, TIMEOUT_CHOICES),
+        unattended=(
+            policy,
+            f"--on-timeout {policy}" if ctx.ui.on_timeout else "the default unattended policy",
+        ),
+        payload={"what": window.what, "window_s": window.window_s, "seen": seen},
     )
     if decision == "wait":
         return
@@ -124,7 +142,7 @@ def confirm_by_hand(ctx: RunContext, step: PlannedAction, check: str, text: str)
         f"Check by hand (ors-migrate cannot observe this here): {text}", who=ctx.operator
     )
     ctx.record(
-        "manual_confirmation",
+        EventKind.MANUAL_CONFIRMATION,
         action_key=step.key,
         payload={"check": check, "what": text, "by": ctx.operator},
     )
@@ -163,20 +181,13 @@ def capacity_gate(
         "ors-migrate's own (the documents give none)",
         DOCUMENTED_CAPACITY_ADVICE,
     ]
-    ui = ctx.ui
-    if ui.unattended():
-        decision, by = "stop", "the unattended policy (capacity findings always stop)"
-        for line in lines:
-            ui.warn(line)
-    else:
-        decision = ui.choose(f"{step.key}: Redis capacity", lines, CAPACITY_CHOICES)
-        by = ctx.operator
-    if decision == "rollback" and ctx.phase == ROLLBACK_PHASE:
-        decision = "stop"
-    ctx.record(
-        "capacity_decision",
-        action_key=step.key,
-        payload={"findings": [f.message for f in findings], "decision": decision, "by": by},
+    decision, by = decide(
+        ctx,
+        step,
+        EventKind.CAPACITY_DECISION,
+        (f"{step.key}: Redis capacity", lines, CAPACITY_CHOICES),
+        unattended=("stop", "the unattended policy (capacity findings always stop)"),
+        payload={"findings": [f.message for f in findings]},
     )
     if decision == "rollback":
         raise RollbackRequested(f"Redis capacity findings at {step.key}; rollback chosen by {by}")

@@ -13,7 +13,6 @@ shows each script as it runs.
 from __future__ import annotations
 
 import base64
-import hashlib
 import re
 import shlex
 from dataclasses import dataclass
@@ -159,17 +158,203 @@ def _path_entries(value: str | None) -> list[str]:
     return [e for e in (value or "").split(":") if e]
 
 
-def fips_library_path(current: str | None, install_dir: str, security_pack: str | None) -> str:
-    """<ORS>/fips and <ORS>/lib64 first, the Security Pack folder out (fips-linux.2)."""
-    ours = [f"{install_dir}/fips", f"{install_dir}/lib64"]
-    rest = [e for e in _path_entries(current) if e not in ours and e != security_pack]
-    return ":".join(ours + rest)
+def swap_library_entries(current: str | None, out: list[str], put: list[str]) -> str:
+    """LD_LIBRARY_PATH with `put` in place of the first of the `out` folders ("instead of", as
+    the documents say), or where `put` already stands, else first; `out` dropped, `put` once."""
+    entries: list[str] = []
+    placed = False
+    for entry in _path_entries(current):
+        if entry in out or entry in put:
+            if not placed:
+                entries.extend(put)
+                placed = True
+            continue
+        entries.append(entry)
+    return ":".join(entries if placed else [*put, *entries])
+
+
+def fips_library_path(current: str | None, suggested: list[str], security_pack: str | None) -> str:
+    """The folders fipsinstall.sh suggests (<ORS>/fips and <ORS>/lib64) in place of the
+    Security Pack folder (fips-linux.2)."""
+    return swap_library_entries(current, [security_pack] if security_pack else [], suggested)
 
 
 def non_fips_library_path(current: str | None, install_dir: str, security_pack: str) -> str:
     """The Security Pack folder instead of <ORS>/fips (TLS without FIPS)."""
-    rest = [e for e in _path_entries(current) if e not in (f"{install_dir}/fips", security_pack)]
-    return ":".join([security_pack, *rest])
+    return swap_library_entries(current, [f"{install_dir}/fips"], [security_pack])
+
+
+FIPS_VARIABLES = (LD_LIBRARY_PATH, OPENSSL_MODULES, OPENSSL_CONF)
+_SUGGESTION = re.compile(
+    r"^\s*(?:export\s+)?(" + "|".join(FIPS_VARIABLES) + r")\s*=\s*(.+?)\s*;?\s*$"
+)
+
+
+def parse_fipsinstall_output(output: str) -> dict[str, str]:
+    """The variables fipsinstall.sh suggests (`NAME=value` or `export NAME=value` lines, quoted
+    or not; the rest of the line is the value, so a folder may have spaces). A reference to
+    the variable's current value (`:$LD_LIBRARY_PATH`) is left out: the entries already there
+    are kept by the edit itself."""
+    found: dict[str, str] = {}
+    for line in output.splitlines():
+        match = _SUGGESTION.match(line)
+        if not match:
+            continue
+        name, value = match.group(1), _unquote(match.group(2))
+        if name == LD_LIBRARY_PATH:
+            value = ":".join(e for e in value.split(":") if e and not e.startswith("$"))
+        found.setdefault(name, value)
+    return found
+
+
+_FIPSMODULE_PATH = re.compile(r"(/[^\n'\"]*?fipsmodule\.cnf)\b")
+_INCLUDE = re.compile(r"^[ \t]*\.include[ \t]*=?[ \t]*(.+?)[ \t]*$", re.M)
+
+
+def fipsmodule_location(output: str, openssl_cnf_text: str | None) -> str | None:
+    """Where fipsinstall.sh wrote fipsmodule.cnf: the path its output names, else the file the
+    openssl.cnf it suggests includes."""
+    named = _FIPSMODULE_PATH.search(output)
+    if named:
+        return named.group(1)
+    included = _INCLUDE.search(openssl_cnf_text or "")
+    return included.group(1) if included else None
+
+
+def openssl_folders_command(folders: list[str]) -> str:
+    """A POSIX shell command printing, one a line, those of `folders` that hold OpenSSL
+    libraries (libssl.so* or libcrypto.so*)."""
+    return (
+        "for d in "
+        + " ".join(shlex.quote(f) for f in folders)
+        + '; do for f in "$d"/libssl.so* "$d"/libcrypto.so*; do '
+        'if [ -e "$f" ]; then echo "$d"; break; fi; done; done'
+    )
+
+
+PROCESS_MARK = "@@pid "
+UNREADABLE_MARK = "@@unreadable "
+
+
+def parse_process_environments(output: str) -> dict[int, dict[str, str] | str]:
+    """The output of `process_environment_command` / `process_environment_script`: per process
+    id its variables, or why they could not be read."""
+    found: dict[int, dict[str, str] | str] = {}
+    current: dict[str, str] | None = None
+    for line in output.replace("\r\n", "\n").splitlines():
+        if line.startswith(PROCESS_MARK):
+            pid = int(line[len(PROCESS_MARK) :].strip())
+            current = found[pid] = {}
+        elif line.startswith(UNREADABLE_MARK):
+            pid_text, _, reason = line[len(UNREADABLE_MARK) :].partition(" ")
+            found[int(pid_text)] = reason.strip() or "not readable"
+            current = None
+        elif current is not None and "=" in line and not line.startswith("="):
+            name, _, value = line.partition("=")
+            current.setdefault(name, value)
+    return found
+
+
+def process_environment_command(app: str, pid: int | None) -> str:
+    """A POSIX shell command printing the environment of the running ORS process of `app`
+    (`/proc/<pid>/environ`): the process id the status command reported, else every process
+    started with `-app <app>` (how Local Control Agent starts a Genesys application). The name
+    is matched through two variables so that this command's own text never matches."""
+    if pid is not None:
+        find = f"pids={int(pid)}"
+    else:
+        find = (
+            f"a=' -app'; n={shlex.quote(' ' + app + ' ')}; "
+            "pids=$(for d in /proc/[0-9]*; do "
+            """case " $(tr '\\0' ' ' < "$d/cmdline" 2>/dev/null) " in *"$a$n"*) """
+            'echo "${d#/proc/}";; esac; done)'
+        )
+    return (
+        f"{find}; for p in $pids; do "
+        f'if [ -r "/proc/$p/environ" ]; then echo "{PROCESS_MARK}$p"; '
+        """tr '\\0' '\\n' < "/proc/$p/environ"; """
+        f'else echo "{UNREADABLE_MARK}$p cannot read /proc/$p/environ as $(id -un)"; fi; done'
+    )
+
+
+# Reads another process's environment block through its PEB (ProcessParameters->Environment and
+# EnvironmentSize, offsets of 64-bit and 32-bit Windows): Windows has no /proc, and PowerShell
+# shows only its own environment.
+PROCESS_ENVIRONMENT_READER = """using System;
+using System.ComponentModel;
+using System.Runtime.InteropServices;
+using System.Text;
+public static class OrsMigrateProcessEnvironment {
+    [StructLayout(LayoutKind.Sequential)]
+    struct BasicInformation {
+        public IntPtr ExitStatus; public IntPtr PebBaseAddress; public IntPtr AffinityMask;
+        public IntPtr BasePriority; public IntPtr UniqueProcessId; public IntPtr ParentProcessId;
+    }
+    [DllImport("ntdll.dll")]
+    static extern int NtQueryInformationProcess(
+        IntPtr process, int infoClass, ref BasicInformation info, int size, out int returned);
+    [DllImport("kernel32.dll", SetLastError = true)]
+    static extern IntPtr OpenProcess(int access, bool inherit, int pid);
+    [DllImport("kernel32.dll", SetLastError = true)]
+    static extern bool ReadProcessMemory(
+        IntPtr process, IntPtr address, byte[] buffer, IntPtr size, out IntPtr read);
+    [DllImport("kernel32.dll")]
+    static extern bool CloseHandle(IntPtr handle);
+    static byte[] Read(IntPtr process, IntPtr address, int size) {
+        byte[] buffer = new byte[size];
+        IntPtr read;
+        if (!ReadProcessMemory(process, address, buffer, new IntPtr(size), out read))
+            throw new Win32Exception();
+        return buffer;
+    }
+    static IntPtr Pointer(IntPtr process, IntPtr address) {
+        byte[] bytes = Read(process, address, IntPtr.Size);
+        if (IntPtr.Size == 8) return new IntPtr(BitConverter.ToInt64(bytes, 0));
+        return new IntPtr(BitConverter.ToInt32(bytes, 0));
+    }
+    public static string Of(int pid) {
+        IntPtr process = OpenProcess(0x0410, false, pid);
+        if (process == IntPtr.Zero) throw new Win32Exception();
+        try {
+            BasicInformation info = new BasicInformation();
+            int returned;
+            int status = NtQueryInformationProcess(
+                process, 0, ref info, Marshal.SizeOf(info), out returned);
+            if (status != 0) throw new Win32Exception("NtQueryInformationProcess " + status);
+            bool wide = IntPtr.Size == 8;
+            IntPtr peb = info.PebBaseAddress;
+            IntPtr parameters = Pointer(process, IntPtr.Add(peb, wide ? 0x20 : 0x10));
+            IntPtr block = Pointer(process, IntPtr.Add(parameters, wide ? 0x80 : 0x48));
+            long size = Pointer(process, IntPtr.Add(parameters, wide ? 0x3F0 : 0x290)).ToInt64();
+            return Encoding.Unicode.GetString(Read(process, block, (int)size));
+        } finally {
+            CloseHandle(process);
+        }
+    }
+}
+"""
+
+
+def process_environment_script(app: str, pid: int | None) -> str:
+    """The PowerShell that prints the environment of the running ORS process of `app`, in the
+    format of `process_environment_command`: the process id the status command reported, else
+    every process whose command line has `-app <app>`."""
+    if pid is not None:
+        find = f"$ids = @({int(pid)})"
+    else:
+        find = (
+            "$ids = @(Get-CimInstance Win32_Process | Where-Object { $_.CommandLine -match "
+            f"('\\s-app\\s+\"?' + [regex]::Escape({ps_quote(app)}) + '\"?(\\s|$)') }} | "
+            "ForEach-Object { $_.ProcessId })"
+        )
+    return ps_script(
+        f"Add-Type -TypeDefinition @'\n{PROCESS_ENVIRONMENT_READER}'@",
+        find,
+        # one line, the one a failure names
+        "foreach ($id in $ids) { try { $block = [OrsMigrateProcessEnvironment]::Of([int]$id) } "
+        f"catch {{ '{UNREADABLE_MARK}' + $id + ' ' + $_.Exception.Message; continue }}; "
+        f"'{PROCESS_MARK}' + $id; $block -split \"`0\" | Where-Object {{ $_ }} }}",
+    )
 
 
 # -------------------------------------------------------------------------- site paths
@@ -220,7 +405,7 @@ def fips_paths(site: Site, app_name: str) -> FipsPaths:
             field=f"app {app_name}: install_dir",
             rule="fips-install-dir",
         )
-    values = {"host": app.host, "app": app.name, "install_dir": app.install_dir}
+    values = site.placeholder_values(app_name)
     env_file = config_dir = None
     if platform == "linux":
         if not fips.lca_env_file:
@@ -348,6 +533,17 @@ class FipsAction(Action):
         return fips_paths(ctx.site, intent["app"])
 
 
+class ModeAction(FipsAction):
+    """An action for FIPS mode or for TLS without FIPS: `with: {mode: fips|non-fips}`."""
+
+    @classmethod
+    def check_spec(cls, scope: str, spec: Any) -> str | None:
+        problem = super().check_spec(scope, spec)
+        if problem is None and spec.with_.get("mode") not in MODES:
+            return f"action '{cls.name}' needs 'with: {{mode: fips|non-fips}}'"
+        return problem
+
+
 class CheckVersion(FipsAction):
     """FIPS with the OpenSSL 3.x bundled with ORS: 8.1.401.13+ on Linux, 8.1.401.11+ on Windows."""
 
@@ -387,9 +583,26 @@ class CheckVersion(FipsAction):
         return {"app": intent["app"], "installed": installed}
 
 
+FIPSINSTALL = "fipsinstall"
+
+
+def fipsinstall_report(ctx: RunContext, app: str) -> dict[str, Any] | None:
+    """What fipsinstall.sh of `app` reported in this run (journaled by fips.linux_install)."""
+    from ors_migrate.events import EventKind
+
+    found = None
+    for event in ctx.journal.events(ctx.run_id):
+        observed = event.payload.get("observed") or {}
+        if event.kind == EventKind.ACTION_ENDED and observed.get("app") == app:
+            found = observed.get(FIPSINSTALL) or found
+    return found
+
+
 class LinuxInstall(FipsAction):
-    """fips-linux.1: run fipsinstall.sh, which self-tests the FIPS module and writes
-    openssl.cnf and fipsmodule.cnf into the ORS installation folder."""
+    """fips-linux.1: run fipsinstall.sh, which self-tests the FIPS module, writes openssl.cnf
+    and fipsmodule.cnf and suggests the variables to set. What it suggests, and where it says
+    the files are, is journaled: fips-linux.2 sets the variables "as fipsinstall.sh suggests".
+    Running it again is harmless, so an interrupted run simply runs it again."""
 
     name = "fips.linux_install"
     platform = "linux"
@@ -401,86 +614,79 @@ class LinuxInstall(FipsAction):
 
     def describe(self, paths: FipsPaths, step: PlannedAction, view: PlanningView) -> Preview:
         return Preview(
-            f"run fipsinstall.sh of {paths.app}: FIPS module self-test, then {paths.openssl_cnf} "
-            f"and {paths.fipsmodule} are written",
+            f"run fipsinstall.sh of {paths.app}: FIPS module self-test; it writes openssl.cnf and "
+            "fipsmodule.cnf and suggests LD_LIBRARY_PATH, OPENSSL_MODULES and OPENSSL_CONF, "
+            f"which are read from its output (the documents expect {paths.openssl_cnf})",
             [f"[{paths.host}] {self.command(paths)}"],
         )
-
-    def _fipsmodule_digest(self, ctx: RunContext, step: PlannedAction, paths: FipsPaths) -> str:
-        data = self.transport(ctx, step).read_file(paths.fipsmodule)
-        return "absent" if data is None else hashlib.sha256(data).hexdigest()
-
-    def prepare(self, ctx: RunContext, step: PlannedAction) -> dict[str, Any]:
-        intent = super().prepare(ctx, step)
-        if intent["applies"]:
-            paths = self.paths(ctx, intent)
-            intent["fipsmodule_before"] = self._fipsmodule_digest(ctx, step, paths)
-        return intent
-
-    def check(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> bool:
-        """Done when fipsinstall.sh wrote a new fipsmodule.cnf since the intent: an old one may
-        carry the checksum of an older module. Running it again is harmless."""
-        if not intent["applies"]:
-            return True
-        paths = self.paths(ctx, intent)
-        fresh = self._fipsmodule_digest(ctx, step, paths) != intent["fipsmodule_before"]
-        return fresh and self._missing(ctx, step, paths) == []
-
-    def _missing(self, ctx: RunContext, step: PlannedAction, paths: FipsPaths) -> list[str]:
-        transport = self.transport(ctx, step)
-        cnf = transport.read_file(paths.openssl_cnf)
-        missing = [] if cnf is not None else [paths.openssl_cnf]
-        if transport.read_file(paths.fipsmodule) is None:
-            missing.append(paths.fipsmodule)
-        elif cnf is not None and b"fipsmodule.cnf" not in cnf:
-            missing.append(f"an include of fipsmodule.cnf in {paths.openssl_cnf}")
-        return missing
 
     def apply(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> dict[str, Any]:
         if not intent["applies"]:
             return {"skipped": True}
         paths = self.paths(ctx, intent)
-        out = run_command(self.transport(ctx, step), self.command(paths))
-        return {"app": paths.app, "output": out.strip()[-2000:]}
-
-    def verify(
-        self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]
-    ) -> dict[str, Any]:
-        if not intent["applies"]:
-            return {}
-        missing = self._missing(ctx, step, self.paths(ctx, intent))
+        transport = self.transport(ctx, step)
+        out = run_command(transport, self.command(paths))
+        tail = out.strip()[-2000:]
+        suggested = parse_fipsinstall_output(out)
+        missing = [name for name in FIPS_VARIABLES if not suggested.get(name)]
         if missing:
-            raise VerificationFailed(f"fipsinstall.sh did not produce {', '.join(missing)}")
-        return {}
+            raise VerificationFailed(
+                f"fipsinstall.sh of {paths.app} on {paths.host} does not suggest "
+                f"{', '.join(missing)} in its output (the variables are set as it suggests "
+                f"them); its output ends: {tail[-300:]!r}"
+            )
+        cnf = transport.read_file(suggested[OPENSSL_CONF])
+        if cnf is None:
+            raise VerificationFailed(
+                f"fipsinstall.sh of {paths.app} suggests OPENSSL_CONF={suggested[OPENSSL_CONF]}, "
+                f"which does not exist on {paths.host}"
+            )
+        fipsmodule = fipsmodule_location(out, cnf.decode("utf-8", "replace"))
+        if fipsmodule is None or transport.read_file(fipsmodule) is None:
+            raise VerificationFailed(
+                f"fipsinstall.sh of {paths.app} on {paths.host} produced no fipsmodule.cnf "
+                f"({fipsmodule or 'neither its output nor ' + suggested[OPENSSL_CONF]} "
+                "names one that exists)"
+            )
+        report = {"suggested": suggested, "openssl_cnf": suggested[OPENSSL_CONF]}
+        return {"app": paths.app, "output": tail, FIPSINSTALL: {**report, "fipsmodule": fipsmodule}}
 
 
-class LinuxEnvironment(FipsAction):
+class LinuxEnvironment(ModeAction):
     """fips-linux.2 (mode fips): OPENSSL_CONF, OPENSSL_MODULES and LD_LIBRARY_PATH in LCA's
-    environment file. Mode non-fips: the OPENSSL_* variables removed and the Security Pack folder
-    on LD_LIBRARY_PATH instead of <ORS>/fips, as the seed asks for TLS without FIPS."""
+    environment file as fipsinstall.sh suggested them, its folders in place of the Security
+    Pack folder. Mode non-fips: the OPENSSL_* variables removed and the Security Pack folder on
+    LD_LIBRARY_PATH instead of <ORS>/fips, as the seed asks for TLS without FIPS."""
 
     name = "fips.linux_environment"
     platform = "linux"
     changes_world = True
 
-    @classmethod
-    def check_spec(cls, scope: str, spec: Any) -> str | None:
-        problem = super().check_spec(scope, spec)
-        if problem is None and spec.with_.get("mode") not in MODES:
-            return f"action '{cls.name}' needs 'with: {{mode: fips|non-fips}}'"
-        return problem
+    @staticmethod
+    def documented(paths: FipsPaths) -> dict[str, str]:
+        """What the documents say fipsinstall.sh suggests: shown in the plan, never written."""
+        return {
+            LD_LIBRARY_PATH: f"{paths.modules_dir}:{paths.install_dir}/lib64",
+            OPENSSL_MODULES: paths.modules_dir,
+            OPENSSL_CONF: paths.openssl_cnf,
+        }
 
     @staticmethod
     def desired(
-        site: Site, paths: FipsPaths, mode: str, current: dict[str, str]
+        site: Site,
+        paths: FipsPaths,
+        mode: str,
+        current: dict[str, str],
+        suggested: dict[str, str],
     ) -> dict[str, str | None]:
         security_pack = site.ors.fips.security_pack_dir
         now = current.get(LD_LIBRARY_PATH)
         if mode == "fips":
+            folders = _path_entries(suggested[LD_LIBRARY_PATH])
             return {
-                OPENSSL_CONF: paths.openssl_cnf,
-                OPENSSL_MODULES: paths.modules_dir,
-                LD_LIBRARY_PATH: fips_library_path(now, paths.install_dir, security_pack),
+                OPENSSL_CONF: suggested[OPENSSL_CONF],
+                OPENSSL_MODULES: suggested[OPENSSL_MODULES],
+                LD_LIBRARY_PATH: fips_library_path(now, folders, security_pack),
             }
         if not security_pack:
             raise SiteError(
@@ -500,17 +706,31 @@ class LinuxEnvironment(FipsAction):
         shared_setting_conflict(
             view.site, paths.app, f"the environment file {paths.env_file}", OPENSSL_CONF
         )
-        wanted = self.desired(view.site, paths, step.args["mode"], {})
+        mode = step.args["mode"]
+        pack = view.site.ors.fips.security_pack_dir
+        where = f"in LCA's environment file {paths.env_file} on {paths.host} (a backup kept): "
+        if mode == "fips":
+            expected = self.documented(paths)
+            replaced = (
+                f"in place of the Security Pack folder {pack}"
+                if pack
+                else "first (a folder already there that holds OpenSSL libraries stops the run: "
+                "name it in ors.fips.security_pack_dir)"
+            )
+            return Preview(
+                where + "OPENSSL_CONF, OPENSSL_MODULES and LD_LIBRARY_PATH as fipsinstall.sh "
+                "suggested them (the documents: "
+                + "; ".join(f'{k}="{v}"' for k, v in expected.items())
+                + f"), its LD_LIBRARY_PATH folders {replaced}"
+            )
+        wanted = self.desired(view.site, paths, mode, {}, {})
         edits = [
             f"{k} removed"
             if v is None
             else f'{k}="{v}"' + (" (+ the entries already there)" if k == LD_LIBRARY_PATH else "")
             for k, v in wanted.items()
         ]
-        return Preview(
-            f"in LCA's environment file {paths.env_file} on {paths.host} (a backup kept): "
-            + "; ".join(edits)
-        )
+        return Preview(where + "; ".join(edits))
 
     def _current(self, ctx: RunContext, step: PlannedAction, paths: FipsPaths) -> str:
         assert paths.env_file
@@ -519,6 +739,8 @@ class LinuxEnvironment(FipsAction):
 
     def prepare(self, ctx: RunContext, step: PlannedAction) -> dict[str, Any]:
         intent = super().prepare(ctx, step)
+        intent["mode"] = step.args["mode"]
+        intent["suggested"] = {}
         if intent["applies"]:
             paths = self.paths(ctx, intent)
             shared_setting_conflict(
@@ -526,18 +748,54 @@ class LinuxEnvironment(FipsAction):
             )
             before = parse_env_file(self._current(ctx, step, paths))
             intent["env_file"] = paths.env_file
-            intent["before"] = {
-                k: before.get(k) for k in (OPENSSL_CONF, OPENSSL_MODULES, LD_LIBRARY_PATH)
-            }
-        intent["mode"] = step.args["mode"]
+            intent["before"] = {k: before.get(k) for k in FIPS_VARIABLES}
+            if intent["mode"] == "fips":
+                intent["suggested"] = self._suggestion(ctx, paths)
+                self._refuse_other_openssl(ctx, step, paths, before, intent["suggested"])
         return intent
+
+    @staticmethod
+    def _suggestion(ctx: RunContext, paths: FipsPaths) -> dict[str, str]:
+        report = fipsinstall_report(ctx, paths.app)
+        if report is None:
+            raise VerificationFailed(
+                f"this run has no output of fipsinstall.sh for {paths.app}: the variables are set "
+                "as it suggests them, so run the fips-linux playbook from its first step"
+            )
+        return dict(report["suggested"])
+
+    def _refuse_other_openssl(
+        self,
+        ctx: RunContext,
+        step: PlannedAction,
+        paths: FipsPaths,
+        before: dict[str, str],
+        suggested: dict[str, str],
+    ) -> None:
+        """Without ors.fips.security_pack_dir the Security Pack folder cannot be told apart:
+        any folder of LD_LIBRARY_PATH that holds OpenSSL libraries would stay beside
+        <ORS>/fips, which the documents forbid ("instead of")."""
+        if ctx.site.ors.fips.security_pack_dir:
+            return
+        ours = _path_entries(suggested[LD_LIBRARY_PATH])
+        others = [e for e in _path_entries(before.get(LD_LIBRARY_PATH)) if e not in ours]
+        if not others:
+            return
+        out = run_command(self.transport(ctx, step), openssl_folders_command(others))
+        found = out.splitlines()
+        if found:
+            raise VerificationFailed(
+                f"LD_LIBRARY_PATH in {paths.env_file} on {paths.host} lists {', '.join(found)}, "
+                "which holds OpenSSL libraries (the Genesys Security Pack?); <ORS>/fips must "
+                "take its place: name it in ors.fips.security_pack_dir"
+            )
 
     def _pending(
         self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]
     ) -> dict[str, str | None]:
         paths = self.paths(ctx, intent)
         current = parse_env_file(self._current(ctx, step, paths))
-        wanted = self.desired(ctx.site, paths, intent["mode"], current)
+        wanted = self.desired(ctx.site, paths, intent["mode"], current, intent["suggested"])
         return {k: v for k, v in wanted.items() if current.get(k) != v}
 
     def check(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> bool:
@@ -818,10 +1076,11 @@ class VerifyProviders(FipsAction):
             out = run_powershell(transport, self.windows_script(paths))
         providers = parse_providers(out)
         if providers.get("fips") != "active":
+            where = paths.env_file if paths.platform == "linux" else "the machine environment"
             raise VerificationFailed(
                 f"OpenSSL on {paths.host} does not list the fips provider as active for "
-                f"{paths.app} (providers: {providers or 'none'}); check {paths.openssl_cnf} and "
-                "the OPENSSL_CONF / OPENSSL_MODULES variables"
+                f"{paths.app} (providers: {providers or 'none'}); check OPENSSL_CONF and "
+                f"OPENSSL_MODULES in {where} and the openssl.cnf they name"
             )
         return {"app": paths.app, "providers": providers}
 
@@ -897,21 +1156,27 @@ class SetFipsOption(FipsAction):
 
 
 class RestartLca(FipsAction):
-    """LCA passes its own environment to the ORS it starts, and reads it at its start: it must
-    be restarted (once per host) before ORS is. With `ors.fips.lca_restart` the tool runs it;
-    otherwise the operator does it and confirms. Nothing tells afterwards whether LCA restarted,
-    so a run interrupted during this step restarts LCA again on resume, which is harmless."""
+    """LCA passes its own environment to the ORS it starts, and reads it at its start, so it
+    is restarted before ORS is; but restarting LCA may stop what it started (systemd's default
+    `KillMode=control-group`). So it is part of each pair's standard restart: on the backup's
+    host just before the backup restarts, and after the switchover on the new backup's host,
+    and it is refused while any ORS application of the site on that host is primary. With
+    `ors.fips.lca_restart` the tool runs it; otherwise the operator does it and confirms.
+    Nothing tells afterwards whether LCA restarted, so an interrupted restart is done again,
+    which is harmless on a host without a primary."""
 
     name = "fips.lca_restart"
+    scopes = frozenset({"ha_pair"})
+    takes_role = True
+    needs_role = True
     changes_world = True
 
-    @staticmethod
-    def first_app_on_host(site: Site, host: str, platform: str) -> str:
-        return next(
-            a.name
-            for _, _, a in site.apps()
-            if a.host == host and site.hosts[a.host].platform == platform
-        )
+    @classmethod
+    def check_spec(cls, scope: str, spec: Any) -> str | None:
+        problem = super().check_spec(scope, spec)
+        if problem is None and spec.role != "backup":
+            return f"action '{cls.name}' restarts LCA on the backup's host only: 'role: backup'"
+        return problem
 
     def _command(self, site: Site, paths: FipsPaths) -> str | None:
         template = site.ors.fips.lca_restart
@@ -930,39 +1195,197 @@ class RestartLca(FipsAction):
             "once the Service Control Manager has them: restart the host if LCA does not)"
         )
         return (
-            f"Restart Local Control Agent on host {paths.host} so that it reads {where}; ORS "
-            "applications pick the variables up at their own restart, which comes next."
+            f"Restart Local Control Agent on host {paths.host} so that it reads {where}. No ORS "
+            f"primary runs there now; {paths.app} (backup) restarts next and picks the variables "
+            "up."
         )
 
+    @staticmethod
+    def _on_host(site: Site, host: str) -> list[tuple[str, str]]:
+        """(HA pair, application) of every ORS application of the site on `host`."""
+        return [(pair.name, app.name) for _, pair, app in site.apps() if app.host == host]
+
     def describe(self, paths: FipsPaths, step: PlannedAction, view: PlanningView) -> Preview:
-        first = self.first_app_on_host(view.site, paths.host, paths.platform)
-        if first != paths.app:
-            return Preview(f"nothing for {paths.app}: LCA on {paths.host} is restarted for {first}")
-        command = self._command(view.site, paths)
-        if command is None:
-            return Preview(f"operator step, confirmed by a person: {self._instruction(paths)}")
-        shown = ps_script(command) if paths.platform == "windows" else command
-        return Preview(
-            f"restart LCA on {paths.host} so that it reads the new environment",
-            [f"[{paths.host}] {shown}"],
+        expected = [
+            f"{app} (primary of {pair})"
+            for pair, app in self._on_host(view.site, paths.host)
+            if view.primary[pair] == app
+        ]
+        warning = (
+            f"; the plan expects {', '.join(expected)} on that host then: the run stops here "
+            "unless it is switched over first"
+            if expected
+            else ""
         )
+        command = self._command(view.site, paths)
+        lead = (
+            f"restart LCA on {paths.host}, the host of backup {paths.app} (resolved at run time), "
+            "so that the ORS it starts reads the new environment; refused while an ORS "
+            f"application on {paths.host} is primary{warning}"
+        )
+        if command is None:
+            return Preview(f"operator step, confirmed by a person: {lead}")
+        shown = ps_script(command) if paths.platform == "windows" else command
+        return Preview(lead, [f"[{paths.host}] {shown}"])
+
+    def prepare(self, ctx: RunContext, step: PlannedAction) -> dict[str, Any]:
+        from ors_migrate.actions.service import Restart
+
+        assert step.target.ha_pair
+        app = Restart._member(ctx, step.target.ha_pair, "backup")  # a backup LCA stopped counts
+        host = ctx.site.find_app(app)[2].host
+        applies = ctx.site.hosts[host].platform == self.platform_of(step)
+        return {"app": app, "host": host, "applies": applies}
+
+    def _refuse_primary_on_host(self, ctx: RunContext, host: str) -> dict[str, str]:
+        roles = {app: ctx.services.status(app).role for _, app in self._on_host(ctx.site, host)}
+        primaries = [app for app, role in roles.items() if role == "primary"]
+        if primaries:
+            raise VerificationFailed(
+                f"LCA is not restarted on host {host}: {', '.join(primaries)} runs there as "
+                "primary, and restarting LCA may stop the processes it started (systemd's "
+                "default KillMode=control-group). Switch that HA pair over so that no primary "
+                f"runs on {host}, then resume"
+            )
+        return roles
 
     def apply(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> dict[str, Any]:
         if not intent["applies"]:
             return {"skipped": True}
         paths = self.paths(ctx, intent)
-        if self.first_app_on_host(ctx.site, paths.host, paths.platform) != paths.app:
-            return {"skipped": True, "host": paths.host}
+        roles = self._refuse_primary_on_host(ctx, paths.host)
         command = self._command(ctx.site, paths)
         if command is None:
             ctx.ui.operator_step(self._instruction(paths), who=ctx.operator)
-            return {"host": paths.host, "confirmed_by": ctx.operator}
-        transport = self.transport(ctx, step)
+            return {"host": paths.host, "roles_on_host": roles, "confirmed_by": ctx.operator}
+        transport = ctx.pool.for_host(paths.host)  # the host of the backup of now
         if paths.platform == "windows":
             run_powershell(transport, command)
         else:
             run_command(transport, command)
-        return {"host": paths.host, "command": command}
+        return {"host": paths.host, "roles_on_host": roles, "command": command}
+
+
+class VerifyProcessEnvironment(ModeAction):
+    """After the restart, the evidence that counts: the environment of the running ORS process
+    itself (Linux: /proc/<pid>/environ; Windows: the process's environment block), never the
+    file or machine variables the tool wrote. Mode fips: OPENSSL_CONF and OPENSSL_MODULES as
+    written for LCA, LD_LIBRARY_PATH with those folders and without the Security Pack folder;
+    mode non-fips: neither OPENSSL_* variable, the Security Pack folder and not <ORS>/fips. The
+    process is the one whose id the status command reports, else the one started with
+    `-app <application>`."""
+
+    name = "fips.verify_process_environment"
+
+    @staticmethod
+    def reader(paths: FipsPaths, pid: int | None) -> str:
+        if paths.platform == "windows":
+            return process_environment_script(paths.app, pid)
+        return process_environment_command(paths.app, pid)
+
+    def describe(self, paths: FipsPaths, step: PlannedAction, view: PlanningView) -> Preview:
+        source = "/proc/<pid>/environ" if paths.platform == "linux" else "its environment block"
+        wanted = (
+            "OPENSSL_CONF, OPENSSL_MODULES and LD_LIBRARY_PATH as written for LCA, without the "
+            "Security Pack folder"
+            if step.args["mode"] == "fips"
+            else "no OPENSSL_CONF or OPENSSL_MODULES, the Security Pack folder and not <ORS>/fips "
+            "on LD_LIBRARY_PATH"
+        )
+        shown = self.reader(paths, None)
+        return Preview(
+            f"read the environment of the running ORS process of {paths.app} on {paths.host} "
+            f"({source}; the pid the status command reports, else the process started with "
+            f"-app {paths.app}) and check {wanted}",
+            [f"[{paths.host}] {shown}"],
+        )
+
+    def _expected(
+        self, ctx: RunContext, step: PlannedAction, paths: FipsPaths, mode: str
+    ) -> tuple[dict[str, str | None], list[str], list[str]]:
+        """Variables with their values (None: must be absent), LD_LIBRARY_PATH folders that
+        must be there, and folders that must not."""
+        pack = ctx.site.ors.fips.security_pack_dir
+        if mode == "non-fips":
+            assert pack, "fips.linux_environment refused a site without security_pack_dir"
+            return {OPENSSL_CONF: None, OPENSSL_MODULES: None}, [pack], [paths.modules_dir]
+        if paths.platform == "windows":
+            values = {OPENSSL_CONF: paths.openssl_cnf, OPENSSL_MODULES: paths.modules_dir}
+            return dict(values), [], []
+        assert paths.env_file
+        data = self.transport(ctx, step).read_file(paths.env_file)
+        written = parse_env_file("" if data is None else data.decode("utf-8", "replace"))
+        missing = [k for k in FIPS_VARIABLES if not written.get(k)]
+        if missing:
+            raise VerificationFailed(
+                f"LCA's environment file {paths.env_file} on {paths.host} has no "
+                f"{', '.join(missing)}: nothing to compare the running ORS of {paths.app} with"
+            )
+        values = {k: written[k] for k in (OPENSSL_CONF, OPENSSL_MODULES)}
+        return dict(values), _path_entries(written[LD_LIBRARY_PATH]), [pack] if pack else []
+
+    @staticmethod
+    def problems(
+        env: dict[str, str],
+        platform: str,
+        expected: tuple[dict[str, str | None], list[str], list[str]],
+    ) -> list[str]:
+        """What the running process's environment lacks or has wrongly (Windows: names and
+        paths compared without case)."""
+
+        def norm(text: str) -> str:
+            return text.lower() if platform == "windows" else text
+
+        seen = {norm(k): v for k, v in env.items()}
+        values, wanted, unwanted = expected
+        found: list[str] = []
+        for name, value in values.items():
+            got = seen.get(norm(name))
+            if value is None and got is not None:
+                found.append(f"{name}={got} is defined")
+            elif value is not None and (got is None or norm(got) != norm(value)):
+                found.append(f"{name} is {'not set' if got is None else repr(got)}, not {value!r}")
+        folders = [norm(e) for e in (seen.get(norm(LD_LIBRARY_PATH)) or "").split(":") if e]
+        found += [f"{LD_LIBRARY_PATH} lacks {e}" for e in wanted if norm(e) not in folders]
+        found += [f"{LD_LIBRARY_PATH} has {e}" for e in unwanted if norm(e) in folders]
+        return found
+
+    def apply(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> dict[str, Any]:
+        if not intent["applies"]:
+            return {"skipped": True}
+        paths = self.paths(ctx, intent)
+        status = ctx.services.status(paths.app)
+        reported = status.details.get("pid")
+        pid = int(reported) if isinstance(reported, int | str) and str(reported).isdigit() else None
+        transport = self.transport(ctx, step)
+        if paths.platform == "windows":
+            out = run_powershell(transport, self.reader(paths, pid))
+        else:
+            out = run_command(transport, self.reader(paths, pid))
+        processes = parse_process_environments(out)
+        if not processes:
+            raise VerificationFailed(
+                f"no running ORS process of {paths.app} found on {paths.host} (the status command "
+                f"reports {'pid ' + str(pid) if pid else 'no pid'}; no process started with "
+                f"-app {paths.app}): its environment cannot be checked"
+            )
+        expected = self._expected(ctx, step, paths, step.args["mode"])
+        seen: dict[str, Any] = {}
+        for process, env in processes.items():
+            if isinstance(env, str):
+                raise VerificationFailed(
+                    f"cannot read the environment of {paths.app} (process {process}) on "
+                    f"{paths.host}: {env}"
+                )
+            problems = self.problems(env, paths.platform, expected)
+            if problems:
+                raise VerificationFailed(
+                    f"the running ORS process {process} of {paths.app} on {paths.host}: "
+                    + "; ".join(problems)
+                    + " (was LCA restarted after its environment changed, and ORS after LCA?)"
+                )
+            seen[str(process)] = {k: env.get(k) for k in FIPS_VARIABLES}
+        return {"app": paths.app, "role": status.role, "processes": seen}
 
 
 ACTIONS = [
@@ -975,4 +1398,5 @@ ACTIONS = [
     VerifyProviders,
     SetFipsOption,
     RestartLca,
+    VerifyProcessEnvironment,
 ]

@@ -885,10 +885,10 @@ def _belongs(key: Any, prefix: str) -> bool:
     )
 
 
-def _count_keys(conn: Any, pattern: str, prefix: str) -> dict[str, int]:
-    """SCAN one node and PTTL what it finds, a batch at a time; keys of another ORS cluster
-    whose name merely starts with this one's are left out."""
-    keys = with_ttl = 0
+def _scan_with_ttl(conn: Any, pattern: str, prefix: str) -> Iterator[tuple[Any, Any]]:
+    """(key, PTTL) of every key of one node matching `pattern`, SCANned and PTTLed a batch at a
+    time, so that no caller holds more than one batch; keys of another ORS cluster whose name
+    merely starts with this one's are left out."""
     cursor = 0
     while True:
         cursor, batch = conn.scan(cursor=cursor, match=pattern, count=SCAN_COUNT)
@@ -897,11 +897,23 @@ def _count_keys(conn: Any, pattern: str, prefix: str) -> dict[str, int]:
             pipe = conn.pipeline(transaction=False)
             for key in batch:
                 pipe.pttl(key)
-            ttls = pipe.execute()
-            keys += len(batch)
-            with_ttl += sum(1 for ttl in ttls if isinstance(ttl, int) and ttl > 0)
+            yield from zip(batch, pipe.execute(), strict=True)
         if int(cursor) == 0:
-            return {"keys": keys, "keys_with_ttl": with_ttl}
+            return
+
+
+def _has_ttl(ttl: Any) -> bool:
+    return isinstance(ttl, int) and ttl > 0
+
+
+def _count_keys(conn: Any, pattern: str, prefix: str) -> dict[str, int]:
+    """How many keys one node holds for the ORS cluster, and how many have a TTL (streamed:
+    a node with a million keys is counted without holding their names)."""
+    keys = with_ttl = 0
+    for _, ttl in _scan_with_ttl(conn, pattern, prefix):
+        keys += 1
+        with_ttl += _has_ttl(ttl)
+    return {"keys": keys, "keys_with_ttl": with_ttl}
 
 
 class KeyWatcher:
@@ -933,20 +945,11 @@ class KeyWatcher:
 
 
 def _scan_names(conn: Any, pattern: str, prefix: str) -> dict[str, bool]:
-    names: dict[str, bool] = {}
-    cursor = 0
-    while True:
-        cursor, batch = conn.scan(cursor=cursor, match=pattern, count=SCAN_COUNT)
-        batch = [key for key in batch if _belongs(key, prefix)]
-        if batch:
-            pipe = conn.pipeline(transaction=False)
-            for key in batch:
-                pipe.pttl(key)
-            for key, ttl in zip(batch, pipe.execute(), strict=True):
-                name = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
-                names[name] = isinstance(ttl, int) and ttl > 0
-        if int(cursor) == 0:
-            return names
+    """Every key of the ORS cluster on one node, with whether it has a TTL."""
+    return {
+        key.decode(errors="replace") if isinstance(key, bytes) else str(key): _has_ttl(ttl)
+        for key, ttl in _scan_with_ttl(conn, pattern, prefix)
+    }
 
 
 # --- monitoring ------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """`preflight`: every read-only check of the live estate before a run touches anything.
 
 Hosts are reached and their keys checked, each HA pair's roles and versions read, the Redis
-Cluster and Cassandra checked, and the current option values of every application read. Nothing
-is changed. A finding that blocks the migration is an error; the exit code is 3 if any.
+Cluster checked from here and from each ORS host, Cassandra checked, and the current option
+values of every application read. Nothing is changed. A finding that blocks the migration is
+an error; the exit code is 3 if any.
 """
 
 from __future__ import annotations
@@ -197,6 +198,26 @@ def _redis(ctx: Any) -> ProbeResults:
     )
 
 
+def _from_ors_hosts(ctx: Any) -> ProbeResults:
+    """Redis as each ORS host sees it (TCP, and with TLS its files and a handshake), checked on
+    the host over its own transport; one host that cannot be reached does not hide the others."""
+    from ors_migrate.actions.host_checks import check_host, ors_hosts
+
+    results: ProbeResults = []
+    for name in ors_hosts(ctx.site):
+
+        def probe(name: str = name) -> list[CheckResult]:
+            return check_host(ctx.site, name, ctx.pool.for_host(name))
+
+        results += _guard(
+            name,
+            "host.redis",
+            "check that the host runs a POSIX shell (Linux) or PowerShell (Windows)",
+            probe,
+        )
+    return results
+
+
 def _cassandra(ctx: Any) -> ProbeResults:
     cass = ctx.site.cassandra
     if cass is None:
@@ -227,7 +248,7 @@ def run_preflight(loaded: LoadedSite, state_dir: Path, ui: Any) -> list[dict[str
     ctx = build_context(loaded, "preflight", journal, ui)
     try:
         findings = _static(loaded)
-        for probe in (_hosts, _pairs, _options, _redis, _cassandra):
+        for probe in (_hosts, _pairs, _options, _redis, _from_ors_hosts, _cassandra):
             findings += probe(ctx)
     finally:
         ctx.close()

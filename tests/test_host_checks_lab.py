@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import sshd_fixture
 from conftest import cli
+from test_faults import journal_events
 
 from ors_migrate.lab.lab import LabShape, lab_down, lab_up
 from ors_migrate.lab.layout import LabLayout
@@ -191,3 +192,29 @@ def test_preflight_names_each_host_side_failure_per_host_and_node(estate, tmp_pa
         # Every node is named, each with its cause.
         nodes = json.loads(estate.lab.config.read_text())["redis_nodes"]
         assert {f["observed"]["node"] for f in failed} == set(nodes)
+
+
+def test_run_stops_before_enable_1_when_the_ors_account_cannot_read_the_tls_key(estate, tmp_path):
+    """The operator's machine reads the key (the Redis checks of prepare.1 pass); ORS's own
+    account on its host cannot: the run fails at the host-side check, before enable.1 wrote an
+    option or restarted anything, and every application still persists to Cassandra."""
+    tls = {"cert": "client.crt", "key": "unreadable.key", "cacert": "ca.crt"}
+    site = estate.site("run-unreadable-key", **{k: str(estate.files / v) for k, v in tls.items()})
+    state_dir = tmp_path / "state"
+    run = cli("run", str(site), "--yes", "--state-dir", str(state_dir))
+    assert run.returncode == 1, run.stdout[-2000:] + run.stderr[-3000:]
+    assert "tls-key" in run.stderr and "not readable by orsm-ssh" in run.stderr, run.stderr
+    # No handshake was tried without the client certificate: the key could not be loaded.
+    assert "could not load the TLS files: Permission denied" in run.stderr, run.stderr
+
+    status = json.loads(cli("status", "--json", "--state-dir", str(state_dir)).stdout)
+    assert (status["status"], status["current_state"]) == ("failed", "redis-from-ors-hosts")
+    assert "enable-redis-on-backups" not in status["states_done"]
+    assert status["states_done"][-1] == "verify-cassandra"
+    assert "lab:" in status["last_error"] and "unreadable.key" in status["last_error"]
+    started = {state for kind, state, _ in journal_events(state_dir) if kind == "state_started"}
+    assert "redis-from-ors-hosts" in started and "enable-redis-on-backups" not in started
+    apps = json.loads(cli("lab", "status", "--dir", str(estate.lab.root), "--json").stdout)
+    assert {a["type"] for a in apps["apps"]} == {"cassandra"}
+    for app in apps["apps"]:
+        assert "type = redis" not in estate.lab.options(app["app"]).read_text()

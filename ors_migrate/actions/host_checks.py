@@ -35,7 +35,15 @@ COMMAND_SLACK_S = 30.0
 # What an ORS process's command line carries: LCA starts a Genesys application with
 # `-app <name>`; the lab's simulated ORS takes `--app <name>`.
 APP_FLAGS = ("-app", "--app")
-REJECTED_CLIENT_CERT = ("certificate required", "bad certificate", "unknown ca", "handshake")
+# How a node's refusal of the client certificate reads on the client side (TLS 1.3 clients
+# may see only an EOF once the handshake seemed done).
+REJECTED_CLIENT_CERT = (
+    "certificate required",
+    "bad certificate",
+    "unknown ca",
+    "eof occurred in violation",
+    "unexpected eof",
+)
 
 # Runs on the host with its python3 (3.6 or later): TCP to each node, and with TLS a handshake
 # with the client certificate and one PING (no AUTH). One line per node and check.
@@ -51,10 +59,14 @@ def say(kind, node, status, detail=""):
 context, setup_error = None, ""
 if tls:
     try:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.load_verify_locations(cafile=cafile or None, capath=capath or None)
+        made = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if cafile or capath:
+            made.load_verify_locations(cafile=cafile or None, capath=capath or None)
+        else:
+            made.load_default_certs()
         if cert:
-            context.load_cert_chain(cert, key or None)
+            made.load_cert_chain(cert, key or None)
+        context = made
     except Exception as exc:
         setup_error = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
 for node in nodes:
@@ -467,14 +479,16 @@ def _match_verdicts(host: str, lines: list[ProbeLine], redis: RedisSettings) -> 
     return found
 
 
+def _words(detail: str) -> str:
+    """`TLSV13_ALERT_CERTIFICATE_REQUIRED` as `tlsv13 alert certificate required`."""
+    return detail.lower().replace("_", " ")
+
+
 def _handshake_failure(host: str, node: str, line: ProbeLine, ca: str) -> CheckResult:
     if line.status == "verify":
         cause = f"the certificate of {node} does not validate against {ca} on {host}: {line.detail}"
         fix = f"install on {host} the CA that issued the Redis server certificates"
-    elif line.status == "setup":
-        cause = f"no handshake with {node} could be tried: the TLS files failed: {line.detail}"
-        fix = "fix the TLS files named above"
-    elif line.status == "closed" or any(r in line.detail.lower() for r in REJECTED_CLIENT_CERT):
+    elif line.status == "closed" or any(r in _words(line.detail) for r in REJECTED_CLIENT_CERT):
         cause = (
             f"{node} rejected the TLS session ({line.detail or 'it closed the connection'}): "
             "most likely it does not trust the client certificate"
@@ -497,12 +511,30 @@ def _tls_verdicts(
 ) -> list[CheckResult]:
     tls = redis.tls
     handshakes = _by_kind(lines, "tls")
-    ca = f"tls-cacert {tls.cacert}" if tls.cacert else f"tls-cacertdir {tls.cacertdir}"
+    ca = (
+        f"tls-cacert {tls.cacert}"
+        if tls.cacert
+        else f"tls-cacertdir {tls.cacertdir}"
+        if tls.cacertdir
+        else "the system's trust store"
+    )
     found = []
+    untried = [n for n in nodes if n in handshakes and handshakes[n].status == "setup"]
+    if untried:
+        found.append(
+            CheckResult(
+                "host.redis.tls_handshake",
+                "error",
+                f"{host}: no TLS handshake with {', '.join(untried)} could be tried: python's "
+                f"ssl could not load the TLS files: {handshakes[untried[0]].detail}",
+                "fix the TLS files (see the other findings of this host)",
+                observed={"host": host, "nodes": untried, "error": handshakes[untried[0]].detail},
+            )
+        )
     for node in nodes:
         line = handshakes.get(node)
-        if line is None:
-            continue  # not reached, or no python3: said elsewhere
+        if line is None or node in untried:
+            continue  # not reached, or no python3, or the files failed: said elsewhere
         if line.status == "ok":
             found.append(
                 CheckResult(

@@ -152,6 +152,7 @@ fi
 """
 
 SHELL_NETWORK = r"""
+set -f  # node labels such as [fd00::3]:7000 are words, never file name patterns
 if have python3; then
   python3 -c "$PY" "$T" "$MODE" "$CA" "$CADIR" "$CERT" "$KEY" "$SNI" $NODES </dev/null
 else

@@ -234,19 +234,17 @@ def linux_probe_script(redis: RedisSettings) -> str:
     return assigned + SHELL_PRELUDE + files + SHELL_NETWORK
 
 
-def ps_quote(value: str) -> str:
-    """A PowerShell single-quoted literal (nothing inside is expanded)."""
-    return "'" + value.replace("'", "''") + "'"
-
-
 def windows_probe_script(redis: RedisSettings) -> str:
     """PowerShell: a TCP connection to every `redis-nodes` entry by System.Net.Sockets.TcpClient
     (Windows PowerShell 5.1 and later), within the site's connect timeout."""
+    from ors_migrate.actions.fips import ps_quote
+
     millis = int(redis.connect_timeout_s * 1000)
     nodes = ", ".join(
         f"@({ps_quote(label)}, {ps_quote(host)}, {port})"
         for label, (host, port) in zip(node_labels(redis), redis.endpoints(), strict=True)
     )
+    # The trailing $null keeps a single node an array of arrays (PowerShell would flatten it).
     return "\n".join(
         [
             "$ProgressPreference = 'SilentlyContinue'",

@@ -219,3 +219,29 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_tls_files_that_cannot_be_read_as_the_ors_account_fail_and_tcp_is_still_checked():
+    tls = TlsSettings(enabled=True, cert="/c.crt", key="/c.key", cacert="/ca.crt")
+    site = example_site(RedisSettings(nodes=["r1:7000"], tls=tls))
+    app = next(a.name for _, _, a in site.apps() if a.host == HOST)
+    host = ScriptedTransport(
+        "linux",
+        {
+            "\nout()": (0, "orsm\twhoami\tdeploy\t1000\t\n"),
+            "ps -eo": (0, f" 1001  4242 ./orchestration -app {app}\n"),
+            "getent passwd 1001": (0, "genesys:x:1001:1001::/:/bin/sh\n"),
+            "sudo -n -u genesys -- sh -c ": (1, ""),
+            "sh -c ": (0, "orsm\twhoami\tdeploy\t1000\t\norsm\ttcp\tr1:7000\tok\t\n"),
+        },
+    )
+    found = check_host(site, HOST, host)  # type: ignore[arg-type]
+    assert [(r.check, r.severity) for r in found] == [
+        ("host.ors_account", "error"),
+        ("host.redis.tcp", "ok"),
+    ]
+    assert "cannot check the TLS files as genesys" in found[0].message
+    assert "`sudo -n -u genesys` failed" in found[0].message
+    assert "owner of the running ORS process 4242" in found[0].message
+    # The TCP-only probe carries no TLS file paths.
+    assert "/c.key" not in host.commands[-1] and "/c.key" in host.commands[-2]

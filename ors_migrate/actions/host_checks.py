@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ors_migrate.errors import CommandFailed
-from ors_migrate.site import RedisSettings, Site
+from ors_migrate.site import RedisSettings, Site, TlsSettings
 from ors_migrate.step import Action, CheckResult, Preview, Transport
 
 if TYPE_CHECKING:
@@ -594,53 +594,68 @@ def verdicts(
 # ---------------------------------------------------------------- on a host
 
 
-def check_host(site: Site, host_name: str, transport: Transport) -> list[CheckResult]:
-    """Every check of Redis from one ORS host, over its own transport."""
-    redis = site.redis
-    timeout = COMMAND_SLACK_S + 2 * redis.connect_timeout_s * len(redis.nodes)
-    if transport.platform == "windows":
-        result = transport.run(windows_probe_command(redis), timeout=timeout)
-        lines = parse_probe(result.stdout)
-        if not lines:
-            shown = "PowerShell: TCP to each Redis node"
-            raise CommandFailed(host_name, shown, result.exit_code, result.stderr)
-        return verdicts(host_name, redis, lines, None)
-    account: Account | None = None
-    login = _whoami(transport)
-    if redis.tls.enabled:
-        known = ors_account(site, host_name, transport)
-        if isinstance(known, CheckResult):
-            return [known]
-        account = known
+def _probe_timeout(redis: RedisSettings) -> float:
+    return COMMAND_SLACK_S + 2 * redis.connect_timeout_s * len(redis.nodes)
+
+
+def _windows(host_name: str, redis: RedisSettings, transport: Transport) -> list[CheckResult]:
+    result = transport.run(windows_probe_command(redis), timeout=_probe_timeout(redis))
+    lines = parse_probe(result.stdout)
+    if not lines:
+        shown = "PowerShell: TCP to each Redis node"
+        raise CommandFailed(host_name, shown, result.exit_code, result.stderr)
+    return verdicts(host_name, redis, lines, None)
+
+
+def _linux(
+    host_name: str,
+    redis: RedisSettings,
+    transport: Transport,
+    login: ProbeLine,
+    account: Account | None,
+) -> tuple[list[ProbeLine], CheckResult | None]:
+    """The probe's lines, run as `account` (None: as the login), or why it could not run so."""
     script = linux_probe_script(redis)
     command = as_account(f"sh -c {shlex.quote(script)}", login, account.name if account else None)
-    result = transport.run(command, timeout=timeout)
+    result = transport.run(command, timeout=_probe_timeout(redis))
     lines = parse_probe(result.stdout)
     ran_as = next((line.subject for line in lines if line.kind == "whoami"), None)
-    if account is not None and ran_as != account.name:
-        how = command.split(" -- ", 1)[0] if " -- " in command else "the login"
-        return [
-            CheckResult(
-                "host.ors_account",
-                "error",
-                f"{host_name}: cannot check the TLS files as {account.name}, the account ORS "
-                f"runs as ({account.source}): `{how}` failed (exit {result.exit_code}: "
-                f"{result.stderr.strip()[:200] or 'no output'})",
-                f"log in to {host_name} as {account.name}, as root, or allow "
-                f"`sudo -n -u {account.name}` for the login",
-            )
-        ]
-    found = verdicts(host_name, redis, lines, account)
-    if account is not None:
-        found.insert(
-            0,
-            CheckResult(
-                "host.ors_account",
-                "ok",
-                f"{host_name}: ORS runs as {account.name} ({account.source})",
-            ),
-        )
-    return found
+    if account is None or ran_as == account.name:
+        return lines, None
+    how = command.split(" -- ", 1)[0] if " -- " in command else "the login"
+    return [], CheckResult(
+        "host.ors_account",
+        "error",
+        f"{host_name}: cannot check the TLS files as {account.name}, the account ORS runs as "
+        f"({account.source}): `{how}` failed (exit {result.exit_code}: "
+        f"{result.stderr.strip()[:200] or 'no output'})",
+        f"log in to {host_name} as {account.name}, as root, or allow "
+        f"`sudo -n -u {account.name}` for the login",
+    )
+
+
+def check_host(site: Site, host_name: str, transport: Transport) -> list[CheckResult]:
+    """Every check of Redis from one ORS host, over its own transport. When the TLS files
+    cannot be checked as the ORS account, that is a finding, and TCP is still checked."""
+    redis = site.redis
+    if transport.platform == "windows":
+        return _windows(host_name, redis, transport)
+    login = _whoami(transport)
+    tcp_only = redis.model_copy(update={"tls": TlsSettings()})
+    if not redis.tls.enabled:
+        return verdicts(host_name, redis, _linux(host_name, redis, transport, login, None)[0], None)
+    account = ors_account(site, host_name, transport)
+    if isinstance(account, CheckResult):
+        lines, _ = _linux(host_name, tcp_only, transport, login, None)
+        return [account, *verdicts(host_name, tcp_only, lines, None)]
+    lines, refused = _linux(host_name, redis, transport, login, account)
+    if refused is not None:
+        lines, _ = _linux(host_name, tcp_only, transport, login, None)
+        return [refused, *verdicts(host_name, tcp_only, lines, None)]
+    known = CheckResult(
+        "host.ors_account", "ok", f"{host_name}: ORS runs as {account.name} ({account.source})"
+    )
+    return [known, *verdicts(host_name, redis, lines, account)]
 
 
 def ors_hosts(site: Site) -> list[str]:

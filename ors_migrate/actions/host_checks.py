@@ -14,6 +14,8 @@ Windows hosts (where ORS has no TLS) get the TCP check through PowerShell's TcpC
 
 The handshake sends `PING` without AUTH: any reply (`-NOAUTH` included) proves the node
 accepted the TLS session and the client certificate; no secret leaves the operator's machine.
+The node's certificate is checked against the CA and, like the operator-side check does, its
+name against `tls-sni` when set, else the node's address.
 """
 
 from __future__ import annotations

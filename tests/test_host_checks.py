@@ -27,6 +27,7 @@ from ors_migrate.actions.host_checks import (
     windows_probe_command,
 )
 from ors_migrate.actions.local import LocalTransport
+from ors_migrate.errors import CommandFailed
 from ors_migrate.site import RedisSettings, Site, TlsSettings, load_site
 from ors_migrate.step import CommandResult
 
@@ -95,7 +96,7 @@ def test_windows_output_is_read_into_a_verdict_per_node_naming_host_node_and_cau
 
 def test_a_windows_probe_that_prints_nothing_is_a_failure_not_a_pass():
     host = ScriptedTransport("windows", {"powershell.exe ": (1, "")})
-    with pytest.raises(Exception, match="exited 1"):
+    with pytest.raises(CommandFailed, match="exited 1"):
         check_host(example_site(RedisSettings(nodes=NODES)), HOST, host)  # type: ignore[arg-type]
 
 

@@ -198,13 +198,18 @@ def _redis(ctx: Any) -> ProbeResults:
     )
 
 
-def _from_ors_hosts(ctx: Any) -> ProbeResults:
+def _from_ors_hosts(ctx: Any, unreachable: set[str]) -> ProbeResults:
     """Redis as each ORS host sees it (TCP, and with TLS its files and a handshake), checked on
-    the host over its own transport; one host that cannot be reached does not hide the others."""
+    the host over its own transport; one host that cannot be reached does not hide the others,
+    and is not dialled a second time."""
     from ors_migrate.actions.host_checks import check_host, ors_hosts
 
     results: ProbeResults = []
     for name in ors_hosts(ctx.site):
+        if name in unreachable:
+            not_checked = "Redis was not checked from this host: it cannot be reached"
+            results.append((name, CheckResult("host.redis", "warning", not_checked)))
+            continue
 
         def probe(name: str = name) -> list[CheckResult]:
             return check_host(ctx.site, name, ctx.pool.for_host(name))
@@ -248,8 +253,11 @@ def run_preflight(loaded: LoadedSite, state_dir: Path, ui: Any) -> list[dict[str
     ctx = build_context(loaded, "preflight", journal, ui)
     try:
         findings = _static(loaded)
-        for probe in (_hosts, _pairs, _options, _redis, _from_ors_hosts, _cassandra):
+        for probe in (_hosts, _pairs, _options, _redis):
             findings += probe(ctx)
+        unreachable = {t for t, r in findings if r.check == "host.reachable" and r.blocking}
+        findings += _from_ors_hosts(ctx, unreachable)
+        findings += _cassandra(ctx)
     finally:
         ctx.close()
         journal.close()

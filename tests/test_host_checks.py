@@ -246,3 +246,24 @@ def test_tls_files_that_cannot_be_read_as_the_ors_account_fail_and_tcp_is_still_
     assert "owner of the running ORS process 4242" in found[0].message
     # The TCP-only probe carries no TLS file paths.
     assert "/c.key" not in host.commands[-1] and "/c.key" in host.commands[-2]
+
+
+def test_preflight_does_not_dial_an_unreachable_host_again_for_the_redis_checks(tmp_path):
+    import json
+
+    from conftest import cli
+    from tiny_site import make_tiny_site
+
+    tiny = make_tiny_site(tmp_path)
+    ssh = (
+        "    transport: ssh\n    ssh:\n      address: 127.0.0.1\n      port: 1\n"
+        f"      known_hosts: {tmp_path / 'known_hosts'}\n      ssh_config: null\n"
+    )
+    tiny.path.write_text(tiny.path.read_text().replace("    transport: local\n", ssh, 1))
+    done = cli("preflight", str(tiny.path), "--json", "--state-dir", str(tmp_path / "state"))
+    assert done.returncode == 3, done.stderr
+    findings = json.loads(done.stdout)["findings"]
+    [reach] = [f for f in findings if f["check"] == "host.reachable"]
+    assert reach["severity"] == "error" and "Connection refused" in reach["message"]
+    [redis] = [f for f in findings if f["check"].startswith("host.redis")]
+    assert redis["severity"] == "warning" and "not checked from this host" in redis["message"]

@@ -1,8 +1,9 @@
 """`preflight`: every read-only check of the live estate before a run touches anything.
 
 Hosts are reached and their keys checked, each HA pair's roles and versions read, the Redis
-Cluster and Cassandra checked, and the current option values of every application read. Nothing
-is changed. A finding that blocks the migration is an error; the exit code is 3 if any.
+Cluster checked from here and from each ORS host, Cassandra checked, and the current option
+values of every application read. Nothing is changed. A finding that blocks the migration is
+an error; the exit code is 3 if any.
 """
 
 from __future__ import annotations
@@ -197,6 +198,31 @@ def _redis(ctx: Any) -> ProbeResults:
     )
 
 
+def _from_ors_hosts(ctx: Any, unreachable: set[str]) -> ProbeResults:
+    """Redis as each ORS host sees it (TCP, and with TLS its files and a handshake), checked on
+    the host over its own transport; one host that cannot be reached does not hide the others,
+    and is not dialled a second time."""
+    from ors_migrate.actions.host_checks import check_host, ors_hosts
+
+    results: ProbeResults = []
+    for name in ors_hosts(ctx.site):
+        if name in unreachable:
+            not_checked = "Redis was not checked from this host: it cannot be reached"
+            results.append((name, CheckResult("host.redis", "warning", not_checked)))
+            continue
+
+        def probe(name: str = name) -> list[CheckResult]:
+            return check_host(ctx.site, name, ctx.pool.for_host(name))
+
+        results += _guard(
+            name,
+            "host.redis",
+            "check that the host runs a POSIX shell (Linux) or PowerShell (Windows)",
+            probe,
+        )
+    return results
+
+
 def _cassandra(ctx: Any) -> ProbeResults:
     cass = ctx.site.cassandra
     if cass is None:
@@ -227,8 +253,11 @@ def run_preflight(loaded: LoadedSite, state_dir: Path, ui: Any) -> list[dict[str
     ctx = build_context(loaded, "preflight", journal, ui)
     try:
         findings = _static(loaded)
-        for probe in (_hosts, _pairs, _options, _redis, _cassandra):
+        for probe in (_hosts, _pairs, _options, _redis):
             findings += probe(ctx)
+        unreachable = {t for t, r in findings if r.check == "host.reachable" and r.blocking}
+        findings += _from_ors_hosts(ctx, unreachable)
+        findings += _cassandra(ctx)
     finally:
         ctx.close()
         journal.close()

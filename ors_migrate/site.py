@@ -208,6 +208,12 @@ class Host(StrictModel):
     transport: Literal["local", "ssh"] = "ssh"
     platform: Literal["linux", "windows"] = "linux"
     ssh: SshSettings | None = None
+    ors_account: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*[$]?$",
+        description="the account ORS runs as on this host; the host-side checks read the "
+        "Redis TLS files as it (when not given: the owner of the running ORS process)",
+    )
 
     @model_validator(mode="after")
     def _ssh_only_for_ssh(self) -> Host:

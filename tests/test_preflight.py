@@ -41,7 +41,10 @@ def test_preflight_passes_on_a_healthy_lab_and_names_dead_redis_nodes(make_lab, 
     failures = [f for f in json.loads(broken.stdout)["findings"] if f["severity"] == "error"]
     assert failures and failures[0]["check"].startswith("redis.")
     assert "refused" in failures[0]["message"] and failures[0]["fix"]
+    # The ORS host cannot reach them either, each node named.
+    unreachable = {f["observed"]["node"] for f in failures if f["check"] == "host.redis.tcp"}
+    assert unreachable == {f"127.0.0.1:{port}" for port in redis.ports}
 
     text = cli("preflight", str(lab.site), "--state-dir", str(tmp_path / "s"))
-    assert text.returncode == 3 and "1 blocking problem" in text.stderr
+    assert text.returncode == 3 and f"{len(failures)} blocking problem" in text.stderr
     assert {p: p.read_bytes() for p in lab.root.glob("apps/*/options.ini")} == options_before

@@ -24,7 +24,8 @@ def preflight(lab: LabLayout, state: Path) -> list[dict[str, Any]]:
 
 
 def named(failures: list[dict[str, Any]], ports: list[int]) -> bool:
-    text = " ".join(f["message"] for f in failures)
+    """Whether the Redis checks (not the ORS hosts' TCP checks) name one of `ports`."""
+    text = " ".join(f["message"] for f in failures if f["check"].startswith("redis."))
     return any(f"127.0.0.1:{port}" in text for port in ports)
 
 

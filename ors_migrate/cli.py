@@ -469,8 +469,7 @@ def rollback(
     finally:
         runner.close()
     if outcome.status == "rolled_back":
-        done = "rolled back" if outcome.exit_code else outcome.message
-        print(f"run {run_id}: {done}", file=sys.stderr)
+        print(f"run {run_id}: {outcome.message}", file=sys.stderr)
         raise typer.Exit(0)
     _finish(run_id, outcome)
 

@@ -272,11 +272,12 @@ class Engine:
             self._gate(state, ROLLBACK, events)
             started = self.clock()
             self._deadline = started + state.timeout_s if state.timeout_s else None
+            by_action = events_by_action(events)
             for step in state.actions:
                 if self._left_behind(step, failed):
                     continue
                 try:
-                    self._run_action(state, step, events)
+                    self._run_action(state, step, by_action.get(step.key, []))
                 except OrsMigrateError as exc:
                     failed[self._pair_of(step) or "site"] = (step, exc)
             self._deadline = None

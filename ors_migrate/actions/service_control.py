@@ -254,16 +254,20 @@ def for_every_pair(ctx: RunContext, read: Callable[[str], T]) -> dict[str, T]:
 
 def switchover_unfinished(ctx: RunContext, pair_name: str) -> bool:
     """Whether this run journaled a switchover of the pair that it did not see end (it failed
-    or was interrupted): the pair may still be changing roles."""
-    open_keys: set[str] = set()
+    or was interrupted) and none of the pair's switchovers ended since: the pair may still be
+    changing roles."""
+    mine: set[str] = set()
+    unfinished = False
     for event in ctx.journal.events(ctx.run_id):
+        key = event.action_key or ""
         if event.kind == EventKind.ACTION_INTENT:
             intent = SwitchoverIntent.from_payload(event.payload)
             if intent is not None and intent.pair == pair_name:
-                open_keys.add(event.action_key or "")
-        elif event.kind == EventKind.ACTION_ENDED:
-            open_keys.discard(event.action_key or "")
-    return bool(open_keys)
+                mine.add(key)
+                unfinished = True
+        elif event.kind == EventKind.ACTION_ENDED and key in mine:
+            unfinished = False
+    return unfinished
 
 
 def steady_pair_status(

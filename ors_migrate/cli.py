@@ -469,8 +469,7 @@ def rollback(
     finally:
         runner.close()
     if outcome.status == "rolled_back":
-        done = "rolled back" if outcome.exit_code else outcome.message
-        print(f"run {run_id}: {done}", file=sys.stderr)
+        print(f"run {run_id}: {outcome.message}", file=sys.stderr)
         raise typer.Exit(0)
     _finish(run_id, outcome)
 
@@ -631,7 +630,8 @@ def lab_fault(
     kind: Annotated[
         str | None,
         typer.Argument(
-            help="no-persist, refuse-start, no-new-sessions, slow-start or redis-unreachable.",
+            help="no-persist, refuse-start, no-new-sessions, slow-start, redis-unreachable or "
+            "switchover-ignored.",
             show_default=False,
         ),
     ] = None,
@@ -643,7 +643,11 @@ def lab_fault(
     ] = None,
     times: Annotated[
         int | None,
-        typer.Option("--times", min=1, help="refuse-start: refuse only this many starts."),
+        typer.Option(
+            "--times",
+            min=1,
+            help="refuse-start, switchover-ignored: act only this many times.",
+        ),
     ] = None,
     clear: Annotated[
         bool, typer.Option("--clear", help="Remove the faults (of --app, or of every app).")

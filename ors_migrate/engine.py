@@ -53,6 +53,15 @@ class ActionCrashed(OrsMigrateError):
     """An action raised an error it does not describe; its state fails with the details."""
 
 
+class RollbackIncomplete(OrsMigrateError):
+    """Some HA pairs (or the rollback's closing steps) could not be rolled back; every other
+    pair was. `failed` maps each pair (or "site") to the action and error that stopped it."""
+
+    def __init__(self, failed: dict[str, tuple[PlannedAction, OrsMigrateError]]) -> None:
+        self.failed = failed
+        super().__init__("; ".join(f"{unit}: {exc}" for unit, (_, exc) in failed.items()))
+
+
 CauseOf = Callable[[BaseException, str], OrsMigrateError | None]
 
 
@@ -212,10 +221,14 @@ class Engine:
         self.journal.set_status(self.ctx.run_id, "running", phase=ROLLBACK)
         self.ctx.ui.warn(f"{'resuming the rollback' if resumed else 'rolling back'}: {reason}")
         try:
-            self._run_states(plan, ROLLBACK)
+            self._run_rollback_states(plan)
         except GateStopped as exc:
             self.journal.set_status(self.ctx.run_id, "paused")
             return Outcome("paused", str(exc), exc.exit_code)
+        except RollbackIncomplete as exc:
+            message = self.ctx.secrets.mask(self._incomplete_message(plan, exc))
+            self.journal.set_status(self.ctx.run_id, "failed", outcome=message)
+            return Outcome("failed", message, 1)
         except OrsMigrateError as exc:
             message = self.ctx.secrets.mask(
                 f"the rollback itself failed: {exc}; fix the cause and run "
@@ -223,8 +236,153 @@ class Engine:
             )
             self.journal.set_status(self.ctx.run_id, "failed", outcome=message)
             return Outcome("failed", message, 1)
+        end = self._end_states(plan)
         self.journal.set_status(self.ctx.run_id, "rolled_back", outcome=reason)
-        return Outcome("rolled_back", f"rolled back after: {reason}", 1)
+        return Outcome("rolled_back", f"rolled back after: {reason}. {end}", 1)
+
+    def _run_rollback_states(self, plan: Plan) -> None:
+        """The rollback's states, each HA pair as far as it can go: an action that fails stops
+        the rest of its pair (a primary is never restarted once its backup could not be brought
+        back), while every other pair is rolled back to the end. A state that left a pair
+        behind does not end, so `rollback` again continues there; the site-wide closing steps
+        wait until every pair is done. The failures are raised together at the end."""
+        self.ctx.phase = ROLLBACK
+        events = self._events(ROLLBACK)
+        finished = {e.state_id for e in events if e.kind == EventKind.STATE_ENDED}
+        failed: dict[str, tuple[PlannedAction, OrsMigrateError]] = {}
+        total = len(plan.states)
+        for index, state in enumerate(plan.states, start=1):
+            if state.id in finished:
+                continue
+            runnable = [s for s in state.actions if not self._left_behind(s, failed)]
+            if not runnable:
+                continue
+            self.journal.set_status(
+                self.ctx.run_id, "running", current_state=state.id, phase=ROLLBACK
+            )
+            self.ctx.ui.state_started(index, total, state.id, state.title, state.seed_step)
+            if not any(
+                e.kind == EventKind.STATE_STARTED and e.state_id == state.id for e in events
+            ):
+                self.ctx.record(
+                    EventKind.STATE_STARTED,
+                    state_id=state.id,
+                    payload={"seed_step": state.seed_step},
+                )
+            self._gate(state, ROLLBACK, events)
+            started = self.clock()
+            self._deadline = started + state.timeout_s if state.timeout_s else None
+            by_action = events_by_action(events)
+            for step in state.actions:
+                if self._left_behind(step, failed):
+                    continue
+                try:
+                    self._run_action(state, step, by_action.get(step.key, []))
+                except OrsMigrateError as exc:
+                    failed[self._pair_of(step) or "site"] = (step, exc)
+            self._deadline = None
+            if len(runnable) == len(state.actions) and not any(
+                self._pair_of(s) in failed for s in state.actions
+            ):
+                self.ctx.record(
+                    EventKind.STATE_ENDED,
+                    state_id=state.id,
+                    payload={"seconds": round(self.clock() - started, 3)},
+                )
+            events = self._events(ROLLBACK)
+        if failed:
+            raise RollbackIncomplete(failed)
+
+    def _pair_of(self, step: PlannedAction) -> str | None:
+        """The HA pair an action belongs to (its own, or its application's); None site-wide."""
+        if step.target.ha_pair:
+            return step.target.ha_pair
+        if step.target.app:
+            return self.ctx.site.find_app(step.target.app)[1].name
+        return None
+
+    def _left_behind(
+        self, step: PlannedAction, failed: dict[str, tuple[PlannedAction, OrsMigrateError]]
+    ) -> bool:
+        """A pair that failed goes no further; a site-wide step waits for every pair."""
+        pair = self._pair_of(step)
+        return pair in failed if pair is not None else bool(failed)
+
+    def _plan_pairs(self, plan: Plan) -> list[str]:
+        pairs = {self._pair_of(a) for s in plan.states for a in s.actions}
+        return [p.name for _, p in self.ctx.site.pairs() if p.name in pairs]
+
+    def _end_states(self, plan: Plan) -> str:
+        """Each rolled-back pair as it stands now, read live and journaled: the outcome names
+        every pair's end state."""
+        seen: dict[str, Any] = {}
+        lines = []
+        for pair in self._plan_pairs(plan):
+            try:
+                statuses = self.ctx.services.pair_status(pair)
+            except OrsMigrateError as exc:
+                seen[pair] = {"error": str(exc)}
+                lines.append(f"{pair}: could not be read ({exc})")
+                continue
+            seen[pair] = {n: {"role": s.role, "type": s.type} for n, s in statuses.items()}
+            members = ", ".join(
+                f"{n} {s.role}" + (f" ({s.type})" if s.type else "") for n, s in statuses.items()
+            )
+            lines.append(f"{pair}: {members}")
+        self.ctx.record(EventKind.ROLLBACK_END_STATE, payload={"pairs": seen})
+        return "End state: " + ("; ".join(lines) if lines else "no HA pair was rolled back")
+
+    def _incomplete_message(self, plan: Plan, exc: RollbackIncomplete) -> str:
+        """Which application needs a hand, what the rollback tried for its pair, how every pair
+        stands, and how to continue."""
+        parts = []
+        for unit, (step, error) in exc.failed.items():
+            who = self._who(step)
+            parts.append(
+                f"HA pair {unit} needs a hand ({who}): {error}. Tried: {self._tried(plan, unit)}"
+                if unit != "site"
+                else f"the rollback's closing step {step.key} failed: {error}"
+            )
+        done = [p for p in self._plan_pairs(plan) if p not in exc.failed]
+        others = f" Every other pair was rolled back ({', '.join(done)})." if done else ""
+        return (
+            "the rollback could not finish: "
+            + " ".join(parts)
+            + others
+            + f" {self._end_states(plan)}. Once it is fixed, run `ors-migrate rollback "
+            + f"{self.ctx.run_id}` again: it continues where it stopped."
+        )
+
+    def _who(self, step: PlannedAction) -> str:
+        """The application the failed action was about: the one its intent named (a restart
+        resolves its member at run time), else its target."""
+        for event in reversed(self._events(ROLLBACK)):
+            if event.action_key == step.key and event.kind == EventKind.ACTION_INTENT:
+                if event.payload.get("app"):
+                    return str(event.payload["app"])
+        return step.target.app or f"HA pair {step.target.ha_pair}"
+
+    def _tried(self, plan: Plan, pair: str) -> str:
+        """The rollback's actions for `pair` so far, in order, each done or failed (and how
+        many times), from the journal of every rollback attempt."""
+        mine = {a.key: a for s in plan.states for a in s.actions if self._pair_of(a) == pair}
+        names: dict[str, str] = {}
+        outcome: dict[str, str] = {}
+        failures: dict[str, int] = {}
+        for event in self._events(ROLLBACK):
+            key = event.action_key
+            if key not in mine:
+                continue
+            if event.kind == EventKind.ACTION_INTENT:
+                app = event.payload.get("app") or ""
+                names.setdefault(key, f"{mine[key].action} {app}".strip())
+            elif event.kind == EventKind.ACTION_ENDED:
+                outcome[key] = "done"
+            elif event.kind == EventKind.ACTION_FAILED:
+                failures[key] = failures.get(key, 0) + 1
+                outcome[key] = f"failed ({failures[key]} attempts)"
+        steps = [f"{name}: {outcome.get(key, 'started')}" for key, name in names.items()]
+        return "; ".join(steps) if steps else "nothing yet"
 
     def _run_states(self, plan: Plan, phase: str) -> None:
         self.ctx.phase = phase

@@ -28,6 +28,7 @@ class EventKind(StrEnum):
     ROLLBACK_STARTED = "rollback_started"
     ROLLBACK_REQUESTED = "rollback_requested"
     ROLLBACK_PLAN_AT_START = "rollback_plan_at_start"
+    ROLLBACK_END_STATE = "rollback_end_state"
     ABANDONED = "abandoned"
     ESTIMATE = "estimate"
     WINDOW_PAUSE = "window_pause"

@@ -241,7 +241,7 @@ TEMPLATE_PLACEHOLDERS: dict[str, frozenset[str]] = {
     "options_backend.set_command": SET_COMMAND_PLACEHOLDERS,
     **{
         f"services.{name}": SERVICE_PLACEHOLDERS
-        for name in ("start", "stop", "status", "version", "sessions")
+        for name in ("start", "stop", "status", "version", "sessions", "log")
     },
     "services.switchover": SWITCHOVER_PLACEHOLDERS,
     "services.upgrade": UPGRADE_PLACEHOLDERS,
@@ -321,11 +321,23 @@ class Services(StrictModel):
     upgrade: str | None = Field(
         default=None, description="installs ORS {version} for {app}; without it, an operator step"
     )
+    log: str | None = Field(
+        default=None,
+        description="prints the last lines of {app}'s log; shown when it cannot start",
+    )
     ready_timeout_s: float = Field(default=120.0, gt=0)
     poll_interval_s: float = Field(default=0.5, gt=0)
 
     _check_templates = _templates(
-        "services", "start", "stop", "status", "version", "sessions", "switchover", "upgrade"
+        "services",
+        "start",
+        "stop",
+        "status",
+        "version",
+        "sessions",
+        "switchover",
+        "upgrade",
+        "log",
     )
 
 

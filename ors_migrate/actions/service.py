@@ -7,12 +7,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ors_migrate.actions.service_control import render
-from ors_migrate.errors import VerificationFailed
+from ors_migrate.actions.service_control import (
+    render,
+    steady_pair_status,
+    switchover_unfinished,
+)
+from ors_migrate.errors import OrsMigrateError, VerificationFailed
 from ors_migrate.events import SwitchoverDone, SwitchoverIntent
 from ors_migrate.options import CASSANDRA, PERSISTENCE, REDIS, TYPE, version_at_least
 from ors_migrate.site import Site
 from ors_migrate.step import (
+    ROLLBACK,
     Action,
     AppStatus,
     PlannedAction,
@@ -64,16 +69,26 @@ class Restart(Action):
 
     @staticmethod
     def _member(ctx: RunContext, pair: str, role: str) -> str:
-        """The member holding `role`. A backup that is down (it failed to start, which is
-        what a rollback often follows) is still the member to restart, next to a running
-        primary."""
-        if role == "backup":
+        """The member holding `role`, decided from the live pair. A pair whose switchover this
+        run did not see end is first left to settle (one primary, steadily). A backup that is
+        down (it failed to start, which is what a rollback often follows) is still the member
+        to restart, next to a running primary; a pair without a running primary has no member
+        that may be restarted."""
+        if role != "backup":
+            return ctx.services.app_in_role(pair, role)
+        if switchover_unfinished(ctx, pair):
+            statuses, _ = steady_pair_status(ctx, pair, SWITCHOVER_SETTLE_S)
+        else:
             statuses = ctx.services.pair_status(pair)
-            primaries = [n for n, s in statuses.items() if s.role == "primary"]
-            down = [n for n, s in statuses.items() if s.role == "down"]
-            if len(primaries) == 1 and len(down) == 1:
-                return down[0]
-        return ctx.services.app_in_role(pair, role)
+        primaries = [n for n, s in statuses.items() if s.role == "primary"]
+        others = [n for n, s in statuses.items() if s.role in ("backup", "down")]
+        if len(primaries) == 1 and len(others) == 1:
+            return others[0]
+        seen = ", ".join(f"{n}={s.role}" for n, s in statuses.items())
+        raise VerificationFailed(
+            f"HA pair {pair} has no running primary beside a backup to restart ({seen}); "
+            "no member is restarted until one member runs as primary"
+        )
 
     def check(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> bool:
         status = ctx.services.status(intent["app"])
@@ -84,7 +99,13 @@ class Restart(Action):
         )
 
     def apply(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> dict[str, Any]:
-        status = ctx.services.restart(intent["app"])
+        try:
+            status = ctx.services.restart(intent["app"])
+        except OrsMigrateError as exc:
+            cause = did_not_start(ctx, intent["app"], exc)
+            if cause is None:
+                raise
+            raise cause from exc
         return {
             "app": intent["app"],
             "role": status.role,
@@ -92,6 +113,22 @@ class Restart(Action):
             "type": status.type,
             "instance": status.instance,
         }
+
+
+def did_not_start(ctx: RunContext, app: str, exc: OrsMigrateError) -> VerificationFailed | None:
+    """When a restart left `app` down: that it cannot start, with the last lines of its log
+    (from the site's `log` command), what a person needs to bring it back by hand. None when
+    it is running (the restart was refused, or failed otherwise)."""
+    if ctx.services.status(app).role != "down":
+        return None
+    options = "its original options" if ctx.phase == ROLLBACK else "its options"
+    message = f"{app} cannot start with {options}: {exc}"
+    tail = ctx.services.log_tail(app)
+    if tail is None:
+        message += " (the site has no `services.log` command to show its log)"
+    else:
+        message += "; its log ends:\n    " + tail.replace("\n", "\n    ")
+    return VerificationFailed(message)
 
 
 class Switchover(Action):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import shlex
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -28,6 +29,7 @@ from ors_migrate.step import (
 
 ROLES = ("primary", "backup", "down")
 T = TypeVar("T")
+LOG_LINES = 10
 
 
 def parse_status(app: str, result: CommandResult) -> AppStatus:
@@ -109,6 +111,18 @@ class ServiceControl:
             return None
         count = sessions_in_progress(result)
         return None if isinstance(count, str) else count
+
+    def log_tail(self, app_name: str, lines: int = LOG_LINES) -> str | None:
+        """The last lines of the application's log, from the site's `log` command; None when
+        the site has none or it cannot be read (the reason in its place)."""
+        if self.services.log is None:
+            return None
+        try:
+            result = self.run("log", app_name, check=False)
+        except OrsMigrateError as exc:
+            return f"(its log could not be read: {exc})"
+        text = (result.stdout or result.stderr).rstrip()
+        return "\n".join(text.splitlines()[-lines:]) or "(its log is empty)"
 
     def app_in_role(self, pair_name: str, role: str) -> str:
         statuses = self.pair_status(pair_name)
@@ -236,6 +250,50 @@ def for_every_pair(ctx: RunContext, read: Callable[[str], T]) -> dict[str, T]:
     with ThreadPoolExecutor(min(TOPOLOGY_READERS, len(names)), "topology") as pool:
         futures = {name: pool.submit(read, name) for name in names}
         return {name: future.result() for name, future in futures.items()}
+
+
+def switchover_unfinished(ctx: RunContext, pair_name: str) -> bool:
+    """Whether this run journaled a switchover of the pair that it did not see end (it failed
+    or was interrupted) and none of the pair's switchovers ended since: the pair may still be
+    changing roles."""
+    mine: set[str] = set()
+    unfinished = False
+    for event in ctx.journal.events(ctx.run_id):
+        key = event.action_key or ""
+        if event.kind == EventKind.ACTION_INTENT:
+            intent = SwitchoverIntent.from_payload(event.payload)
+            if intent is not None and intent.pair == pair_name:
+                mine.add(key)
+                unfinished = True
+        elif event.kind == EventKind.ACTION_ENDED and key in mine:
+            unfinished = False
+    return unfinished
+
+
+def steady_pair_status(
+    ctx: RunContext, pair_name: str, steady_s: float
+) -> tuple[dict[str, AppStatus], bool]:
+    """The pair's roles once one member has been its only primary for `steady_s` (a switchover
+    still under way has settled), waiting up to the site's ready timeout; and whether it
+    settled."""
+    services = ctx.site.services
+    seen: dict[str, object] = {"primary": None, "since": 0.0}
+
+    def probe() -> dict[str, AppStatus]:
+        statuses = ctx.services.pair_status(pair_name)
+        primaries = sorted(n for n, s in statuses.items() if s.role == "primary")
+        primary = primaries[0] if len(primaries) == 1 else None
+        if primary != seen["primary"]:
+            seen.update(primary=primary, since=time.monotonic())
+        return statuses
+
+    def steady(statuses: dict[str, AppStatus]) -> bool:
+        since = float(seen["since"])  # type: ignore[arg-type]
+        return seen["primary"] is not None and time.monotonic() - since >= steady_s
+
+    return poll_until(
+        probe, steady, timeout_s=services.ready_timeout_s, interval_s=services.poll_interval_s
+    )
 
 
 def live_primaries(ctx: RunContext) -> dict[str, str]:

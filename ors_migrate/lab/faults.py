@@ -3,7 +3,8 @@
 A fault belongs to one simulated ORS application and lives in its `faults.json`; the simulator
 reads it at start (refuse-start, slow-start, redis-unreachable) and on every tick (no-persist,
 no-new-sessions), so the faults that act at start take effect at the next (re)start, as they
-would on a real host. `lab fault --clear` removes them all.
+would on a real host. The lab's Management Layer (`orsctl`) reads switchover-ignored when it is
+asked to switch the application's HA pair over. `lab fault --clear` removes them all.
 """
 
 from __future__ import annotations
@@ -39,8 +40,17 @@ KINDS = {
             f"from its next start, reaches Redis at {UNREACHABLE_REDIS} (connection refused)",
             True,
         ),
+        FaultKind(
+            "switchover-ignored",
+            "the next switchover of its HA pair is accepted but does not take effect: the roles "
+            "stay as they are",
+            False,
+        ),
     )
 }
+
+# Kinds that `--times` limits: each occurrence uses one up.
+COUNTED = ("refuse-start", "switchover-ignored")
 
 
 class FaultError(ValueError):
@@ -64,7 +74,7 @@ def add_fault(
     params: dict[str, Any] = {}
     if kind == "slow-start":
         params["seconds"] = float(seconds if seconds is not None else 10.0)
-    if kind == "refuse-start" and times is not None:
+    if kind in COUNTED and times is not None:
         params["times"] = int(times)
     faults = active_faults(layout, app)
     faults[kind] = params
@@ -75,17 +85,22 @@ def add_fault(
 
 
 def consume_refusal(layout: LabLayout, app: str) -> bool:
-    """At a start: whether a refuse-start fault refuses it. A fault given `times` refuses that
-    many starts and then removes itself (a fault fixed by the operator, without a race)."""
+    """At a start: whether a refuse-start fault refuses it."""
+    return consume(layout, app, "refuse-start")
+
+
+def consume(layout: LabLayout, app: str, kind: str) -> bool:
+    """Whether a counted fault acts now. A fault given `times` acts that many times and then
+    removes itself (a fault fixed by the operator, without a race)."""
     faults = active_faults(layout, app)
-    if "refuse-start" not in faults:
+    if kind not in faults:
         return False
-    times = faults["refuse-start"].get("times")
+    times = faults[kind].get("times")
     if times is not None:
         if times <= 1:
-            del faults["refuse-start"]
+            del faults[kind]
         else:
-            faults["refuse-start"]["times"] = times - 1
+            faults[kind]["times"] = times - 1
         write_json_atomic(layout.faults(app), faults)
     return True
 

@@ -164,6 +164,7 @@ def lab_services(layout: LabLayout) -> dict[str, str]:
         "version": ctl + " version {app}",
         "sessions": ctl + " sessions {app}",
         "upgrade": ctl + " upgrade {app} {version}",
+        "log": ctl + " log {app}",
     }
 
 

@@ -1,5 +1,5 @@
 """The lab's stand-in for the Genesys Management Layer: start, stop, status, switchover,
-version, upgrade and session count of simulated ORS applications.
+version, upgrade, session count and log of simulated ORS applications.
 
 The generated site file points its service commands here, so the tool drives the lab exactly as
 it drives a production site: through site-defined commands. Run as
@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from ors_migrate.lab.faults import consume
 from ors_migrate.lab.layout import LabLayout, read_json, read_pid, write_json_atomic
 from ors_migrate.processes import pid_alive
 
@@ -190,6 +191,8 @@ def switchover(layout: LabLayout, pair: str) -> dict[str, Any]:
     new = next(a for a in members if a != current)
     if status(layout, new)["role"] != "backup":
         raise LabCommandError(f"{new} is not running as backup; switchover refused")
+    if any(consume(layout, app, "switchover-ignored") for app in members):
+        return status(layout, new)  # the fault: accepted, and nothing happens
     cluster = config["pairs"][pair]["cluster"]
     record(layout, "switching", pair=pair, cluster=cluster, app=new)
     write_json_atomic(layout.pair(pair), {"primary": new, "since": time.time()})
@@ -207,6 +210,15 @@ def switchover(layout: LabLayout, pair: str) -> dict[str, Any]:
     )
 
 
+def log_tail(layout: LabLayout, app: str, lines: int) -> str:
+    """The last `lines` lines of the application's log (what it printed at its starts)."""
+    try:
+        text = layout.log(app).read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Management Layer stand-in for the ORS lab")
     parser.add_argument("--dir", required=True)
@@ -214,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("start", "stop", "status", "version", "sessions"):
         sub.add_parser(name).add_argument("app")
     sub.add_parser("switchover").add_argument("pair")
+    log = sub.add_parser("log")
+    log.add_argument("app")
+    log.add_argument("--lines", type=int, default=20)
     upgrade = sub.add_parser("upgrade")
     upgrade.add_argument("app")
     upgrade.add_argument("version")
@@ -228,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             stop(layout, args.app)
         elif args.command == "switchover":
             print(json.dumps(switchover(layout, args.pair), sort_keys=True))
+        elif args.command == "log":
+            print(log_tail(layout, args.app, args.lines))
         elif args.command == "version":
             print(layout.installed_version(args.app).read_text().strip())
         elif args.command == "sessions":

@@ -627,6 +627,20 @@ class RedisClusterLab:
         os.kill(pid, signal.SIGKILL)
         _wait_until(lambda: not _pid_alive(pid), 5.0)
 
+    def restart_stopped(self, timeout: float = 30.0) -> list[int]:
+        """Start every node that is not running again, with its config and cluster state
+        (`nodes.conf`) as it left them, and wait until the cluster is ready: Redis back after
+        an outage. Returns the ports started."""
+        started = [port for port, pid in self.pids().items() if pid is None]
+        for port in started:
+            _launch([REDIS_SERVER, str(self._files(port).conf)], self._files(port))
+        connector = self._connector()
+        for port in started:
+            _await_ping(connector, port, self._files(port), timeout)
+        if started:
+            self._wait_ready(timeout)
+        return started
+
     def pids(self) -> dict[int, int | None]:
         """Port -> pid of the running process (None when not running)."""
         result: dict[int, int | None] = {}

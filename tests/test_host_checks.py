@@ -116,18 +116,42 @@ def test_the_ors_process_is_found_by_its_app_argument():
     ]
 
 
+def test_the_running_process_is_found_however_long_its_command_line_and_narrow_the_terminal(
+    monkeypatch,
+):
+    """`ps` cuts its listing at $COLUMNS unless told not to: an ORS started from a long path must
+    still be found when the caller's environment has a narrow COLUMNS."""
+    import subprocess
+
+    site = example_site()
+    app = next(a.name for _, _, a in site.apps() if a.host == HOST)
+    padding = "/opt/genesys/" + "x" * 200
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(30)", padding, "-app", app]
+    )
+    try:
+        monkeypatch.setenv("COLUMNS", "40")
+        found = ors_account(site, HOST, LocalTransport(HOST))
+        assert isinstance(found, Account), found
+        assert found.source == f"owner of the running ORS process {child.pid} ({app})"
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_the_account_comes_from_the_site_file_else_from_the_running_process():
     site = example_site()
     host_name = HOST
     apps = [a.name for _, _, a in site.apps() if a.host == host_name]
     ps = f" 1001  4242 ./orchestration -host cfg -port 2020 -app {apps[0]}\n"
     host = ScriptedTransport(
-        "linux", {"ps -eo": (0, ps), "getent passwd 1001": (0, "genesys:x:1001:1001::/:/bin/sh\n")}
+        "linux",
+        {"ps -ww -eo": (0, ps), "getent passwd 1001": (0, "genesys:x:1001:1001::/:/bin/sh\n")},
     )
     found = ors_account(site, host_name, host)  # type: ignore[arg-type]
     assert found == Account("genesys", f"owner of the running ORS process 4242 ({apps[0]})")
 
-    nobody = ScriptedTransport("linux", {"ps -eo": (0, "    1     1 /sbin/init\n")})
+    nobody = ScriptedTransport("linux", {"ps -ww -eo": (0, "    1     1 /sbin/init\n")})
     missing = ors_account(site, host_name, nobody)  # type: ignore[arg-type]
     assert not isinstance(missing, Account) and missing.severity == "error"
     assert "cannot tell the account ORS runs as" in missing.message
@@ -230,7 +254,7 @@ def test_tls_files_that_cannot_be_read_as_the_ors_account_fail_and_tcp_is_still_
         "linux",
         {
             "\nout()": (0, "orsm\twhoami\tdeploy\t1000\t\n"),
-            "ps -eo": (0, f" 1001  4242 ./orchestration -app {app}\n"),
+            "ps -ww -eo": (0, f" 1001  4242 ./orchestration -app {app}\n"),
             "getent passwd 1001": (0, "genesys:x:1001:1001::/:/bin/sh\n"),
             "sudo -n -u genesys -- sh -c ": (1, ""),
             "sh -c ": (0, "orsm\twhoami\tdeploy\t1000\t\norsm\ttcp\tr1:7000\tok\t\n"),

@@ -99,7 +99,7 @@ def test_lab_from_the_example_site_rehearses_its_migration(tmp_path):
     up = cli("lab", "up", "--dir", str(lab_dir), "--from", str(EXAMPLE), "--monitor-window-s", "3")
     try:
         assert up.returncode == 0, up.stderr
-        assert "the same 14 states" in up.stdout, up.stdout
+        assert "the same 15 states" in up.stdout, up.stdout
         status = json.loads(cli("lab", "status", "--dir", str(lab_dir), "--json").stdout)
         pairs = {a["ha_pair"] for a in status["apps"]}
         assert pairs == {"voice-1", "voice-2", "voice-3", "outbound-1", "outbound-2"}

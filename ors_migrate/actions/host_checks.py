@@ -282,7 +282,7 @@ def as_account(command: str, login: ProbeLine, account: str | None) -> str:
 
 def ors_processes(ps_output: str, apps: Iterable[str]) -> list[tuple[str, str, str]]:
     """(uid, pid, app) of each process whose arguments name one of `apps` after `-app` (or
-    `--app`), from `ps -eo uid=,pid=,args=`."""
+    `--app`), from `ps -ww -eo uid=,pid=,args=`."""
     wanted = set(apps)
     found = []
     for line in ps_output.splitlines():
@@ -313,7 +313,7 @@ def ors_account(site: Site, host_name: str, transport: Transport) -> Account | C
     if configured:
         return Account(configured, f"site file: hosts.{host_name}.ors_account")
     apps = [app.name for _, _, app in site.apps() if app.host == host_name]
-    listing = transport.run("ps -eo uid=,pid=,args=", timeout=COMMAND_SLACK_S)
+    listing = transport.run("ps -ww -eo uid=,pid=,args=", timeout=COMMAND_SLACK_S)
     found = ors_processes(listing.stdout, apps) if listing.exit_code == 0 else []
     fix = f"set hosts.{host_name}.ors_account in the site file to the account ORS runs as"
     uids = sorted({uid for uid, _, _ in found})

@@ -43,6 +43,14 @@ class LocatedDocument:
             return self.root  # the fast path built plain data and refused aliases
         try:
             return _PlainCopy(MAX_NODES)(self.root)
+        except _KeyCollision as collision:
+            raise self.error(
+                f"keys {collision.first!r} and {collision.second!r} of one mapping are the same "
+                "key once read as text: keep one of them",
+                file=self.path,
+                line=collision.line,
+                rule="yaml-duplicate-key",
+            ) from None
         except (RecursionError, _TooLarge):
             raise self.error(
                 f"YAML aliases or nesting expand beyond {MAX_NODES} values "
@@ -85,6 +93,14 @@ class _TooLarge(Exception):
     pass
 
 
+class _KeyCollision(Exception):
+    """Two keys of one mapping that differ as values (`1` and `'1'`) but not as text."""
+
+    def __init__(self, first: Any, second: Any, line: int | None) -> None:
+        super().__init__(first, second, line)
+        self.first, self.second, self.line = first, second, line
+
+
 class _PlainCopy:
     """Copies a document into plain dicts and lists, refusing alias bombs: aliases are copied,
     so a few lines of anchors could otherwise expand into millions of nodes."""
@@ -97,10 +113,26 @@ class _PlainCopy:
         if self.left < 0:
             raise _TooLarge
         if isinstance(node, dict):
-            return {k if isinstance(k, str) else str(k): self(v) for k, v in node.items()}
+            copied: dict[str, Any] = {}
+            first: dict[str, Any] = {}
+            for key, value in node.items():
+                name = key if isinstance(key, str) else str(key)
+                if name in copied:
+                    raise _KeyCollision(first[name], key, _key_line(node, key))
+                first[name] = key
+                copied[name] = self(value)
+            return copied
         if isinstance(node, list):
             return [self(v) for v in node]
         return node
+
+
+def _key_line(node: Any, key: Any) -> int | None:
+    """The 1-based line of `key` in a ruamel mapping, when it has one (not a merged key)."""
+    try:
+        return int(node.lc.key(key)[0]) + 1
+    except (AttributeError, KeyError, TypeError):
+        return None
 
 
 def _explain(problem: str) -> str:
@@ -182,7 +214,9 @@ def _unbuildable_scalar_line(yaml: YAML, text: str) -> int | None:
 # Anything beyond plain mappings, lists and scalars goes to ruamel's own (pure Python) loader,
 # which owns every error message.
 _PLAIN, _QUOTED, _COLLECTION = " plain", " quoted", " collection"  # no tag holds a space
-_SLOW_ONLY = re.compile(r"[&!]|<<|^%", re.MULTILINE)  # anchors, tags, merge keys, directives
+# Anchors, tags, merge keys, directives; and tabs and the line breaks libyaml and ruamel do not
+# read alike (NEL, LS, PS): a tab before a comment, after a colon or inside a plain scalar.
+_SLOW_ONLY = re.compile(r"[&!\t\x85\u2028\u2029]|<<|^%", re.MULTILINE)
 
 
 class _NotPlain(Exception):
@@ -242,13 +276,16 @@ class _FastBuilder:
                 items.append(self.build(item, (*path, index)))
             return items
         built: dict[str, Any] = {}
+        keys: set[Any] = set()
         for key_node, value_node in node.value:
             if not isinstance(key_node, scalar):
                 raise _NotPlain
             key = self.scalar(key_node)
             name = key if isinstance(key, str) else str(key)
-            if name in built:
-                raise _NotPlain  # a duplicate key (or two keys alike as text)
+            if name in built or key in keys:
+                # A duplicate key, as a value (`1.0` and `1` are equal) or as text.
+                raise _NotPlain
+            keys.add(key)
             self.lines[(*path, name)] = key_node.start_mark.line + 1
             built[name] = self.build(value_node, (*path, name))
         return built

@@ -204,3 +204,42 @@ def test_the_topology_is_read_several_pairs_at_once_in_site_order_first_error_fi
 
     with pytest.raises(VerificationFailed, match="voice-2"):
         for_every_pair(ctx, fail_late)  # type: ignore[arg-type]
+
+
+def outcome(text: str) -> tuple[Any, ...]:
+    """What reading `text` gives: its data, or the refusal's file, line and rule."""
+    try:
+        document = parse_yaml(text.encode(), "f.yaml", InputError, "file")
+    except InputError as error:
+        return ("refused", error.file, error.line, error.rule)
+    return ("read", repr(document.data()))
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("a: 1\t# c\n", 1),  # a tab before a comment
+        ("a:\tb\n", 1),  # a tab after the colon
+        ("a\t: b\n", 1),  # a tab before the colon
+        ("a: b\tc\n", 1),  # a tab inside a plain scalar
+        ("a: b\x85c: d\n", 1),  # NEL, a line break to libyaml only
+        ("1.0: a\n1: b\n", 2),  # keys equal as values
+        ("true: a\n1: b\n", 2),
+    ],
+)
+def test_what_ruamel_refuses_the_fast_path_refuses_too(
+    text: str, line: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast = outcome(text)
+    monkeypatch.setattr("ors_migrate.yamlfile._fast_document", lambda *_: None)
+    assert fast == outcome(text)
+    assert fast[0] == "refused" and fast[1:3] == ("f.yaml", line) and fast[3]
+
+
+def test_keys_alike_only_as_text_are_refused_not_merged() -> None:
+    """`1` and `'1'` are two keys to YAML but one once read as text: one value would be lost."""
+    for text in ("1: a\n'1': b\n", "x:\n  '1': a\n  1: b\n"):
+        with pytest.raises(InputError) as raised:
+            parse_yaml(text.encode(), "f.yaml", InputError, "file").data()
+        assert raised.value.file == "f.yaml" and raised.value.line == text.count("\n")
+        assert raised.value.rule == "yaml-duplicate-key"

@@ -291,3 +291,35 @@ def test_preflight_does_not_dial_an_unreachable_host_again_for_the_redis_checks(
     assert reach["severity"] == "error" and "Connection refused" in reach["message"]
     [redis] = [f for f in findings if f["check"].startswith("host.redis")]
     assert redis["severity"] == "warning" and "not checked from this host" in redis["message"]
+
+
+def test_nodes_a_crashed_probe_never_reported_are_errors_with_its_exit_and_stderr():
+    tls = TlsSettings(enabled=True, cert="/c.crt", key="/c.key", cacert="/ca.crt")
+    redis = RedisSettings(nodes=NODES, tls=tls)
+    # python3 ran for the first node only, then died: no missing tool explains the others.
+    lines = [ProbeLine("tcp", NODES[0], "ok", ""), ProbeLine("tls", NODES[0], "ok", "-NOAUTH")]
+    found = verdicts(
+        "ors-01", redis, lines, Account("genesys", "test"), 139, "Segmentation fault\n"
+    )
+    unobserved = [r for r in found if r.check == "host.redis.unobserved"]
+    assert [r.observed["node"] for r in unobserved] == NODES[1:]
+    for finding in unobserved:
+        assert finding.severity == "error" and "could not observe" in finding.message
+        assert "exited 139: Segmentation fault" in finding.message
+    # Without TLS as well: no TCP line is never a pass.
+    plain = verdicts("ors-01", RedisSettings(nodes=NODES), lines[:1], None, 126, "denied")
+    assert [r.severity for r in plain] == ["ok", "error", "error"]
+
+
+def test_a_reached_node_without_a_handshake_line_is_not_observed():
+    tls = TlsSettings(enabled=True, cert="/c.crt", key="/c.key", cacert="/ca.crt")
+    redis = RedisSettings(nodes=NODES[:1], tls=tls)
+    found = verdicts("ors-01", redis, [ProbeLine("tcp", NODES[0], "ok", "")], Account("g", "t"))
+    [unobserved] = [r for r in found if r.check == "host.redis.unobserved"]
+    assert "TLS handshake" in unobserved.message and unobserved.severity == "error"
+    # python3 reported missing covers it: one finding says so, not two.
+    missing = ProbeLine("tool", "python3", "missing", "")
+    found = verdicts(
+        "ors-01", redis, [ProbeLine("tcp", NODES[0], "ok", ""), missing], Account("g", "t")
+    )
+    assert not [r for r in found if r.check == "host.redis.unobserved"]

@@ -283,9 +283,8 @@ def test_the_plan_of_options_found_at_run_time_stays_the_same_as_they_are_remove
 
     before_hash, before = removal_rows()
     assert {(r["option"], r["source"], r["old"]) for r in before} == {
-        ("cassandra*", "found at run time", "cassandra-keyspace=orchestration; "
-         "cassandra-nodes=10.0.0.1:9160"),
-    }  # fmt: skip
+        ("cassandra*", "found at run time", "cassandra-keyspace, cassandra-nodes"),
+    }
     for app in APPS:
         site.options(app).write_text(
             "\n".join(
@@ -297,3 +296,72 @@ def test_the_plan_of_options_found_at_run_time_stays_the_same_as_they_are_remove
     after_hash, after = removal_rows()
     assert after_hash == before_hash
     assert {(r["option"], r["old"]) for r in after} == {("cassandra*", None)}
+
+
+SECRET = "S3cr3t-auth-value"
+
+
+def test_values_of_options_found_at_run_time_never_reach_plan_intent_or_journal(
+    tmp_path: Path,
+) -> None:
+    """Any `cassandra*` option may hold a secret: the plan shows only the names found, and what
+    the removal journals (its intent and result) holds no value."""
+    from tiny_site import APPS, make_tiny_site
+
+    from ors_migrate.actions.cassandra_removal import RemoveOptions
+    from ors_migrate.options import FOUND
+
+    site = make_tiny_site(tmp_path)
+    with site.path.open("a") as fh:
+        fh.write("cassandra:\n  contact_points: [127.0.0.1:9042]\n  keyspace: orchestration\n")
+    for app in APPS:
+        with site.options(app).open("a") as fh:
+            fh.write(f"cassandra-auth-secret={SECRET}\ncassandra-nodes=10.0.0.1:9160\n")
+    for output in ("json", "text"):
+        shown = cli("plan", str(site.path), "-p", "remove-cassandra", "--format", output)
+        assert shown.returncode == 0, shown.stderr
+        assert "cassandra-auth-secret" in shown.stdout
+        assert SECRET not in shown.stdout + shown.stderr
+        assert "10.0.0.1:9160" not in shown.stdout
+
+    path = site.options(APPS[0])
+    options = read_options(path.read_text(), str(path))
+    written: list[Any] = []
+
+    class Store:
+        def read(self) -> dict[tuple[str, str], str]:
+            return dict(options)
+
+        def write(self, changes: list[Any]) -> None:
+            written.extend(changes)
+
+    loaded = load_site(site.path).site
+
+    class Ctx:
+        site = loaded
+
+        def capture_originals(self, app: str) -> None:
+            return None
+
+        def option_store(self, app: str) -> Store:
+            return Store()
+
+    class Step:
+        class target:  # noqa: N801 - the attribute the action reads
+            app = APPS[0]
+
+    action = RemoveOptions()
+    intent = action.prepare(Ctx(), Step())  # type: ignore[arg-type]
+    result = action.apply(Ctx(), Step(), intent)  # type: ignore[arg-type]
+    assert [c.option for c, _ in written] == ["cassandra-auth-secret", "cassandra-nodes"]
+    assert all(source == FOUND for _, _, source in intent["options"])
+    journaled = json.dumps([intent, result])
+    assert SECRET not in journaled and "10.0.0.1:9160" not in journaled
+
+
+def test_named_options_that_look_secret_are_masked_in_any_case() -> None:
+    from ors_migrate.actions.cassandra_removal import shown
+
+    assert shown("Cassandra-PASSWORD", "x") == "***"
+    assert shown("cassandra-api-Token", "x") == "***"
+    assert shown("cassandra-keyspace", "orchestration") == "orchestration"

@@ -206,3 +206,29 @@ def test_the_schema_command_prints_the_schema(
 ) -> None:
     code, out, _ = run_cli("schema", monkeypatch=monkeypatch, capsys=capsys)
     assert code == 0 and json.loads(out)["title"] == "ors-migrate site file"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "at", "rule"),
+    [
+        ("name: ", "name:\t", "name:\t", "yaml-syntax"),  # a tab after a colon, as ruamel
+        ("name: ", "1: one\n'1': two\nname: ", "'1': two", "yaml-duplicate-key"),
+    ],
+)
+def test_yaml_the_fast_reader_would_misread_exits_2_naming_file_line_and_rule(
+    old: str,
+    new: str,
+    at: str,
+    rule: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "site.yaml"
+    text = edited(old, new)
+    path.write_text(text, encoding="utf-8")
+    code, out, err = run_cli("validate", str(path), monkeypatch=monkeypatch, capsys=capsys)
+    assert code == 2 and "Traceback" not in out + err
+    first = err.splitlines()[0]
+    assert first.startswith(f"error: {path}:{line_of(text, at)}: ")
+    assert f"[{rule}]" in first

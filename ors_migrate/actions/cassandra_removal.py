@@ -16,6 +16,7 @@ before the drop, with nothing dropped.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,7 @@ KEPT_OPTIONS = frozenset({TYPE, "redis-nodes", "username", "password"})
 # as found in each application's current options, are the ones removed.
 FOUND_PREFIX = "cassandra"
 COMMAND_TIMEOUT_S = 600.0
+SECRET_NAME = re.compile(r"pass|secret|token|credential|auth|key(?!space)", re.IGNORECASE)
 
 
 def cassandra_of(site: Site) -> CassandraSettings:
@@ -87,8 +89,13 @@ def removed_options(site: Site, current: OptionValues | None) -> list[OptionChan
     ]
 
 
-def shown(option: str, value: str | None) -> str | None:
-    return "***" if value is not None and "password" in option else value
+def shown(option: str, value: str | None, source: str = SITE_FILE) -> str | None:
+    """A value fit for the plan, the intent and the journal. The value of an option found at
+    run time is never shown: nobody chose it, and any `cassandra*` option may hold a secret;
+    a named option's value is masked when its name suggests a secret."""
+    if value is None:
+        return None
+    return "***" if source == FOUND or SECRET_NAME.search(option) else value
 
 
 def latest_migration(ctx: RunContext) -> tuple[str, str] | None:
@@ -176,13 +183,12 @@ class RemoveOptions(Action):
 
     @staticmethod
     def _found_preview(app: str, view: PlanningView) -> Preview:
-        """One row for the options found at run time. What is there now is its old value, which
-        the plan hash leaves out: the plan stays the same as the run removes them."""
+        """One row for the options found at run time. The names of those there now are its old
+        value (never their values), which the plan hash leaves out: the plan stays the same as
+        the run removes them."""
         section = cassandra_of(view.site).removal.section
         found = removed_options(view.site, view.options.get(app)) or []
-        now = "; ".join(
-            f"{c.option}={shown(c.option, view.option(app, c.section, c.option))}" for c in found
-        )
+        now = ", ".join(c.option for c in found)  # names only: see shown()
         for change in found:
             view.set_option(app, change.section, change.option, None)
         row = {
@@ -210,7 +216,7 @@ class RemoveOptions(Action):
         return {
             "app": step.target.app,
             "options": [[c.section, c.option, c.source] for c in changes],
-            "before": {c.option: shown(c.option, current.get(c.key)) for c in changes},
+            "before": {c.option: shown(c.option, current.get(c.key), c.source) for c in changes},
         }
 
     @staticmethod

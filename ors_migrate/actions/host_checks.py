@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ors_migrate.errors import CommandFailed
 from ors_migrate.site import RedisSettings, Site, TlsSettings
-from ors_migrate.step import Action, CheckResult, Preview, Transport
+from ors_migrate.step import Action, CheckResult, CommandResult, Preview, Transport
 
 if TYPE_CHECKING:
     from ors_migrate.step import PlannedAction, PlanningView, RunContext
@@ -392,7 +392,7 @@ def _tcp_verdicts(host: str, nodes: list[str], lines: list[ProbeLine]) -> list[C
     for node in nodes:
         line = tcp.get(node)
         if line is None:
-            continue  # no tool to try it: _missing_tools says so
+            continue  # no tool to try it, or never reached: _unobserved says so
         if line.status == "ok":
             found.append(CheckResult("host.redis.tcp", "ok", f"{host} reaches Redis node {node}"))
         else:
@@ -578,10 +578,60 @@ def _openssl_reason(text: str) -> str:
     return text.strip()[:200] or "no reason given"
 
 
-def verdicts(
-    host: str, redis: RedisSettings, lines: list[ProbeLine], account: Account | None
+def _unobserved(
+    host: str,
+    nodes: list[str],
+    lines: list[ProbeLine],
+    tls: bool,
+    exit_code: int,
+    stderr: str,
 ) -> list[CheckResult]:
-    """What one host's probe output means, a finding per node and TLS file."""
+    """An error for every node the probe said nothing about: a probe that crashed part-way, or
+    a python3 that exists but cannot run, must not pass the nodes it never reached. A missing
+    tool already reported covers the nodes it leaves untried."""
+    tools = {line.subject for line in lines if line.kind == "tool" and line.status == "missing"}
+    tcp, handshakes = _by_kind(lines, "tcp"), _by_kind(lines, "tls")
+    ended = (
+        f" (the probe exited {exit_code}: {stderr.strip()[-200:] or 'no output'})"
+        if exit_code != 0
+        else ""
+    )
+    found = []
+    for node in nodes:
+        if node not in tcp:
+            if {"python3", "bash"} <= tools:
+                continue
+            what = "whether it is reachable"
+        elif tls and tcp[node].status == "ok" and node not in handshakes:
+            if "python3" in tools:
+                continue
+            what = "a TLS handshake with it"
+        else:
+            continue
+        found.append(
+            CheckResult(
+                "host.redis.unobserved",
+                "error",
+                f"{host}: could not observe {what} for Redis node {node}: the probe printed "
+                f"nothing about it{ended}",
+                f"run the probe's checks from {host} to {node} by hand, or fix what stopped "
+                "the probe, and check again",
+                observed={"host": host, "node": node, "exit_code": exit_code},
+            )
+        )
+    return found
+
+
+def verdicts(
+    host: str,
+    redis: RedisSettings,
+    lines: list[ProbeLine],
+    account: Account | None,
+    exit_code: int = 0,
+    stderr: str = "",
+) -> list[CheckResult]:
+    """What one host's probe output means, a finding per node and TLS file. `exit_code` and
+    `stderr` are the probe's: they explain the nodes it never reported on."""
     nodes = node_labels(redis)
     tls = redis.tls.enabled
     found = _missing_tools(host, lines, tls)
@@ -590,6 +640,7 @@ def verdicts(
         found += _file_verdicts(host, lines, account)
         found += _match_verdicts(host, lines, redis)
         found += _tls_verdicts(host, nodes, lines, redis)
+    found += _unobserved(host, nodes, lines, tls and account is not None, exit_code, stderr)
     return found
 
 
@@ -606,7 +657,7 @@ def _windows(host_name: str, redis: RedisSettings, transport: Transport) -> list
     if not lines:
         shown = "PowerShell: TCP to each Redis node"
         raise CommandFailed(host_name, shown, result.exit_code, result.stderr)
-    return verdicts(host_name, redis, lines, None)
+    return verdicts(host_name, redis, lines, None, result.exit_code, result.stderr)
 
 
 def _linux(
@@ -615,17 +666,18 @@ def _linux(
     transport: Transport,
     login: ProbeLine,
     account: Account | None,
-) -> tuple[list[ProbeLine], CheckResult | None]:
-    """The probe's lines, run as `account` (None: as the login), or why it could not run so."""
+) -> tuple[list[ProbeLine], CheckResult | None, CommandResult]:
+    """The probe's lines, run as `account` (None: as the login), or why it could not run so,
+    and how the probe ended."""
     script = linux_probe_script(redis)
     command = as_account(f"sh -c {shlex.quote(script)}", login, account.name if account else None)
     result = transport.run(command, timeout=_probe_timeout(redis))
     lines = parse_probe(result.stdout)
     ran_as = next((line.subject for line in lines if line.kind == "whoami"), None)
     if account is None or ran_as == account.name:
-        return lines, None
+        return lines, None, result
     how = command.split(" -- ", 1)[0] if " -- " in command else "the login"
-    return [], CheckResult(
+    refused = CheckResult(
         "host.ors_account",
         "error",
         f"{host_name}: cannot check the TLS files as {account.name}, the account ORS runs as "
@@ -634,6 +686,7 @@ def _linux(
         f"log in to {host_name} as {account.name}, as root, or allow "
         f"`sudo -n -u {account.name}` for the login",
     )
+    return [], refused, result
 
 
 def check_host(site: Site, host_name: str, transport: Transport) -> list[CheckResult]:
@@ -645,19 +698,20 @@ def check_host(site: Site, host_name: str, transport: Transport) -> list[CheckRe
     login = _whoami(transport)
     tcp_only = redis.model_copy(update={"tls": TlsSettings()})
     if not redis.tls.enabled:
-        return verdicts(host_name, redis, _linux(host_name, redis, transport, login, None)[0], None)
+        lines, _, ended = _linux(host_name, redis, transport, login, None)
+        return verdicts(host_name, redis, lines, None, ended.exit_code, ended.stderr)
     account = ors_account(site, host_name, transport)
     if isinstance(account, CheckResult):
-        lines, _ = _linux(host_name, tcp_only, transport, login, None)
-        return [account, *verdicts(host_name, tcp_only, lines, None)]
-    lines, refused = _linux(host_name, redis, transport, login, account)
+        lines, _, ended = _linux(host_name, tcp_only, transport, login, None)
+        return [account, *verdicts(host_name, tcp_only, lines, None, ended.exit_code, ended.stderr)]
+    lines, refused, ended = _linux(host_name, redis, transport, login, account)
     if refused is not None:
-        lines, _ = _linux(host_name, tcp_only, transport, login, None)
-        return [refused, *verdicts(host_name, tcp_only, lines, None)]
+        lines, _, ended = _linux(host_name, tcp_only, transport, login, None)
+        return [refused, *verdicts(host_name, tcp_only, lines, None, ended.exit_code, ended.stderr)]
     known = CheckResult(
         "host.ors_account", "ok", f"{host_name}: ORS runs as {account.name} ({account.source})"
     )
-    return [known, *verdicts(host_name, redis, lines, account)]
+    return [known, *verdicts(host_name, redis, lines, account, ended.exit_code, ended.stderr)]
 
 
 def ors_hosts(site: Site) -> list[str]:

@@ -278,6 +278,8 @@ class Engine:
                     continue
                 try:
                     self._run_action(state, step, by_action.get(step.key, []))
+                except (GateStopped, RollbackRequested):
+                    raise  # a stop or a person's answer pauses the rollback; the pair is not broken
                 except OrsMigrateError as exc:
                     failed[self._pair_of(step) or "site"] = (step, exc)
             self._deadline = None

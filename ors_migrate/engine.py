@@ -450,6 +450,11 @@ class Engine:
                             plan, state, phase, events, by_action, pairs, pool
                         )
                     if not pairs.running:
+                        if failed is None and closing is None and pairs.pending:
+                            raise OrsMigrateError(
+                                f"{len(pairs.pending)} HA pair(s) of state {state.id} could not "
+                                f"start with {self.parallel.describe()}"
+                            )
                         break
                     done, _ = wait(pairs.running, return_when=FIRST_COMPLETED)
                     for future in done:

@@ -278,6 +278,8 @@ class Engine:
                     continue
                 try:
                     self._run_action(state, step, by_action.get(step.key, []))
+                except (GateStopped, RollbackRequested):
+                    raise  # a stop or a person's answer pauses the rollback; the pair is not broken
                 except OrsMigrateError as exc:
                     failed[self._pair_of(step) or "site"] = (step, exc)
             self._deadline = None
@@ -448,6 +450,11 @@ class Engine:
                             plan, state, phase, events, by_action, pairs, pool
                         )
                     if not pairs.running:
+                        if failed is None and closing is None and pairs.pending:
+                            raise OrsMigrateError(
+                                f"{len(pairs.pending)} HA pair(s) of state {state.id} could not "
+                                f"start with {self.parallel.describe()}"
+                            )
                         break
                     done, _ = wait(pairs.running, return_when=FIRST_COMPLETED)
                     for future in done:

@@ -318,9 +318,10 @@ class Journal:
         return run_id
 
     def get_run(self, run_id: str) -> RunRecord | None:
-        row = self.db.execute(
-            f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
-        ).fetchone()
+        with self._lock:  # every read waits for a write under way (see __init__)
+            row = self.db.execute(
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
         return RunRecord(*row) if row else None
 
     def runs(self, site_name: str | None = None) -> list[RunRecord]:
@@ -329,9 +330,9 @@ class Journal:
         if site_name:
             query += " WHERE site_name = ?"
             args = (site_name,)
-        return [
-            RunRecord(*r) for r in self.db.execute(query + " ORDER BY created_at, run_id", args)
-        ]
+        with self._lock:
+            rows = self.db.execute(query + " ORDER BY created_at, run_id", args).fetchall()
+        return [RunRecord(*r) for r in rows]
 
     def set_status(
         self,
@@ -415,9 +416,10 @@ class Journal:
 
     # Original option values, captured once per application before its first edit
     def has_originals(self, run_id: str, app: str) -> bool:
-        row = self.db.execute(
-            "SELECT 1 FROM originals WHERE run_id = ? AND app = ? LIMIT 1", (run_id, app)
-        ).fetchone()
+        with self._lock:
+            row = self.db.execute(
+                "SELECT 1 FROM originals WHERE run_id = ? AND app = ? LIMIT 1", (run_id, app)
+            ).fetchone()
         return row is not None
 
     def save_originals(
@@ -441,21 +443,23 @@ class Journal:
                 )
 
     def original(self, run_id: str, app: str, section: str, option: str) -> tuple[bool, str | None]:
-        row = self.db.execute(
-            "SELECT present, value FROM originals WHERE run_id = ? AND app = ? AND section = ?"
-            " AND option = ?",
-            (run_id, app, section, option),
-        ).fetchone()
+        with self._lock:
+            row = self.db.execute(
+                "SELECT present, value FROM originals WHERE run_id = ? AND app = ? AND section = ?"
+                " AND option = ?",
+                (run_id, app, section, option),
+            ).fetchone()
         if row is None:
             raise KeyError((app, section, option))
         return bool(row[0]), row[1]
 
     def originals(self, run_id: str) -> list[dict[str, Any]]:
-        rows = self.db.execute(
-            "SELECT app, section, option, present, value, secret FROM originals WHERE run_id = ?"
-            " ORDER BY app, section, option",
-            (run_id,),
-        )
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT app, section, option, present, value, secret FROM originals"
+                " WHERE run_id = ? ORDER BY app, section, option",
+                (run_id,),
+            ).fetchall()
         return [
             {
                 "app": r[0],

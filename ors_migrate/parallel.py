@@ -13,7 +13,12 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+from ors_migrate.errors import InputError
 from ors_migrate.step import PlannedAction, PlannedState
+
+# Actions that touch a whole host, not one pair: restarting LCA there stops every ORS node on it,
+# so "no primary on this host" holds only while no other pair can switch over meanwhile.
+HOST_WIDE_ACTIONS = frozenset({"fips.lca_restart"})
 
 # The HA pair the current thread is working on while pairs run in parallel (None otherwise):
 # the screen prefixes its lines with it.
@@ -28,12 +33,23 @@ class Parallelism:
     pairs: int = 1
     per_cluster: int | None = None
 
+    def __post_init__(self) -> None:
+        """A limit below one would end a state with its pairs never started."""
+        if self.pairs < 1:
+            raise InputError(f"--parallel must be at least 1, not {self.pairs}")
+        if self.per_cluster is not None and self.per_cluster < 1:
+            raise InputError(f"--parallel-per-cluster must be at least 1, not {self.per_cluster}")
+
     @property
     def serial(self) -> bool:
         return self.pairs <= 1
 
     def applies_to(self, state: PlannedState) -> bool:
-        return not self.serial and state.scope == "ha_pair"
+        """Pair-scoped states run pairs at once, except one with a host-wide action: another
+        pair's switchover could put its primary on the host in between."""
+        if self.serial or state.scope != "ha_pair":
+            return False
+        return not any(step.action in HOST_WIDE_ACTIONS for step in state.actions)
 
     def may_start(self, cluster: str | None, in_flight: Iterable[str | None]) -> bool:
         """A pair of `cluster` may start beside pairs of the clusters `in_flight`."""

@@ -13,7 +13,12 @@ import pytest
 from tiny_site import TinySite, make_tiny_site
 
 from ors_migrate.engine import Engine, Outcome
-from ors_migrate.errors import CommandFailed, TransportError, VerificationFailed
+from ors_migrate.errors import (
+    CommandFailed,
+    TerminalRequired,
+    TransportError,
+    VerificationFailed,
+)
 from ors_migrate.journal import Journal
 from ors_migrate.runner import action_table, build_context, load_playbook, make_plan
 from ors_migrate.secrets import Secrets
@@ -337,3 +342,18 @@ def test_a_resume_decodes_each_journal_event_once_not_once_per_state(world, harn
 
     assert world.applied == 3
     assert decoded and len(decoded) == len(set(decoded))
+
+
+def test_a_rollback_action_that_needs_a_person_pauses_the_rollback_instead_of_failing(
+    world, harness
+):
+    world.failures = [TerminalRequired("a person must confirm the LCA restart on host-a")]
+    engine = harness.engine()
+    engine.rollback_plan = lambda: engine.plan
+    try:
+        outcome = engine.run_rollback(reason="asked")
+    finally:
+        engine.ctx.close()
+
+    assert outcome.status == "paused" and outcome.exit_code == TerminalRequired.exit_code
+    assert harness.journal.get_run(harness.run_id).status == "paused"

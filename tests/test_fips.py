@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from conftest import REPO, cli
 from ruamel.yaml import YAML
 
 from ors_migrate.actions.fips import (
+    RestartLca,
     VerifyProcessEnvironment,
     decode_invocation,
     fips_library_path,
@@ -36,6 +38,7 @@ from ors_migrate.actions.fips import (
     update_env_file,
 )
 from ors_migrate.actions.options_file import read_options
+from ors_migrate.errors import VerificationFailed
 from ors_migrate.lab.layout import LabLayout
 from ors_migrate.step import CommandResult
 from ors_migrate.ui import Ui
@@ -783,3 +786,35 @@ def test_fips_linux_in_the_lab_then_back_to_tls_without_fips(make_lab, tmp_path:
         ("fips-linux", "succeeded"),
         ("fips-linux-off", "succeeded"),
     ]
+
+
+def test_a_manual_lca_restart_is_checked_again_after_the_operator_confirms(monkeypatch):
+    """Another pair switched over while the prompt waited: its new primary is on the host."""
+    roles = {"ors-1b": "backup", "ors-2a": "backup"}
+    apps = [
+        (None, SimpleNamespace(name=pair), SimpleNamespace(name=app, host="h1"))
+        for pair, app in (("pair-1", "ors-1b"), ("pair-2", "ors-2a"))
+    ]
+
+    def confirmed(text: str, *, who: str) -> None:
+        roles["ors-2a"] = "primary"
+
+    ctx = SimpleNamespace(
+        site=SimpleNamespace(
+            apps=lambda: apps, ors=SimpleNamespace(fips=SimpleNamespace(lca_restart=None))
+        ),
+        services=SimpleNamespace(status=lambda app: SimpleNamespace(role=roles[app])),
+        ui=SimpleNamespace(operator_step=confirmed),
+        operator="op",
+    )
+    paths = SimpleNamespace(host="h1", app="ors-1b", platform="linux", env_file="/etc/lca.env")
+    monkeypatch.setattr(RestartLca, "paths", lambda self, ctx, intent: paths)
+    intent = {"applies": True, "app": "ors-1b", "host": "h1"}
+
+    with pytest.raises(VerificationFailed, match="ors-2a now runs there as primary"):
+        RestartLca().apply(ctx, None, intent)  # type: ignore[arg-type]
+
+    roles["ors-2a"] = "backup"
+    ctx.ui = SimpleNamespace(operator_step=lambda text, *, who: None)
+    done = RestartLca().apply(ctx, None, intent)  # type: ignore[arg-type]
+    assert done["confirmed_by"] == "op" and done["roles_on_host"] == roles

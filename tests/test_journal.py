@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import sqlite3
 import stat
+import threading
 from pathlib import Path
+from typing import Any
 
 from conftest import cli
 from tiny_site import APPS, make_tiny_site
@@ -146,3 +148,47 @@ def test_backups_and_pristine_copies_are_0600_and_an_exposed_password_is_warned(
     assert len(warned) == 1 and str(site.options("ors-a")) in warned[0]
     assert "mode 0644" in warned[0]
     assert secret not in done.stderr
+
+
+class _GiveUp(Exception):
+    """The writer of the test rolls its transaction back."""
+
+
+def test_reads_from_other_threads_wait_for_a_write_under_way(tmp_path):
+    """HA pairs share one connection: a read must not see another thread's uncommitted write."""
+    journal = Journal(tmp_path / "state")
+    run_id = journal.create_run(
+        site_name="s", site_path="s.yaml", site_digest="d", playbook="p",
+        playbook_digest="d", plan_hash="h", plan_json="{}",
+    )  # fmt: skip
+    journal.save_originals(run_id, "ors-a", [("persistence", "type", "cassandra", False)])
+    reads: dict[str, Any] = {
+        "get_run": lambda: journal.get_run(run_id).status,  # type: ignore[union-attr]
+        "runs": lambda: [r.status for r in journal.runs()],
+        "has_originals": lambda: journal.has_originals(run_id, "ors-b"),
+        "original": lambda: journal.original(run_id, "ors-a", "persistence", "type"),
+        "originals": lambda: [o["value"] for o in journal.originals(run_id)],
+    }
+    committed = {name: read() for name, read in reads.items()}
+    seen: dict[str, Any] = {}
+    threads = [
+        threading.Thread(target=lambda n=name, r=read: seen.update({n: r()}))
+        for name, read in reads.items()
+    ]
+    try:
+        with journal._tx() as db:  # a write another thread has under way, then rolled back
+            db.execute("UPDATE runs SET status = 'failed'")
+            db.execute("UPDATE originals SET value = 'redis'")
+            db.execute("INSERT INTO originals VALUES (?, 'ors-b', 's', 'o', 1, 'v', 0)", (run_id,))
+            for thread in threads:
+                thread.start()
+            threads[-1].join(0.3)  # time enough for every reader to return, were it not held
+            assert seen == {}, "a read returned while a write was under way"
+            raise _GiveUp
+    except _GiveUp:
+        pass
+    for thread in threads:
+        thread.join(5)
+    assert seen == committed
+    assert committed["get_run"] != "failed" and committed["has_originals"] is False
+    journal.close()

@@ -11,7 +11,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import pytest
 from conftest import REPO, cli
 
 from ors_migrate.engine import Engine, Outcome
-from ors_migrate.errors import VerificationFailed
+from ors_migrate.errors import InputError, VerificationFailed
 from ors_migrate.journal import Journal
 from ors_migrate.parallel import Parallelism, pair_groups, schedule_seconds, waves
 from ors_migrate.runner import action_table, build_context, load_playbook, make_plan
@@ -55,6 +55,26 @@ def test_waves_take_pairs_in_plan_order_within_both_limits():
         ["voice-2", "outbound-2"],
         ["voice-3"],
     ]
+
+
+def test_a_state_with_a_host_wide_action_runs_its_pairs_one_at_a_time():
+    plan = make_plan(load_site(EXAMPLE), load_playbook("migrate-to-redis"))
+    restart = next(s for s in plan.states if s.id == "standard-restart")
+    first, *rest = restart.actions
+    with_lca = replace(restart, actions=[replace(first, action="fips.lca_restart"), *rest])
+
+    assert Parallelism(3).applies_to(restart)
+    assert not Parallelism(3).applies_to(with_lca)  # another pair could switch over meanwhile
+    assert not Parallelism().applies_to(restart)
+
+
+def test_a_limit_below_one_is_refused():
+    for pairs, per_cluster in ((0, None), (-1, None), (2, 0), (2, -3)):
+        with pytest.raises(InputError, match="at least 1"):
+            Parallelism(pairs, per_cluster)
+    with pytest.raises(InputError):
+        Parallelism.from_dict({"pairs": 0})
+    assert Parallelism.from_dict({"pairs": 2, "per_cluster": 1}) == Parallelism(2, 1)
 
 
 def test_the_schedule_starts_each_pair_as_soon_as_a_slot_is_free():
@@ -298,3 +318,15 @@ def test_a_closing_window_starts_no_new_pair_and_lets_those_in_flight_settle(wor
     resumed = pairs.run(Parallelism(3))
     assert resumed.status == "succeeded", resumed.message
     assert {pair for _, pair, _, _ in world.log} == set(OUTBOUND)  # only what was left
+
+
+def test_pairs_that_can_never_start_fail_the_state_instead_of_ending_it(world, pairs):
+    stuck = Parallelism(3)
+    object.__setattr__(stuck, "per_cluster", 0)  # as a limit that slipped past validation
+
+    outcome = pairs.run(stuck)
+
+    assert outcome.status == "failed" and "could not start" in outcome.message
+    assert world.log == []
+    ended = [e for e in pairs.journal.events(pairs.run_id) if e.kind == "state_ended"]
+    assert ended == []

@@ -511,3 +511,91 @@ def test_write_falls_back_to_remove_then_rename_without_posix_rename(
     ssh.write_file_atomic(str(remote_file), b"replaced\n", backup_path=None)
     assert remote_file.read_bytes() == b"replaced\n"
     assert stat.S_IMODE(remote_file.stat().st_mode) == 0o640
+
+
+# Pairs in parallel share one transport per host
+
+
+def test_sftp_reads_and_writes_from_four_threads_at_once_each_get_their_own_answer(
+    ssh: SshTransport, lab: SshLab, remote_file: Path
+) -> None:
+    errors: list[BaseException] = []
+    wrong: list[str] = []
+    start = threading.Barrier(4)
+
+    def work(n: int) -> None:
+        path = f"{remote_file}.{n}"
+        try:
+            start.wait()
+            for round_ in range(8):
+                data = f"thread={n} round={round_}\n".encode() * (200 + n * 300)
+                ssh.write_file_atomic(path, data, backup_path=f"{path}.bak" if round_ else None)
+                if ssh.read_file(path) != data:
+                    wrong.append(f"{n}/{round_}")
+        except BaseException as exc:  # noqa: BLE001 - every failure is reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(t.is_alive() for t in threads), "an SFTP operation hung"
+    assert errors == [] and wrong == []
+    for n in range(4):
+        last = f"thread={n} round=7\n".encode() * (200 + n * 300)
+        assert Path(f"{remote_file}.{n}").read_bytes() == last
+
+
+class RefusingTransport:
+    """A live paramiko transport whose server refuses the first `refusals` channel opens, as
+    OpenSSH does at MaxSessions."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+        self.opened = 0
+
+    def is_active(self) -> bool:
+        return True
+
+    def open_session(self, timeout: float | None = None) -> object:
+        import paramiko
+
+        self.opened += 1
+        if self.refusals:
+            self.refusals -= 1
+            raise paramiko.ChannelException(1, "Administratively prohibited")
+        return self
+
+    def close(self) -> None:
+        pass
+
+
+def refusing(refusals: int, tmp_path: Path) -> tuple[SshTransport, RefusingTransport]:
+    settings = SshSettings.model_validate(
+        {"address": LOOPBACK, "port": 22, "user": "u", "known_hosts": str(tmp_path / "kh")}
+    )
+    transport = SshTransport("web1", settings)
+    live = RefusingTransport(refusals)
+    client = type("Client", (), {"get_transport": lambda self: live, "close": lambda self: None})
+    transport._client = client()  # type: ignore[assignment]
+    return transport, live
+
+
+def test_a_refused_channel_is_asked_for_again_on_the_same_connection(tmp_path: Path) -> None:
+    transport, live = refusing(2, tmp_path)
+    assert transport._open_channel() is live
+    assert live.opened == 3 and transport._client is not None
+
+
+def test_a_refused_channel_does_not_drop_the_connection_under_other_threads(
+    tmp_path: Path,
+) -> None:
+    import paramiko
+
+    transport, live = refusing(1, tmp_path)
+    client = transport._client
+    with pytest.raises(TransportError, match="web1"):
+        with transport._guard("`true` failed"):
+            raise paramiko.ChannelException(1, "Administratively prohibited")
+    assert transport._client is client  # the other threads' commands keep their connection

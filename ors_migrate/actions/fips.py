@@ -1249,6 +1249,19 @@ class RestartLca(FipsAction):
             )
         return roles
 
+    def _recheck_after_confirmation(self, ctx: RunContext, host: str) -> dict[str, str]:
+        """The operator may confirm minutes after the check before the prompt: a primary that
+        came to the host meanwhile (a switchover elsewhere) may have been stopped with LCA."""
+        roles = {app: ctx.services.status(app).role for _, app in self._on_host(ctx.site, host)}
+        primaries = [app for app, role in roles.items() if role == "primary"]
+        if primaries:
+            raise VerificationFailed(
+                f"the LCA restart on host {host} was confirmed, but {', '.join(primaries)} now "
+                "runs there as primary (it became primary while the step waited); check that it "
+                "still serves and that LCA did not stop it, then resume"
+            )
+        return roles
+
     def apply(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> dict[str, Any]:
         if not intent["applies"]:
             return {"skipped": True}
@@ -1257,7 +1270,8 @@ class RestartLca(FipsAction):
         command = self._command(ctx.site, paths)
         if command is None:
             ctx.ui.operator_step(self._instruction(paths), who=ctx.operator)
-            return {"host": paths.host, "roles_on_host": roles, "confirmed_by": ctx.operator}
+            after = self._recheck_after_confirmation(ctx, paths.host)
+            return {"host": paths.host, "roles_on_host": after, "confirmed_by": ctx.operator}
         transport = ctx.pool.for_host(paths.host)  # the host of the backup of now
         if paths.platform == "windows":
             run_powershell(transport, command)

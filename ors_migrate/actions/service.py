@@ -77,7 +77,14 @@ class Restart(Action):
         if role != "backup":
             return ctx.services.app_in_role(pair, role)
         if switchover_unfinished(ctx, pair):
-            statuses, _ = steady_pair_status(ctx, pair, SWITCHOVER_SETTLE_S)
+            statuses, settled = steady_pair_status(ctx, pair, SWITCHOVER_SETTLE_S)
+            if not settled:  # a pair still changing roles: its backup of now may be primary next
+                seen = ", ".join(f"{n}={s.role}" for n, s in statuses.items())
+                raise VerificationFailed(
+                    f"HA pair {pair} did not settle after its switchover within "
+                    f"{ctx.site.services.ready_timeout_s:g} s (last seen {seen}); no member is "
+                    "restarted until one member runs steadily as primary"
+                )
         else:
             statuses = ctx.services.pair_status(pair)
         primaries = [n for n, s in statuses.items() if s.role == "primary"]

@@ -47,6 +47,11 @@ JUMP_SPEC = re.compile(
     r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[^\]\s]+\]|[^:@\[\]\s]+)(?::(?P<port>\d{1,5}))?$"
 )
 READ_CHUNK = 65536
+# Command channels open at once on one host: OpenSSH's default MaxSessions is 10, and the SFTP
+# session and the liveness probe take one each.
+CHANNELS_PER_HOST = 8
+# A channel the server refused (MaxSessions reached) is asked for again, this many times.
+CHANNEL_OPEN_ATTEMPTS = 5
 
 # Reads the env script from the head of stdin (one `read` per line, so the shell consumes exactly
 # those bytes and the rest of stdin reaches the command), evaluates it and runs the command in the
@@ -243,6 +248,11 @@ class SshTransport:
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._lock = threading.RLock()
+        # HA pairs in parallel share this transport: paramiko's SFTPClient serves one request at
+        # a time (a reply meant for another thread's request is discarded), so each file
+        # operation holds the SFTP session whole; command channels are capped per host.
+        self._sftp_lock = threading.Lock()
+        self._channels = threading.BoundedSemaphore(CHANNELS_PER_HOST)
 
     def __enter__(self) -> SshTransport:
         return self
@@ -448,8 +458,8 @@ class SshTransport:
         remote, payload = self._with_env(command, stdin, env)
         limit = self.settings.command_timeout_s if timeout is None else timeout
         started = time.monotonic()
-        with self._guard(f"`{command}` failed"):
-            channel = self._connection().open_session(timeout=self.settings.connect_timeout_s)
+        with self._channels, self._guard(f"`{command}` failed"):
+            channel = self._open_channel()
             try:
                 channel.exec_command(remote)
                 out, err, code = _collect(channel, payload, started + limit)
@@ -483,6 +493,20 @@ class SshTransport:
         script = _env_script(env)
         return ENV_PRELUDE.format(lines=script.count("\n")) + command, script.encode() + data
 
+    def _open_channel(self) -> paramiko.Channel:
+        """A session channel; one the server refuses (too many sessions open, from other
+        threads) is asked for again after a short wait, the connection staying up."""
+        import paramiko
+
+        for attempt in range(CHANNEL_OPEN_ATTEMPTS):
+            try:
+                return self._connection().open_session(timeout=self.settings.connect_timeout_s)
+            except paramiko.ChannelException:
+                if attempt == CHANNEL_OPEN_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.1 * 2**attempt)
+        raise AssertionError("unreachable")
+
     @contextmanager
     def _guard(self, what: str) -> Iterator[None]:
         """Turn connection-level failures into TransportError naming the host."""
@@ -506,6 +530,8 @@ class SshTransport:
             return False
         try:
             live.open_session(timeout=self.settings.connect_timeout_s).close()
+        except paramiko.ChannelException:
+            return True  # the server answered: refused a channel (MaxSessions), not gone
         except (paramiko.SSHException, EOFError, OSError):
             return False
         return True
@@ -528,12 +554,13 @@ class SshTransport:
         return path.replace("\\", "/") if self.platform == "windows" else path
 
     def read_file(self, path: str) -> bytes | None:
-        sftp = self._sftp_client()
-        with self._guard(f"cannot read {path}"):
-            try:
-                return _read(sftp, self._sftp_path(path))
-            except FileNotFoundError:
-                return None
+        with self._sftp_lock:
+            sftp = self._sftp_client()
+            with self._guard(f"cannot read {path}"):
+                try:
+                    return _read(sftp, self._sftp_path(path))
+                except FileNotFoundError:
+                    return None
 
     def write_file_atomic(self, path: str, data: bytes, *, backup_path: str | None) -> None:
         """Replace `path` so that an interruption leaves the old file or the new one, never a mix.
@@ -548,15 +575,16 @@ class SshTransport:
         inherited ACLs. A temporary file left by an interrupted write of the same file is removed
         by the next write.
         """
-        sftp = self._sftp_client()
         remote = self._sftp_path(path)
-        with self._guard(f"cannot write {path}"):
-            old = _stat_or_none(sftp, remote)
-            _remove_stale_temps(sftp, remote)
-            if backup_path and old is not None:
-                backup = self._sftp_path(backup_path)
-                self._replace(sftp, backup, _read(sftp, remote), old, mode=PRIVATE_MODE)
-            self._replace(sftp, remote, data, old)
+        with self._sftp_lock:
+            sftp = self._sftp_client()
+            with self._guard(f"cannot write {path}"):
+                old = _stat_or_none(sftp, remote)
+                _remove_stale_temps(sftp, remote)
+                if backup_path and old is not None:
+                    backup = self._sftp_path(backup_path)
+                    self._replace(sftp, backup, _read(sftp, remote), old, mode=PRIVATE_MODE)
+                self._replace(sftp, remote, data, old)
 
     def _replace(
         self,

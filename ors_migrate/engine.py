@@ -257,18 +257,7 @@ class Engine:
             runnable = [s for s in state.actions if not self._left_behind(s, failed)]
             if not runnable:
                 continue
-            self.journal.set_status(
-                self.ctx.run_id, "running", current_state=state.id, phase=ROLLBACK
-            )
-            self.ctx.ui.state_started(index, total, state.id, state.title, state.seed_step)
-            if not any(
-                e.kind == EventKind.STATE_STARTED and e.state_id == state.id for e in events
-            ):
-                self.ctx.record(
-                    EventKind.STATE_STARTED,
-                    state_id=state.id,
-                    payload={"seed_step": state.seed_step},
-                )
+            self._begin_state(index, total, state, ROLLBACK, events)
             self._gate(state, ROLLBACK, events)
             started = self.clock()
             self._deadline = started + state.timeout_s if state.timeout_s else None
@@ -294,6 +283,18 @@ class Engine:
             events = self._events(ROLLBACK)
         if failed:
             raise RollbackIncomplete(failed)
+
+    def _begin_state(
+        self, index: int, total: int, state: PlannedState, phase: str, events: list[Event]
+    ) -> None:
+        """Mark `state` current and show it; journal its start once (a resumed state started
+        before keeps its first start)."""
+        self.journal.set_status(self.ctx.run_id, "running", current_state=state.id, phase=phase)
+        self.ctx.ui.state_started(index, total, state.id, state.title, state.seed_step)
+        if not any(e.kind == EventKind.STATE_STARTED and e.state_id == state.id for e in events):
+            self.ctx.record(
+                EventKind.STATE_STARTED, state_id=state.id, payload={"seed_step": state.seed_step}
+            )
 
     def _pair_of(self, step: PlannedAction) -> str | None:
         """The HA pair an action belongs to (its own, or its application's); None site-wide."""
@@ -394,16 +395,7 @@ class Engine:
         for index, state in enumerate(plan.states, start=1):
             if state.id in finished:
                 continue
-            self.journal.set_status(self.ctx.run_id, "running", current_state=state.id, phase=phase)
-            self.ctx.ui.state_started(index, total, state.id, state.title, state.seed_step)
-            if not any(
-                e.kind == EventKind.STATE_STARTED and e.state_id == state.id for e in events
-            ):
-                self.ctx.record(
-                    EventKind.STATE_STARTED,
-                    state_id=state.id,
-                    payload={"seed_step": state.seed_step},
-                )
+            self._begin_state(index, total, state, phase, events)
             units = pause_points(state)
             self._within_window(plan, state, units[0], phase, events)
             self._gate(state, phase, events)

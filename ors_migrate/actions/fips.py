@@ -1237,9 +1237,13 @@ class RestartLca(FipsAction):
         applies = ctx.site.hosts[host].platform == self.platform_of(step)
         return {"app": app, "host": host, "applies": applies}
 
-    def _refuse_primary_on_host(self, ctx: RunContext, host: str) -> dict[str, str]:
+    def _roles_on_host(self, ctx: RunContext, host: str) -> tuple[dict[str, str], list[str]]:
+        """The role of every ORS application on `host`, and those that are primary."""
         roles = {app: ctx.services.status(app).role for _, app in self._on_host(ctx.site, host)}
-        primaries = [app for app, role in roles.items() if role == "primary"]
+        return roles, [app for app, role in roles.items() if role == "primary"]
+
+    def _refuse_primary_on_host(self, ctx: RunContext, host: str) -> dict[str, str]:
+        roles, primaries = self._roles_on_host(ctx, host)
         if primaries:
             raise VerificationFailed(
                 f"LCA is not restarted on host {host}: {', '.join(primaries)} runs there as "
@@ -1252,8 +1256,7 @@ class RestartLca(FipsAction):
     def _recheck_after_confirmation(self, ctx: RunContext, host: str) -> dict[str, str]:
         """The operator may confirm minutes after the check before the prompt: a primary that
         came to the host meanwhile (a switchover elsewhere) may have been stopped with LCA."""
-        roles = {app: ctx.services.status(app).role for _, app in self._on_host(ctx.site, host)}
-        primaries = [app for app, role in roles.items() if role == "primary"]
+        roles, primaries = self._roles_on_host(ctx, host)
         if primaries:
             raise VerificationFailed(
                 f"the LCA restart on host {host} was confirmed, but {', '.join(primaries)} now "

@@ -109,7 +109,11 @@ def test_lab_from_the_example_site_rehearses_its_migration(tmp_path):
         site = lab_dir / "site.yaml"
         state = tmp_path / "state"
 
-        run = cli("run", str(site), "--yes", "--state-dir", str(state))
+        # rehearsed as a night that runs three pairs at a time, at most two per ORS cluster
+        run = cli(
+            "run", str(site), "--yes", "--state-dir", str(state),
+            "--parallel", "3", "--parallel-per-cluster", "2",
+        )  # fmt: skip
         assert run.returncode == 0, run.stderr[-3000:]
         status = json.loads(cli("lab", "status", "--dir", str(lab_dir), "--json").stdout)
         assert {a["type"] for a in status["apps"]} == {"redis"}

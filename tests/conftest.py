@@ -8,12 +8,16 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from needs import require, set_strict, strict_from_environment
 
 from ors_migrate.lab.lab import LabShape, lab_down, lab_up
 from ors_migrate.lab.layout import LabLayout
+
+if TYPE_CHECKING:
+    from durable_runs import Runs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -117,3 +121,29 @@ def cli(
         stdin=subprocess.DEVNULL if stdin is None else None,
         input=stdin,
     )
+
+
+@pytest.fixture
+def runs_of(tmp_path: Path) -> Iterator[Callable[[Path], Runs]]:
+    """`ors-migrate run` processes against a site, each killed after the test if still alive."""
+    from durable_runs import Runs  # it runs `cli` from this module
+
+    made: list[subprocess.Popen[bytes]] = []
+
+    def make(site: Path) -> Runs:
+        runs = Runs(site, tmp_path / "state", tmp_path)
+        original = runs.start
+
+        def start(*args: str) -> subprocess.Popen[bytes]:
+            proc = original(*args)
+            made.append(proc)
+            return proc
+
+        runs.start = start  # type: ignore[method-assign]
+        return runs
+
+    yield make
+    for proc in made:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

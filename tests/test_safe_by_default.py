@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from conftest import REPO, cli
-from test_durable_runs import PARTIAL_ENABLE, UPGRADE_ONLY, cli_json, has_event, journal_events
+from durable_runs import PARTIAL_ENABLE, cli_json, has_event, journal_events
+from test_durable_runs import UPGRADE_ONLY
 from tiny_site import (
     APPS,
     ROLLBACK_WITH_RESTART,

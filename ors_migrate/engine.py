@@ -396,19 +396,19 @@ class Engine:
             if state.id in finished:
                 continue
             self._begin_state(index, total, state, phase, events)
+            run = _StateRun(plan, state, phase, events, events_by_action(events))
             units = pause_points(state)
-            self._within_window(plan, state, units[0], phase, events)
+            self._within_window(run, units[0])
             self._gate(state, phase, events)
             started = self.clock()
             self._deadline = started + state.timeout_s if state.timeout_s else None
-            by_action = events_by_action(events)
             if self.parallel.applies_to(state):
-                self._run_pairs(plan, state, phase, events, by_action)
+                self._run_pairs(run)
             else:
                 for unit in units:
-                    self._within_window(plan, state, unit, phase, events)
+                    self._within_window(run, unit)
                     for step in unit:
-                        self._run_action(state, step, by_action.get(step.key, []))
+                        self._run_action(state, step, run.by_action.get(step.key, []))
             self._deadline = None
             self.ctx.record(
                 EventKind.STATE_ENDED,
@@ -417,20 +417,14 @@ class Engine:
             )
             events = self._events(phase)
 
-    def _run_pairs(
-        self,
-        plan: Plan,
-        state: PlannedState,
-        phase: str,
-        events: list[Event],
-        by_action: dict[str, list[Event]],
-    ) -> None:
+    def _run_pairs(self, run: _StateRun) -> None:
         """The state's HA pairs, several at once within `self.parallel`: a pair starts as soon
         as a slot (and one of its cluster's) is free, in plan order. Each pair's actions run in
         order in one worker, each journaled on its own. After a failure the pairs in flight
         end their current action and no new action or pair starts, then the failure takes its
         usual path; when the change window closes no new pair starts and those in flight
         finish (each pair is left settled)."""
+        state = run.state
         pairs = _InFlight(pair_groups(state.actions))
         failed: BaseException | None = None
         closing: WindowClosing | None = None
@@ -438,9 +432,7 @@ class Engine:
             try:
                 while pairs.pending or pairs.running:
                     if failed is None and closing is None:
-                        closing = self._start_pairs(
-                            plan, state, phase, events, by_action, pairs, pool
-                        )
+                        closing = self._start_pairs(run, pairs, pool)
                     if not pairs.running:
                         if failed is None and closing is None and pairs.pending:
                             raise OrsMigrateError(
@@ -464,14 +456,7 @@ class Engine:
             raise closing
 
     def _start_pairs(
-        self,
-        plan: Plan,
-        state: PlannedState,
-        phase: str,
-        events: list[Event],
-        by_action: dict[str, list[Event]],
-        pairs: _InFlight,
-        pool: ThreadPoolExecutor,
+        self, run: _StateRun, pairs: _InFlight, pool: ThreadPoolExecutor
     ) -> WindowClosing | None:
         """Start every pending pair the limits allow; returns the change window closing when
         it stops the next pair."""
@@ -479,13 +464,13 @@ class Engine:
             cluster = cluster_of(group)
             if not self.parallel.may_start(cluster, pairs.running.values()):
                 continue
-            if not state.enables_redis:  # a state that enables Redis was checked whole
+            if not run.state.enables_redis:  # a state that enables Redis was checked whole
                 try:
-                    self._within_window(plan, state, group, phase, events)
+                    self._within_window(run, group)
                 except WindowClosing as exc:
                     return exc
             pairs.pending.remove(group)
-            future = pool.submit(self._run_pair, state, group, by_action, pairs.halt)
+            future = pool.submit(self._run_pair, run.state, group, run.by_action, pairs.halt)
             pairs.running[future] = cluster
         return None
 
@@ -526,20 +511,14 @@ class Engine:
         started = [e for e in self._events(ROLLBACK) if e.kind in ROLLBACK_EVENTS]
         return bool(started) and bool(started[-1].payload.get("automatic"))
 
-    def _within_window(
-        self,
-        plan: Plan,
-        state: PlannedState,
-        unit: list[PlannedAction],
-        phase: str,
-        events: list[Event],
-    ) -> None:
+    def _within_window(self, run: _StateRun, unit: list[PlannedAction]) -> None:
         """Pause before `unit` when it changes the world and its estimate ends after the change
         window. A unit already begun is finished: pausing inside it would leave a pair unsettled
         or half-enabled."""
         window = self.window
-        if window is None or phase != FORWARD:
+        if window is None or run.phase != FORWARD:
             return
+        plan, state, events = run.plan, run.state, run.events
         ended = {e.action_key for e in events if e.kind == EventKind.ACTION_ENDED}
         begun = {e.action_key for e in events if e.kind == EventKind.ACTION_INTENT}
         pending = [step for step in unit if step.key not in ended]
@@ -771,6 +750,18 @@ def pause_points(state: PlannedState) -> list[list[PlannedAction]]:
     if state.scope != "ha_pair":
         return [[step] for step in state.actions] or [[]]
     return pair_groups(state.actions) or [[]]
+
+
+@dataclass(frozen=True)
+class _StateRun:
+    """One state being run: its plan and phase, and the journal's events as the state began
+    (all of them, and by action), read once for the state."""
+
+    plan: Plan
+    state: PlannedState
+    phase: str
+    events: list[Event]
+    by_action: dict[str, list[Event]]
 
 
 @dataclass

@@ -40,16 +40,40 @@ def journal_events(state_dir: Path) -> list[Event]:
     if not path.exists():
         return []
     try:
-        db = sqlite3.connect(path, timeout=10)
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
         try:
             rows = db.execute(
                 "SELECT kind, state_id, action_key, payload FROM events ORDER BY seq"
             ).fetchall()
         finally:
             db.close()
-    except sqlite3.OperationalError:
+    except sqlite3.Error:  # not yet created, or mid-write
         return []
     return [Event(k, s, a, json.loads(p)) for k, s, a, p in rows]
+
+
+def start_run(
+    site: Path, state_dir: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """`ors-migrate run SITE` in the background, its output kept for the test to read."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ors_migrate",
+            "run",
+            str(site),
+            "--state-dir",
+            str(state_dir),
+            *extra,
+        ],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "NO_COLOR": "1", "ORS_MIGRATE_DEBUG": "1", **(env or {})},
+    )
 
 
 def run_status(state_dir: Path) -> str | None:

@@ -9,11 +9,8 @@ an action's intent and then acts, while the run goes on."""
 
 from __future__ import annotations
 
-import json
-import os
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -22,6 +19,8 @@ from typing import Any
 
 import yaml
 from conftest import REPO
+from durable_runs import Event, journal_events
+from durable_runs import start_run as run_in_background
 
 from ors_migrate.lab.faults import add_fault, clear_faults
 from ors_migrate.lab.lab import LabShape, generic_topology, lab_status, lab_up
@@ -61,63 +60,28 @@ def enable_playbook(lab: LabLayout) -> Path:
 
 
 def start_run(lab: LabLayout, state_dir: Path, playbook: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ors_migrate",
-            "run",
-            str(lab.site),
-            "--playbook",
-            str(playbook),
-            "--yes",
-            "--state-dir",
-            str(state_dir),
-        ],
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "NO_COLOR": "1", "ORS_MIGRATE_DEBUG": "1"},
-    )
+    return run_in_background(lab.site, state_dir, "--playbook", str(playbook), "--yes")
 
 
-Intent = tuple[str, str, dict[str, Any]]  # kind, action key, payload
-
-
-def journal(state_dir: Path) -> list[Intent]:
-    path = state_dir / "journal.sqlite3"
-    if not path.exists():
-        return []
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
-            rows = db.execute("SELECT kind, action_key, payload FROM events ORDER BY seq")
-            return [(k, a or "", json.loads(p)) for k, a, p in rows]
-    except sqlite3.Error:
-        return []
-
-
-def intent_of(state: str, index: int) -> Callable[[Intent], bool]:
+def intent_of(state: str, index: int) -> Callable[[Event], bool]:
     """The intent of the `index`th action of `state` (keys are STATE/TARGET/INDEX)."""
 
-    def match(event: Intent) -> bool:
-        kind, key, _ = event
-        parts = key.split("/")
-        return kind == "action_intent" and parts[0] == state and parts[-1] == str(index)
+    def match(event: Event) -> bool:
+        parts = (event.action_key or "").split("/")
+        return event.kind == "action_intent" and parts[0] == state and parts[-1] == str(index)
 
     return match
 
 
 def wait_for(
-    state_dir: Path, match: Callable[[Intent], bool], proc: subprocess.Popen[str]
+    state_dir: Path, match: Callable[[Event], bool], proc: subprocess.Popen[str]
 ) -> dict[str, Any]:
     """The payload of the first journal event that `match`es, once the run has written it."""
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        found = [e for e in journal(state_dir) if match(e)]
+        found = [e for e in journal_events(state_dir) if match(e)]
         if found:
-            return found[0][2]
+            return found[0].payload
         if proc.poll() is not None:
             raise AssertionError(
                 f"the run ended first: {proc.stderr.read() if proc.stderr else ''}"

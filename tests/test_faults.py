@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,46 +15,11 @@ from typing import Any
 
 import pytest
 import sshd_fixture
-from conftest import REPO, cli
+from conftest import cli
+from durable_runs import Event, journal_events, start_run
 
 from ors_migrate.lab.layout import LabLayout, read_pid
 from ors_migrate.lab.redis_cluster import RedisClusterLab
-
-Event = tuple[str, str | None, str | None]
-
-
-def journal_events(state_dir: Path) -> list[Event]:
-    path = state_dir / "journal.sqlite3"
-    if not path.exists():
-        return []
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
-            return list(db.execute("SELECT kind, state_id, action_key FROM events ORDER BY seq"))
-    except sqlite3.Error:
-        return []
-
-
-def start_run(
-    site: Path, state_dir: Path, *extra: str, env: dict[str, str] | None = None
-) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ors_migrate",
-            "run",
-            str(site),
-            "--state-dir",
-            str(state_dir),
-            *extra,
-        ],
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "NO_COLOR": "1", "ORS_MIGRATE_DEBUG": "1", **(env or {})},
-    )
 
 
 def when(
@@ -76,7 +39,7 @@ def when(
 
 
 def state_started(state_id: str) -> Callable[[list[Event]], bool]:
-    return lambda events: any(k == "state_started" and s == state_id for k, s, _ in events)
+    return lambda events: any(e.kind == "state_started" and e.state_id == state_id for e in events)
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 600) -> tuple[int, str]:

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import sshd_fixture
 from conftest import cli
-from test_faults import journal_events
+from durable_runs import journal_events
 
 from ors_migrate.lab.lab import LabShape, lab_down, lab_up
 from ors_migrate.lab.layout import LabLayout
@@ -212,7 +212,7 @@ def test_run_stops_before_enable_1_when_the_ors_account_cannot_read_the_tls_key(
     assert "enable-redis-on-backups" not in status["states_done"]
     assert status["states_done"][-1] == "verify-cassandra"
     assert "lab:" in status["last_error"] and "unreadable.key" in status["last_error"]
-    started = {state for kind, state, _ in journal_events(state_dir) if kind == "state_started"}
+    started = {e.state_id for e in journal_events(state_dir) if e.kind == "state_started"}
     assert "redis-from-ors-hosts" in started and "enable-redis-on-backups" not in started
     apps = json.loads(cli("lab", "status", "--dir", str(estate.lab.root), "--json").stdout)
     assert {a["type"] for a in apps["apps"]} == {"cassandra"}

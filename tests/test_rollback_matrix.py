@@ -42,7 +42,7 @@ from rollback_lab import (
     enable_playbook,
     fault,
     intent_of,
-    journal,
+    journal_events,
     lose_redis,
     reset,
     start_run,
@@ -134,8 +134,8 @@ def test_a_run_failing_at_this_point_rolls_back_to_the_documented_end_state(
         # The switchover under way when the rollback was killed is reconciled from the live
         # roles, never sent blindly again.
         assert any(
-            k == "action_reconciled" and key.startswith("standard-restart/")
-            for k, key, _ in journal(state_dir)
+            e.kind == "action_reconciled" and (e.action_key or "").startswith("standard-restart/")
+            for e in journal_events(state_dir)
         )
     else:
         _, err = proc.communicate(timeout=300)
@@ -143,20 +143,22 @@ def test_a_run_failing_at_this_point_rolls_back_to_the_documented_end_state(
         assert f"rolled back after: state {case.fails_at} failed" in err, err[-4000:]
         assert "End state: cl1-pair1: ors-cl1-p1-a " in err
     assert_rolled_back(lab, state_dir)
-    events = journal(state_dir)
-    assert any(k == "rollback_started" for k, _, _ in events)
+    events = journal_events(state_dir)
+    assert any(e.kind == "rollback_started" for e in events)
     if case.refuse_start:
         assert f"{member} cannot start with its options" in json.dumps(
-            [p for k, _, p in events if k == "action_failed"]
+            [e.payload for e in events if e.kind == "action_failed"]
         )
         # The member that could not start was started by the rollback, after its options.
         restarts = [
-            p["app"]
-            for k, key, p in events
-            if k == "action_intent" and "standard-restart/" in key and "app" in p
+            e.payload["app"]
+            for e in events
+            if e.kind == "action_intent"
+            and "standard-restart/" in (e.action_key or "")
+            and "app" in e.payload
         ]
         assert restarts[0] == member
     if case.switchover_ignored:
         assert "did not become primary" in json.dumps(
-            [p for k, _, p in events if k == "action_failed"]
+            [e.payload for e in events if e.kind == "action_failed"]
         )

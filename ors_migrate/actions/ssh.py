@@ -19,6 +19,7 @@ import re
 import select
 import shlex
 import socket
+import stat
 import threading
 import time
 from collections.abc import Iterator, Mapping, MutableMapping
@@ -47,6 +48,18 @@ JUMP_SPEC = re.compile(
     r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[^\]\s]+\]|[^:@\[\]\s]+)(?::(?P<port>\d{1,5}))?$"
 )
 READ_CHUNK = 65536
+# SFTP read and write requests of at most 32 KiB: the size every SFTP server must accept.
+READ_REQUEST = WRITE_REQUEST = 32768
+# Read requests in flight at once: their answers (2 MiB) fit paramiko's channel window.
+READS_IN_FLIGHT = 64
+FILE_KINDS = {
+    stat.S_IFLNK: "a symbolic link",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a named pipe",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
 # Command channels open at once on one host: OpenSSH's default MaxSessions is 10, and the SFTP
 # session and the liveness probe take one each.
 CHANNELS_PER_HOST = 8
@@ -253,6 +266,10 @@ class SshTransport:
         # operation holds the SFTP session whole; command channels are capped per host.
         self._sftp_lock = threading.Lock()
         self._channels = threading.BoundedSemaphore(CHANNELS_PER_HOST)
+        # Targets whose stale temporary files this process has removed (see write_file_atomic),
+        # and the login's uid and gid on the host, read from the first file it creates.
+        self._tidied: set[str] = set()
+        self._login_ids: tuple[int, int] | None = None
 
     def __enter__(self) -> SshTransport:
         return self
@@ -565,26 +582,55 @@ class SshTransport:
     def write_file_atomic(self, path: str, data: bytes, *, backup_path: str | None) -> None:
         """Replace `path` so that an interruption leaves the old file or the new one, never a mix.
 
-        The old file is first copied to `backup_path` (when given and the old file exists), by the
-        same replace-by-rename. The new content goes to a temporary file in the same directory,
-        which gets the old file's mode (and owner, where the login may chown) before any data is
-        written, is flushed (and fsynced where the server offers fsync@openssh.com), then renamed
-        over the target with posix-rename. A server without posix-rename (some Windows builds)
-        gets remove-then-rename: a crash between the two leaves no file at `path`, only the
-        backup. On Windows, mode and owner are not copied: the new file takes the directory's
-        inherited ACLs. A temporary file left by an interrupted write of the same file is removed
-        by the next write.
+        Only a regular file is replaced: a symbolic link, a directory or any other kind of file
+        at `path` is refused (InputError), never followed and never turned into a regular file.
+        The old file is first copied to `backup_path` (when given and the old file exists), by
+        the same replace-by-rename, with the old owner and mode 0600. The new content goes to a
+        temporary file in the same directory, created 0600 and given the old file's mode (and
+        owner, where the login may chown) before any data, written, fsynced where the server
+        offers fsync@openssh.com and closed, all in one round trip, and renamed over the target
+        with posix-rename only once every one of those answered without error. A server without
+        posix-rename (some Windows builds) gets remove-then-rename: a crash between the two
+        leaves no file at `path`, only the backup. On Windows, mode and owner are not copied:
+        the new file takes the directory's inherited ACLs. A temporary file left by an
+        interrupted write of the same file is removed by the next process that writes it.
         """
         remote = self._sftp_path(path)
         with self._sftp_lock:
             sftp = self._sftp_client()
             with self._guard(f"cannot write {path}"):
-                old = _stat_or_none(sftp, remote)
-                _remove_stale_temps(sftp, remote)
+                old = self._existing_regular_file(sftp, remote, path)
+                self._remove_stale_temps_once(sftp, remote)
                 if backup_path and old is not None:
                     backup = self._sftp_path(backup_path)
                     self._replace(sftp, backup, _read(sftp, remote), old, mode=PRIVATE_MODE)
                 self._replace(sftp, remote, data, old)
+
+    def _existing_regular_file(self, sftp: paramiko.SFTPClient, remote: str, path: str) -> Any:
+        """The attributes of the file at `remote` (not following a link), None when there is
+        none; anything but a regular file is refused."""
+        try:
+            old = sftp.lstat(remote)
+        except FileNotFoundError:
+            return None
+        if old.st_mode is not None and not stat.S_ISREG(old.st_mode):
+            kind = FILE_KINDS.get(stat.S_IFMT(old.st_mode), "not a regular file")
+            raise InputError(
+                f"on {self.where}: it is {kind}; only a regular file is replaced, and it was "
+                "left as it is",
+                file=path,
+                rule="regular-file",
+            )
+        return old
+
+    def _remove_stale_temps_once(self, sftp: paramiko.SFTPClient, remote: str) -> None:
+        """Temporary files of `remote` left by an interrupted process, removed at this
+        process's first write of it (this process removes its own on failure, and forgets that
+        it tidied when a write fails, so that the next write lists the folder again)."""
+        if remote in self._tidied:
+            return
+        _remove_stale_temps(sftp, remote)
+        self._tidied.add(remote)
 
     def _replace(
         self,
@@ -595,23 +641,51 @@ class SshTransport:
         mode: int | None = None,
     ) -> None:
         """Write `data` to `remote` by rename; the old file's mode and owner are kept, `mode`
-        replaces the mode (a backup is 0600), and a new file is 0600."""
+        replaces the mode (a backup is 0600), and a new file is 0600.
+
+        Three round trips: the temporary file is opened (created 0600, so that it is never
+        readable by others whatever the server's umask); then its mode and owner, the data,
+        the fsync and the close are sent together, each answer checked; then the rename, sent
+        only when all of them succeeded. The requests of the second round trip concern one
+        handle, which a server processes in order (OpenSSH one request after another); were
+        one refused or reordered, it answers with an error and nothing is renamed."""
         temp = _temp_name(remote)
+        unix = self.platform != "windows"
         try:
-            with sftp.open(temp, "wx") as fh:
-                if self.platform != "windows":
-                    if old is not None:
-                        _copy_mode_and_owner(fh, old)
-                    if old is None or mode is not None:
-                        fh.chmod(mode if mode is not None else PRIVATE_MODE)
-                fh.set_pipelined(True)
-                fh.write(data)
-                fh.flush()
-                _fsync(sftp, fh)
+            handle = _open_new(sftp, temp, PRIVATE_MODE if unix else None)
+            try:
+                _write_and_close(
+                    sftp,
+                    handle,
+                    data,
+                    mode=_mode_for(old, mode) if unix else None,
+                    owner=self._owner_to_keep(sftp, handle, old) if unix else None,
+                )
+            except BaseException:
+                _close_handle_quietly(sftp, handle)
+                raise
             _rename_over(sftp, temp, remote)
         except BaseException:
+            self._tidied.discard(remote)
             _remove_quietly(sftp, temp)
             raise
+
+    def _owner_to_keep(self, sftp: paramiko.SFTPClient, handle: bytes, old: Any) -> Any:
+        """The old file's (uid, gid) when they differ from the login's, None when nothing is to
+        change. The login's own ids are read once per transport, from a file it created."""
+        if old is None or old.st_uid is None or old.st_gid is None:
+            return None
+        if self._login_ids is None:
+            from paramiko.sftp import CMD_ATTRS, CMD_FSTAT
+            from paramiko.sftp_attr import SFTPAttributes
+
+            kind, msg = sftp._request(CMD_FSTAT, handle)
+            if kind != CMD_ATTRS:
+                return None
+            mine = SFTPAttributes._from_msg(msg)
+            self._login_ids = (mine.st_uid, mine.st_gid)
+        ids = (old.st_uid, old.st_gid)
+        return None if ids == self._login_ids else ids
 
 
 def _key_strategy(user: str, keys: list[paramiko.PKey]) -> paramiko.AuthStrategy:
@@ -709,21 +783,185 @@ def _feed_stdin(channel: paramiko.Channel, payload: bytes) -> threading.Thread |
     return thread
 
 
+class _Batch:
+    """SFTP requests sent together and answered together: one round trip for all of them.
+    paramiko hands each answer to `_async_response` whenever it reads one."""
+
+    def __init__(self, sftp: paramiko.SFTPClient) -> None:
+        self._sftp = sftp
+        self._sent: list[int] = []
+        self._answers: dict[int, tuple[int, paramiko.Message]] = {}
+
+    def send(self, kind: int, *args: Any) -> int:
+        number: int = self._sftp._async_request(self, kind, *args)
+        self._sent.append(number)
+        return number
+
+    def _async_response(self, kind: int, msg: paramiko.Message, number: int) -> None:
+        self._answers[number] = (kind, msg)
+
+    def wait(self) -> None:
+        while any(number not in self._answers for number in self._sent):
+            self._sftp._read_response()
+
+    def answer(self, number: int) -> paramiko.Message:
+        """The answer's message; an error status raised as paramiko raises it (OSError,
+        EOFError at the end of a file)."""
+        from paramiko.sftp import CMD_STATUS
+
+        kind, msg = self._answers[number]
+        if kind == CMD_STATUS:
+            self._sftp._convert_status(msg)
+        return msg
+
+
 def _read(sftp: paramiko.SFTPClient, remote: str) -> bytes:
-    with sftp.open(remote, "rb") as fh:
-        fh.prefetch()
-        return bytes(fh.read())
+    """The whole file in two round trips: the open, then its size, its first chunk and (for a
+    small file, the usual case) nothing more; a larger one takes one more round trip per
+    window of chunks. The close is sent without waiting for its answer (nothing was written)."""
+    from paramiko.sftp import CMD_CLOSE, CMD_FSTAT, CMD_OPEN, CMD_READ, SFTP_FLAG_READ, int64
+    from paramiko.sftp_attr import SFTPAttributes
+
+    _, msg = sftp._request(CMD_OPEN, remote, SFTP_FLAG_READ, SFTPAttributes())
+    handle = msg.get_binary()
+    try:
+        batch = _Batch(sftp)
+        size_no = batch.send(CMD_FSTAT, handle)
+        first_no = batch.send(CMD_READ, handle, int64(0), READ_REQUEST)
+        batch.wait()
+        size = SFTPAttributes._from_msg(batch.answer(size_no)).st_size
+        data = bytearray(_chunk(batch, first_no))
+        while True:
+            more = _read_more(sftp, handle, len(data), size)
+            if not more:
+                return bytes(data)
+            data += more
+    finally:
+        sftp._async_request(type(None), CMD_CLOSE, handle)
+
+
+def _read_more(sftp: paramiko.SFTPClient, handle: bytes, offset: int, size: int | None) -> bytes:
+    """What follows `offset`, up to `size` (when the server told it) or one chunk, requested
+    together; b"" at the end. A short answer ends the window: the next starts after it."""
+    from paramiko.sftp import CMD_READ, int64
+
+    if size is not None and offset >= size:
+        return b""
+    end = (
+        offset + READ_REQUEST
+        if size is None
+        else min(size, offset + READS_IN_FLIGHT * READ_REQUEST)
+    )
+    batch = _Batch(sftp)
+    numbers = [
+        batch.send(CMD_READ, handle, int64(start), READ_REQUEST)
+        for start in range(offset, end, READ_REQUEST)
+    ]
+    batch.wait()
+    got = bytearray()
+    for number in numbers:
+        chunk = _chunk(batch, number)
+        got += chunk
+        if len(chunk) < READ_REQUEST:
+            break
+    return bytes(got)
+
+
+def _chunk(batch: _Batch, number: int) -> bytes:
+    try:
+        return bytes(batch.answer(number).get_string())
+    except EOFError:
+        return b""
+
+
+def _open_new(sftp: paramiko.SFTPClient, remote: str, mode: int | None) -> bytes:
+    """A handle on a file created here (never an existing one, never through a link), with
+    `mode` as its permissions from the start (the server's umask may only remove bits)."""
+    from paramiko.sftp import (
+        CMD_OPEN,
+        SFTP_FLAG_CREATE,
+        SFTP_FLAG_EXCL,
+        SFTP_FLAG_TRUNC,
+        SFTP_FLAG_WRITE,
+    )
+    from paramiko.sftp_attr import SFTPAttributes
+
+    attrs = SFTPAttributes()
+    attrs.st_mode = mode
+    flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL | SFTP_FLAG_TRUNC
+    _, msg = sftp._request(CMD_OPEN, remote, flags, attrs)
+    return bytes(msg.get_binary())
+
+
+def _write_and_close(
+    sftp: paramiko.SFTPClient,
+    handle: bytes,
+    data: bytes,
+    *,
+    mode: int | None,
+    owner: tuple[int, int] | None,
+) -> None:
+    """Mode, owner, data, fsync and close of a new file's handle, sent in this order in one
+    round trip. Every answer is checked: a refused chown means the login may not give the
+    file away (the file stays the login's), a refused fsync@openssh.com a server without it
+    (the write goes on unsynced, as before); any other error is raised."""
+    from paramiko.sftp import CMD_CLOSE, CMD_EXTENDED, CMD_FSETSTAT, CMD_WRITE, int64
+    from paramiko.sftp_attr import SFTPAttributes
+
+    batch = _Batch(sftp)
+    checked = []
+    if mode is not None:
+        attrs = SFTPAttributes()
+        attrs.st_mode = mode
+        checked.append(batch.send(CMD_FSETSTAT, handle, attrs))
+    chown = None
+    if owner is not None:
+        attrs = SFTPAttributes()
+        attrs.st_uid, attrs.st_gid = owner
+        chown = batch.send(CMD_FSETSTAT, handle, attrs)
+    for start in range(0, len(data), WRITE_REQUEST):
+        piece = data[start : start + WRITE_REQUEST]
+        checked.append(batch.send(CMD_WRITE, handle, int64(start), piece))
+    fsync = batch.send(CMD_EXTENDED, "fsync@openssh.com", handle)
+    closed = batch.send(CMD_CLOSE, handle)
+    batch.wait()
+    for number in checked:
+        batch.answer(number)
+    if chown is not None:
+        try:
+            batch.answer(chown)
+        except PermissionError:
+            pass
+    try:
+        batch.answer(fsync)
+    except OSError:
+        pass
+    batch.answer(closed)
+
+
+def _close_handle_quietly(sftp: paramiko.SFTPClient, handle: bytes) -> None:
+    """After a failure: the handle closed without waiting (it may be closed already)."""
+    import paramiko
+    from paramiko.sftp import CMD_CLOSE
+
+    try:
+        sftp._async_request(type(None), CMD_CLOSE, handle)
+    except (OSError, EOFError, paramiko.SSHException):
+        return
 
 
 # Backups and new files may hold secrets (the Redis password): readable by their owner only.
 PRIVATE_MODE = 0o600
 
 
-def _stat_or_none(sftp: paramiko.SFTPClient, remote: str) -> Any:
-    try:
-        return sftp.stat(remote)
-    except FileNotFoundError:
-        return None
+def _mode_for(old: Any, mode: int | None) -> int:
+    """`mode` when given, else the old file's mode; a new file (or one whose mode the server
+    does not tell) is 0600."""
+    if mode is not None:
+        return mode
+    if old is None or old.st_mode is None:
+        return PRIVATE_MODE
+    return int(old.st_mode) & 0o7777
 
 
 def _temp_name(remote: str) -> str:
@@ -737,29 +975,6 @@ def _remove_stale_temps(sftp: paramiko.SFTPClient, remote: str) -> None:
     for entry in sftp.listdir(folder or "."):
         if pattern.match(entry):
             _remove_quietly(sftp, posixpath.join(folder, entry))
-
-
-def _copy_mode_and_owner(fh: paramiko.SFTPFile, old: Any) -> None:
-    """Give the temporary file the old mode before it holds any data (option files may carry
-    secrets); keep the owner only when the login is allowed to chown."""
-    fh.chmod(old.st_mode & 0o7777)
-    mine = fh.stat()
-    if (mine.st_uid, mine.st_gid) != (old.st_uid, old.st_gid):
-        try:
-            fh.chown(old.st_uid, old.st_gid)
-        except PermissionError:
-            return
-
-
-def _fsync(sftp: paramiko.SFTPClient, fh: paramiko.SFTPFile) -> None:
-    """fsync@openssh.com: paramiko has no public call for it, so the request is sent directly;
-    a server without the extension answers with an error and the write goes on unsynced."""
-    from paramiko.sftp import CMD_EXTENDED
-
-    try:
-        sftp._request(CMD_EXTENDED, "fsync@openssh.com", fh.handle)
-    except OSError:
-        return
 
 
 def _rename_over(sftp: paramiko.SFTPClient, temp: str, remote: str) -> None:

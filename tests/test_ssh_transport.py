@@ -519,6 +519,21 @@ def test_write_refuses_a_symlink_and_changes_neither_it_nor_its_target(
     assert temp_files(lab, remote_file) == []
 
 
+def test_a_symlink_at_the_backup_path_is_replaced_never_followed(
+    ssh: SshTransport, lab: SshLab, remote_file: Path
+) -> None:
+    own_as_login(lab, remote_file, OLD_OPTIONS, 0o640)
+    elsewhere = remote_file.with_name(remote_file.name + ".elsewhere")
+    own_as_login(lab, elsewhere, b"not ours\n", 0o644)
+    backup = remote_file.with_name(remote_file.name + ".bak")
+    backup.symlink_to(elsewhere)
+    ssh.write_file_atomic(str(remote_file), b"new\n", backup_path=str(backup))
+    assert elsewhere.read_bytes() == b"not ours\n"
+    assert not backup.is_symlink() and backup.read_bytes() == OLD_OPTIONS
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o600
+    assert remote_file.read_bytes() == b"new\n" and temp_files(lab, remote_file) == []
+
+
 def test_write_refuses_what_is_not_a_regular_file(
     ssh: SshTransport, lab: SshLab, remote_file: Path
 ) -> None:

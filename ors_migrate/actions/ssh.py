@@ -22,7 +22,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +50,8 @@ JUMP_SPEC = re.compile(
 READ_CHUNK = 65536
 # SFTP read and write requests of at most 32 KiB: the size every SFTP server must accept.
 READ_REQUEST = WRITE_REQUEST = 32768
+# A temporary file: created here, never an existing file or through a link (O_EXCL).
+NEW_FILE = 0x02 | 0x08 | 0x10 | 0x20  # SFTP_FLAG_WRITE | CREATE | TRUNC | EXCL
 # Read requests in flight at once: their answers (2 MiB) fit paramiko's channel window.
 READS_IN_FLIGHT = 64
 FILE_KINDS = {
@@ -266,7 +268,7 @@ class SshTransport:
         # operation holds the SFTP session whole; command channels are capped per host.
         self._sftp_lock = threading.Lock()
         self._channels = threading.BoundedSemaphore(CHANNELS_PER_HOST)
-        # Targets whose stale temporary files this process has removed (see write_file_atomic),
+        # Folders whose stale temporary files this process has removed (see write_file_atomic),
         # and the login's uid and gid on the host, read from the first file it creates.
         self._tidied: set[str] = set()
         self._login_ids: tuple[int, int] | None = None
@@ -588,31 +590,27 @@ class SshTransport:
         the same replace-by-rename, with the old owner and mode 0600. The new content goes to a
         temporary file in the same directory, created 0600 and given the old file's mode (and
         owner, where the login may chown) before any data, written, fsynced where the server
-        offers fsync@openssh.com and closed, all in one round trip, and renamed over the target
-        with posix-rename only once every one of those answered without error. A server without
+        offers fsync@openssh.com and closed, and renamed over the target with posix-rename
+        only once every one of those answered without error. A server without
         posix-rename (some Windows builds) gets remove-then-rename: a crash between the two
         leaves no file at `path`, only the backup. On Windows, mode and owner are not copied:
-        the new file takes the directory's inherited ACLs. A temporary file left by an
-        interrupted write of the same file is removed by the next process that writes it.
+        the new file takes the directory's inherited ACLs. Temporary files left by an
+        interrupted write are removed by the next process that writes into their folder.
         """
         remote = self._sftp_path(path)
+        backup = self._sftp_path(backup_path) if backup_path else None
         with self._sftp_lock:
             sftp = self._sftp_client()
             with self._guard(f"cannot write {path}"):
-                old = self._existing_regular_file(sftp, remote, path)
                 self._remove_stale_temps_once(sftp, remote)
-                if backup_path and old is not None:
-                    backup = self._sftp_path(backup_path)
-                    self._replace(sftp, backup, _read(sftp, remote), old, mode=PRIVATE_MODE)
-                self._replace(sftp, remote, data, old)
+                try:
+                    _AtomicWrite(self, sftp, path, remote, backup).run(data)
+                except BaseException:
+                    self._tidied.discard(posixpath.dirname(remote))
+                    raise
 
-    def _existing_regular_file(self, sftp: paramiko.SFTPClient, remote: str, path: str) -> Any:
-        """The attributes of the file at `remote` (not following a link), None when there is
-        none; anything but a regular file is refused."""
-        try:
-            old = sftp.lstat(remote)
-        except FileNotFoundError:
-            return None
+    def _refuse_unless_regular(self, old: Any, path: str) -> None:
+        """Anything but a regular file at a path we write is refused."""
         if old.st_mode is not None and not stat.S_ISREG(old.st_mode):
             kind = FILE_KINDS.get(stat.S_IFMT(old.st_mode), "not a regular file")
             raise InputError(
@@ -621,54 +619,18 @@ class SshTransport:
                 file=path,
                 rule="regular-file",
             )
-        return old
 
     def _remove_stale_temps_once(self, sftp: paramiko.SFTPClient, remote: str) -> None:
-        """Temporary files of `remote` left by an interrupted process, removed at this
-        process's first write of it (this process removes its own on failure, and forgets that
-        it tidied when a write fails, so that the next write lists the folder again)."""
-        if remote in self._tidied:
+        """Our temporary files left in the folder of `remote` by an interrupted process, removed
+        at this process's first write into that folder: one listing per folder and run. This
+        process removes its own on failure, and forgets that it tidied the folder when a write
+        fails, so that the next write there lists it again. Each write holds the SFTP session
+        whole, so no write of this transport is in flight while the folder is tidied."""
+        folder = posixpath.dirname(remote)
+        if folder in self._tidied:
             return
-        _remove_stale_temps(sftp, remote)
-        self._tidied.add(remote)
-
-    def _replace(
-        self,
-        sftp: paramiko.SFTPClient,
-        remote: str,
-        data: bytes,
-        old: Any,
-        mode: int | None = None,
-    ) -> None:
-        """Write `data` to `remote` by rename; the old file's mode and owner are kept, `mode`
-        replaces the mode (a backup is 0600), and a new file is 0600.
-
-        Three round trips: the temporary file is opened (created 0600, so that it is never
-        readable by others whatever the server's umask); then its mode and owner, the data,
-        the fsync and the close are sent together, each answer checked; then the rename, sent
-        only when all of them succeeded. The requests of the second round trip concern one
-        handle, which a server processes in order (OpenSSH one request after another); were
-        one refused or reordered, it answers with an error and nothing is renamed."""
-        temp = _temp_name(remote)
-        unix = self.platform != "windows"
-        try:
-            handle = _open_new(sftp, temp, PRIVATE_MODE if unix else None)
-            try:
-                _write_and_close(
-                    sftp,
-                    handle,
-                    data,
-                    mode=_mode_for(old, mode) if unix else None,
-                    owner=self._owner_to_keep(sftp, handle, old) if unix else None,
-                )
-            except BaseException:
-                _close_handle_quietly(sftp, handle)
-                raise
-            _rename_over(sftp, temp, remote)
-        except BaseException:
-            self._tidied.discard(remote)
-            _remove_quietly(sftp, temp)
-            raise
+        _remove_stale_temps(sftp, folder)
+        self._tidied.add(folder)
 
     def _owner_to_keep(self, sftp: paramiko.SFTPClient, handle: bytes, old: Any) -> Any:
         """The old file's (uid, gid) when they differ from the login's, None when nothing is to
@@ -819,11 +781,22 @@ def _read(sftp: paramiko.SFTPClient, remote: str) -> bytes:
     """The whole file in two round trips: the open, then its size, its first chunk and (for a
     small file, the usual case) nothing more; a larger one takes one more round trip per
     window of chunks. The close is sent without waiting for its answer (nothing was written)."""
-    from paramiko.sftp import CMD_CLOSE, CMD_FSTAT, CMD_OPEN, CMD_READ, SFTP_FLAG_READ, int64
+    return _read_handle(sftp, _open_for_reading(sftp, remote))
+
+
+def _open_for_reading(sftp: paramiko.SFTPClient, remote: str) -> bytes:
+    from paramiko.sftp import CMD_OPEN, SFTP_FLAG_READ
+
+    _, msg = sftp._request(CMD_OPEN, remote, SFTP_FLAG_READ, _attributes())
+    return bytes(msg.get_binary())
+
+
+def _read_handle(sftp: paramiko.SFTPClient, handle: bytes) -> bytes:
+    """What an open handle reads, its size asked in the same round trip as its first chunk; the
+    handle is closed without waiting for the answer (nothing was written)."""
+    from paramiko.sftp import CMD_CLOSE, CMD_FSTAT, CMD_READ, int64
     from paramiko.sftp_attr import SFTPAttributes
 
-    _, msg = sftp._request(CMD_OPEN, remote, SFTP_FLAG_READ, SFTPAttributes())
-    handle = msg.get_binary()
     try:
         batch = _Batch(sftp)
         size_no = batch.send(CMD_FSTAT, handle)
@@ -874,46 +847,146 @@ def _chunk(batch: _Batch, number: int) -> bytes:
         return b""
 
 
-def _open_new(sftp: paramiko.SFTPClient, remote: str, mode: int | None) -> bytes:
-    """A handle on a file created here (never an existing one, never through a link), with
-    `mode` as its permissions from the start (the server's umask may only remove bits)."""
-    from paramiko.sftp import (
-        CMD_OPEN,
-        SFTP_FLAG_CREATE,
-        SFTP_FLAG_EXCL,
-        SFTP_FLAG_TRUNC,
-        SFTP_FLAG_WRITE,
-    )
+class _AtomicWrite:
+    """One `write_file_atomic`, in six round trips with a backup (three without):
+
+    1. the lstat of the target (a link or non-regular file is refused) and the opening of the
+       temporary files, each created 0600 so that it is never readable by others whatever the
+       server's umask;
+    2. and 3. for the backup, the old file opened (only once it is known to be a regular file:
+       opening a named pipe would block the server), then read;
+    4. for each temporary file, its mode and owner, its data, the fsync and the close, all
+       sent together, every answer checked;
+    5. and 6. the rename of the backup into place, then of the new file over the target, each
+       sent only when everything before it succeeded.
+
+    Requests sent together on one handle are processed in order (OpenSSH serves one request
+    after another); were one refused or reordered, its error is seen before any rename. On a
+    failure the temporary files are removed and the target is left as it was."""
+
+    def __init__(
+        self,
+        transport: SshTransport,
+        sftp: paramiko.SFTPClient,
+        path: str,
+        remote: str,
+        backup: str | None,
+    ) -> None:
+        self.transport, self.sftp = transport, sftp
+        self.path, self.remote, self.backup = path, remote, backup
+        self.temps = {remote: _temp_name(remote)}
+        if backup is not None:
+            self.temps[backup] = _temp_name(backup)
+        self.open_handles: list[bytes] = []
+
+    def run(self, data: bytes) -> None:
+        try:
+            old, temps = self._open()
+            contents = {self.remote: data}
+            if self.backup is not None and old is not None:
+                source = _open_for_reading(self.sftp, self.remote)
+                contents[self.backup] = _read_handle(self.sftp, source)  # closes it
+            elif self.backup is not None:
+                self._discard(self.backup, temps.pop(self.backup))
+            self._write(temps, contents, old)
+            if self.backup in contents:
+                _rename_over(self.sftp, self.temps[self.backup], self.backup)
+            _rename_over(self.sftp, self.temps[self.remote], self.remote)
+        except BaseException:
+            for handle in self.open_handles:
+                _close_handle_quietly(self.sftp, handle)
+            for temp in self.temps.values():
+                _remove_quietly(self.sftp, temp)
+            raise
+
+    def _open(self) -> tuple[Any, dict[str, bytes]]:
+        """Round trip 1: the old file's attributes (None: there is none) and a handle on each
+        temporary file, by its target."""
+        from paramiko.sftp import CMD_LSTAT, CMD_OPEN
+        from paramiko.sftp_attr import SFTPAttributes
+
+        private = PRIVATE_MODE if self.transport.platform != "windows" else None
+        batch = _Batch(self.sftp)
+        looked = batch.send(CMD_LSTAT, self.remote)
+        creating = {
+            target: batch.send(CMD_OPEN, temp, NEW_FILE, _attributes(mode=private))
+            for target, temp in self.temps.items()
+        }
+        batch.wait()
+        temps, failures = {}, []
+        for target, number in creating.items():
+            try:
+                temps[target] = bytes(batch.answer(number).get_binary())
+            except OSError as exc:
+                failures.append(exc)
+            else:
+                self.open_handles.append(temps[target])
+        if failures:
+            raise failures[0]
+        try:
+            old = SFTPAttributes._from_msg(batch.answer(looked))
+        except FileNotFoundError:
+            return None, temps
+        self.transport._refuse_unless_regular(old, self.path)
+        return old, temps
+
+    def _write(self, temps: dict[str, bytes], contents: dict[str, bytes], old: Any) -> None:
+        """Round trip 4: every temporary file's mode, owner, data, fsync and close."""
+        unix = self.transport.platform != "windows"
+        owner = self.transport._owner_to_keep(self.sftp, temps[self.remote], old) if unix else None
+        batch = _Batch(self.sftp)
+        checks = []
+        for target, handle in temps.items():
+            mode = PRIVATE_MODE if target == self.backup else _mode_for(old, None)
+            checks.append(
+                _send_contents(
+                    batch, handle, contents[target], mode=mode if unix else None, owner=owner
+                )
+            )
+            self._closed(handle)
+        batch.wait()
+        for check in checks:
+            check()
+
+    def _closed(self, handle: bytes) -> None:
+        """The close of `handle` is sent: it is not closed again after a failure (the server
+        may give its number to a file opened later)."""
+        self.open_handles.remove(handle)
+
+    def _discard(self, target: str, handle: bytes) -> None:
+        """A temporary file not needed after all (a backup of a file that did not exist)."""
+        self._closed(handle)
+        _close_handle_quietly(self.sftp, handle)
+        _remove_quietly(self.sftp, self.temps.pop(target))
+
+
+def _attributes(*, mode: int | None = None) -> Any:
     from paramiko.sftp_attr import SFTPAttributes
 
     attrs = SFTPAttributes()
     attrs.st_mode = mode
-    flags = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL | SFTP_FLAG_TRUNC
-    _, msg = sftp._request(CMD_OPEN, remote, flags, attrs)
-    return bytes(msg.get_binary())
+    return attrs
 
 
-def _write_and_close(
-    sftp: paramiko.SFTPClient,
+def _send_contents(
+    batch: _Batch,
     handle: bytes,
     data: bytes,
     *,
     mode: int | None,
     owner: tuple[int, int] | None,
-) -> None:
-    """Mode, owner, data, fsync and close of a new file's handle, sent in this order in one
-    round trip. Every answer is checked: a refused chown means the login may not give the
-    file away (the file stays the login's), a refused fsync@openssh.com a server without it
-    (the write goes on unsynced, as before); any other error is raised."""
+) -> Callable[[], None]:
+    """Mode, owner, data, fsync and close of a new file's handle, sent in this order; returns
+    the check of their answers, to call once the batch has been waited for. A refused chown
+    means the login may not give the file away (the file stays the login's), a refused
+    fsync@openssh.com a server without it (the write goes on unsynced, as before); any other
+    error is raised."""
     from paramiko.sftp import CMD_CLOSE, CMD_EXTENDED, CMD_FSETSTAT, CMD_WRITE, int64
     from paramiko.sftp_attr import SFTPAttributes
 
-    batch = _Batch(sftp)
     checked = []
     if mode is not None:
-        attrs = SFTPAttributes()
-        attrs.st_mode = mode
-        checked.append(batch.send(CMD_FSETSTAT, handle, attrs))
+        checked.append(batch.send(CMD_FSETSTAT, handle, _attributes(mode=mode)))
     chown = None
     if owner is not None:
         attrs = SFTPAttributes()
@@ -924,19 +997,22 @@ def _write_and_close(
         checked.append(batch.send(CMD_WRITE, handle, int64(start), piece))
     fsync = batch.send(CMD_EXTENDED, "fsync@openssh.com", handle)
     closed = batch.send(CMD_CLOSE, handle)
-    batch.wait()
-    for number in checked:
-        batch.answer(number)
-    if chown is not None:
+
+    def check() -> None:
+        for number in checked:
+            batch.answer(number)
+        if chown is not None:
+            try:
+                batch.answer(chown)
+            except PermissionError:
+                pass
         try:
-            batch.answer(chown)
-        except PermissionError:
+            batch.answer(fsync)
+        except OSError:
             pass
-    try:
-        batch.answer(fsync)
-    except OSError:
-        pass
-    batch.answer(closed)
+        batch.answer(closed)
+
+    return check
 
 
 def _close_handle_quietly(sftp: paramiko.SFTPClient, handle: bytes) -> None:
@@ -969,11 +1045,13 @@ def _temp_name(remote: str) -> str:
     return posixpath.join(folder, f".{base}.{os.urandom(4).hex()}{TEMP_SUFFIX}")
 
 
-def _remove_stale_temps(sftp: paramiko.SFTPClient, remote: str) -> None:
-    folder, base = posixpath.split(remote)
-    pattern = re.compile(rf"^\.{re.escape(base)}\.[0-9a-f]{{8}}{re.escape(TEMP_SUFFIX)}$")
+STALE_TEMP = re.compile(rf"^\..+\.[0-9a-f]{{8}}{re.escape(TEMP_SUFFIX)}$")
+
+
+def _remove_stale_temps(sftp: paramiko.SFTPClient, folder: str) -> None:
+    """Every temporary file of ours in `folder` (named by `_temp_name`)."""
     for entry in sftp.listdir(folder or "."):
-        if pattern.match(entry):
+        if STALE_TEMP.match(entry):
             _remove_quietly(sftp, posixpath.join(folder, entry))
 
 

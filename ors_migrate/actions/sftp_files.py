@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ors_migrate.errors import InputError
+from ors_migrate.userfiles import KINDS
 
 if TYPE_CHECKING:
     import paramiko
@@ -32,14 +33,6 @@ READ_REQUEST = WRITE_REQUEST = 32768
 NEW_FILE = 0x02 | 0x08 | 0x10 | 0x20  # SFTP_FLAG_WRITE | CREATE | TRUNC | EXCL
 # Read requests in flight at once: their answers (2 MiB) fit paramiko's channel window.
 READS_IN_FLIGHT = 64
-FILE_KINDS = {
-    stat.S_IFLNK: "a symbolic link",
-    stat.S_IFDIR: "a directory",
-    stat.S_IFIFO: "a named pipe",
-    stat.S_IFSOCK: "a socket",
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-}
 
 
 class Batch:
@@ -373,7 +366,7 @@ def _remove_quietly(sftp: paramiko.SFTPClient, remote: str) -> None:
 def refuse_unless_regular(old: Any, path: str, where: str) -> None:
     """Anything but a regular file at a path we write is refused (InputError naming it)."""
     if old.st_mode is not None and not stat.S_ISREG(old.st_mode):
-        kind = FILE_KINDS.get(stat.S_IFMT(old.st_mode), "not a regular file")
+        kind = KINDS.get(stat.S_IFMT(old.st_mode), "not a regular file")
         raise InputError(
             f"on {where}: it is {kind}; only a regular file is replaced, and it was left as it is",
             file=path,

@@ -87,7 +87,7 @@ states:
     seed_step: null
     scope: app
     actions:
-      - do: fips.lca_restart
+      - do: fips.check_version
         with: {platform: linux}
 """
 
@@ -99,8 +99,9 @@ What stands for what, per host (ors-migrate: bench playbook `ansible-peer`, scop
   option edit 2  Ansible lineinfile username=ors | raw: the same for username
                  ours: options.set {set: enable}: [persistence] type=redis
   command        Ansible command /bin/true | raw: exec /bin/true
-                 ours: fips.lca_restart with ors.fips.lca_restart: /bin/true (the one action
-                 that runs exactly one site command per host and nothing else)
+                 ours: fips.check_version with the site's version command `/bin/echo
+                 8.1.401.13` (an action at application scope that runs exactly one site
+                 command per host, and checks the version it prints)
   read-back      Ansible slurp options.cfg | raw: SFTP read
                  ours: the verify step of each options.set (reads the file back, compares)
 Where ours does other or more work:
@@ -111,11 +112,13 @@ Where ours does other or more work:
     `cat ROLEFILE`: one more command per host) and records the topology; every action is
     journaled (SQLite, synchronous=FULL) with intent and result, and the rules are checked;
   - per host: a pristine copy of the options file and its original values are kept before
-    the first edit; each edit first copies the file to options.cfg.ors-migrate.bak, lists the
-    folder for stale temp files, writes via a temp file with the old mode, fsyncs, renames;
-    the file is read 6 times for edit 1 and 4 times for edit 2 (originals, values before, to
-    edit, for the backup, to verify): 2 read-backs per host where the others do 1;
-  - remote commands per host: ours 2 (status, /bin/true), raw 1, Ansible 4 (every task runs
+    the first edit; each edit refuses a symlink or non-regular file at the path (lstat), copies
+    the file to options.cfg.ors-migrate.bak (0600), writes via a temp file created 0600 and
+    given the old mode, fsyncs, renames; the folder is listed for stale temp files at the first
+    write of each file in a run; the file is read 4 times for edit 1 and 3 times for edit 2
+    (originals and pristine copy, to edit, for the backup, to verify): 2 read-backs per host
+    where the others do 1;
+  - remote commands per host: ours 2 (status, version), raw 1, Ansible 4 (every task runs
     python3 on the host through the login shell).
 """
 
@@ -373,6 +376,7 @@ def write_site(folder: Path, hosts: int, login: Login) -> Path:
         "  stop: 'false'",
         "  switchover: 'false'",
         f"  status: cat {roles}/{{app}}",
+        "  version: /bin/echo 8.1.401.13",
         "ors:",
         "  fips:",
         f"    lca_env_file: {PEER}/hosts/{{app}}/lca.env",
@@ -527,7 +531,7 @@ BUCKETS = (
     ("_open_client (", "SSH connect and key login (raw paramiko pays this too)"),
     ("_sftp_client (", "SFTP session start"),
     ("live_primaries (", "topology read before the run: the status command of every app"),
-    ("run_checked (", "the command (/bin/true)"),
+    ("run_checked (", "the command (the version command)"),
     ("capture_originals (", "options: original values and pristine copy before 1st edit"),
     ("write_file_atomic (", "options: atomic write (backup, temp file, fsync, rename)"),
     ("verify (ors_migrate/actions/option_actions.py", "options: read-back (verify)"),

@@ -79,9 +79,7 @@ class LiveRunContext:
         option the procedures may touch, and (where the backend can) the whole file."""
         if self.journal.has_originals(self.origin_run_id, app_name):
             return
-        store = self.option_store(app_name)
-        store.keep_original(self.origin_run_id)
-        current = store.read()
+        current = self.option_store(app_name).keep_original(self.origin_run_id)
         values = [
             (c.section, c.option, current.get(c.key), c.secret) for c in tracked_options(self.site)
         ]

@@ -500,7 +500,15 @@ class OptionStore(Protocol):
 
     def write(self, changes: list[tuple[OptionChange, str | None]]) -> None: ...
 
-    def keep_original(self, run_id: str) -> Any: ...
+    def edit(self, changes: list[tuple[OptionChange, str | None]]) -> OptionValues:
+        """Make `changes` and return the values before them, as read for this edit (one read
+        where the backend reads to write)."""
+        ...
+
+    def keep_original(self, run_id: str) -> OptionValues:
+        """Keep the options as they are now for `rollback --to start`, once per run (where the
+        backend can), and return their values now."""
+        ...
 
     def restore_original(self, run_id: str) -> bool: ...
 

@@ -477,25 +477,70 @@ def test_write_cut_by_a_dropped_connection_leaves_old_or_new_never_torn(
 def test_write_failing_midway_removes_the_temp_file_and_keeps_the_old(
     ssh: SshTransport, lab: SshLab, remote_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The data goes out pipelined; the server refusing its fourth piece (a real error answer:
+    the request names no open handle) is seen before the rename, so nothing is replaced."""
     import paramiko
+    from paramiko.sftp import CMD_WRITE
 
     own_as_login(lab, remote_file, OLD_OPTIONS, 0o600)
-    real_write = paramiko.SFTPFile._write
-    chunks: list[int] = []
+    real_request = paramiko.SFTPClient._async_request
+    pieces: list[int] = []
 
-    def failing_after_three_chunks(self: paramiko.SFTPFile, data: bytes) -> int:
-        if len(chunks) == 3:
-            raise OSError("No space left on device")
-        chunks.append(int(real_write(self, data)))
-        return chunks[-1]
+    def fourth_piece_refused(self: paramiko.SFTPClient, fileobj: object, t: int, *args: object):  # type: ignore[no-untyped-def]
+        if t == CMD_WRITE:
+            pieces.append(len(args[2]))  # type: ignore[arg-type]
+            if len(pieces) == 4:
+                args = (b"not-a-handle", *args[1:])
+        return real_request(self, fileobj, t, *args)
 
-    monkeypatch.setattr(paramiko.SFTPFile, "_write", failing_after_three_chunks)
-    with pytest.raises(TransportError, match="No space left on device"):
+    monkeypatch.setattr(paramiko.SFTPClient, "_async_request", fourth_piece_refused)
+    with pytest.raises(TransportError, match=str(remote_file)):
         ssh.write_file_atomic(str(remote_file), b"x" * 1_000_000, backup_path=None)
-    assert len(chunks) == 3 and sum(chunks) < 1_000_000
+    assert sum(pieces) == 1_000_000, "every piece was sent before any answer was read"
     assert remote_file.read_bytes() == OLD_OPTIONS
     assert stat.S_IMODE(remote_file.stat().st_mode) == 0o600
     assert temp_files(lab, remote_file) == []
+
+
+def test_write_refuses_a_symlink_and_changes_neither_it_nor_its_target(
+    ssh: SshTransport, lab: SshLab, remote_file: Path
+) -> None:
+    real = remote_file.with_name(remote_file.name + ".real")
+    own_as_login(lab, real, OLD_OPTIONS, 0o640)
+    remote_file.symlink_to(real)
+    backup = remote_file.with_name(remote_file.name + ".bak")
+    with pytest.raises(InputError, match="symbolic link") as refused:
+        ssh.write_file_atomic(
+            str(remote_file), b"[persistence]\ntype=redis\n", backup_path=str(backup)
+        )
+    assert refused.value.file == str(remote_file) and "web1" in str(refused.value)
+    assert remote_file.is_symlink() and os.readlink(remote_file) == str(real)
+    assert real.read_bytes() == OLD_OPTIONS and not backup.exists()
+    assert temp_files(lab, remote_file) == []
+
+
+def test_a_symlink_at_the_backup_path_is_replaced_never_followed(
+    ssh: SshTransport, lab: SshLab, remote_file: Path
+) -> None:
+    own_as_login(lab, remote_file, OLD_OPTIONS, 0o640)
+    elsewhere = remote_file.with_name(remote_file.name + ".elsewhere")
+    own_as_login(lab, elsewhere, b"not ours\n", 0o644)
+    backup = remote_file.with_name(remote_file.name + ".bak")
+    backup.symlink_to(elsewhere)
+    ssh.write_file_atomic(str(remote_file), b"new\n", backup_path=str(backup))
+    assert elsewhere.read_bytes() == b"not ours\n"
+    assert not backup.is_symlink() and backup.read_bytes() == OLD_OPTIONS
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o600
+    assert remote_file.read_bytes() == b"new\n" and temp_files(lab, remote_file) == []
+
+
+def test_write_refuses_what_is_not_a_regular_file(
+    ssh: SshTransport, lab: SshLab, remote_file: Path
+) -> None:
+    os.mkfifo(remote_file)
+    with pytest.raises(InputError, match="named pipe"):
+        ssh.write_file_atomic(str(remote_file), b"x\n", backup_path=None)
+    assert stat.S_ISFIFO(remote_file.lstat().st_mode)
 
 
 def test_write_falls_back_to_remove_then_rename_without_posix_rename(

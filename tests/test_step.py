@@ -1,5 +1,5 @@
 """The step protocol's shared helpers: polling until a condition holds, and running a command
-that must succeed."""
+that must succeed; the local transport replaces only a regular file."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import pytest
 
 from ors_migrate.actions.local import LocalTransport
-from ors_migrate.errors import CommandFailed
+from ors_migrate.errors import CommandFailed, InputError
 from ors_migrate.step import poll_until, run_checked
 
 
@@ -53,3 +53,16 @@ def test_run_checked_raises_with_the_command_and_its_stderr(tmp_path) -> None:
     with pytest.raises(CommandFailed) as failed:
         run_checked(transport, "echo said; exit 1", shown_as="the script", stdout_when_silent=True)
     assert failed.value.command == "the script" and failed.value.stderr == "said"
+
+
+def test_the_local_transport_replaces_only_a_regular_file(tmp_path) -> None:
+    transport = LocalTransport("here", "linux")
+    real = tmp_path / "options.real"
+    real.write_text("[persistence]\ntype=cassandra\n")
+    link = tmp_path / "options.cfg"
+    link.symlink_to(real)
+    with pytest.raises(InputError, match="symbolic link") as refused:
+        transport.write_file_atomic(str(link), b"new\n", backup_path=str(link) + ".bak")
+    assert refused.value.file == str(link) and link.is_symlink()
+    assert real.read_text() == "[persistence]\ntype=cassandra\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["options.cfg", "options.real"]

@@ -9,8 +9,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from ors_migrate.errors import TransportError
+from ors_migrate.errors import InputError, TransportError
 from ors_migrate.step import CommandResult
+from ors_migrate.userfiles import existing_kind
 
 
 class LocalTransport:
@@ -58,7 +59,17 @@ class LocalTransport:
             return None
 
     def write_file_atomic(self, path: str, data: bytes, *, backup_path: str | None) -> None:
+        """As over SSH: only a regular file is replaced (a symlink or anything else at `path`
+        is refused and left as it is), by a temporary file and a rename, after a backup."""
         target = Path(path)
+        kind = existing_kind(target)
+        if kind is not None:
+            raise InputError(
+                f"on {self.name}: it is {kind}; only a regular file is replaced, and it was left "
+                "as it is",
+                file=path,
+                rule="regular-file",
+            )
         existing = target.stat() if target.exists() else None
         if backup_path and existing is not None:
             self._write_backup(target, Path(backup_path))

@@ -137,8 +137,7 @@ class SetOptions(Action):
     def apply(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> dict[str, Any]:
         store = ctx.option_store(intent["app"])
         desired = self._desired(ctx, intent["app"], intent["set"])
-        before = store.read()
-        store.write(desired)
+        before = store.edit(desired)
         self._warn_if_secret_exposed(ctx, intent["app"], store, desired)
         return {
             "app": intent["app"],

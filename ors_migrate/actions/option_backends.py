@@ -70,22 +70,29 @@ class CommandOptions:
         finally:
             self.transport.run(f"rm -f {path}")
 
+    def edit(self, changes: list[tuple[OptionChange, str | None]]) -> OptionValues:
+        before = self.read()
+        self.write(changes)
+        return before
+
     def _original_file(self, run_id: str) -> Path:
         return self.originals_dir / run_id / f"{self.app}.ini"
 
-    def keep_original(self, run_id: str) -> Path:
+    def keep_original(self, run_id: str) -> OptionValues:
         """The application's options as exported before the run, kept beside the journal with
-        mode 0600 (Configuration Server exports may hold secrets, so never in the journal)."""
+        mode 0600 (Configuration Server exports may hold secrets, so never in the journal);
+        returns the values exported now."""
         path = self._original_file(run_id)
-        if not path.exists():
-            assert self.backend.get_command
-            text = self._run(self.backend.get_command)
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = path.with_suffix(".tmp")
-            tmp.touch(mode=0o600)
-            tmp.write_text(text)
-            tmp.replace(path)
-        return path
+        if path.exists():
+            return self.read()
+        assert self.backend.get_command
+        text = self._run(self.backend.get_command)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_suffix(".tmp")
+        tmp.touch(mode=0o600)
+        tmp.write_text(text)
+        tmp.replace(path)
+        return read_options(text, f"get_command for {self.app}")
 
     def restore_original(self, run_id: str) -> bool:
         path = self._original_file(run_id)
@@ -166,8 +173,14 @@ class ManualOptions:
         tmp.write_text(json.dumps(record, sort_keys=True, indent=1))
         tmp.replace(self.record)
 
-    def keep_original(self, run_id: str) -> None:
-        return None
+    def edit(self, changes: list[tuple[OptionChange, str | None]]) -> OptionValues:
+        before = self.read()
+        self.write(changes)
+        return before
+
+    def keep_original(self, run_id: str) -> OptionValues:
+        """Nothing to copy here (Configuration Server keeps the options); the values now."""
+        return self.read()
 
     def restore_original(self, run_id: str) -> bool:
         raise VerificationFailed(

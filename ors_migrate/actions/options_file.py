@@ -86,12 +86,17 @@ class IniFileOptions:
         return read_options(self.read_bytes().decode("utf-8"), self.path)
 
     def write(self, changes: list[tuple[OptionChange, str | None]]) -> None:
+        self.edit(changes)
+
+    def edit(self, changes: list[tuple[OptionChange, str | None]]) -> dict[tuple[str, str], str]:
+        """The file read once: the changes are made on that text, and its values returned."""
         old = self.read_bytes().decode("utf-8")
         new = apply_changes(old, self.path, changes)
         if new != old:
             self.transport.write_file_atomic(
                 self.path, new.encode("utf-8"), backup_path=self.path + self.backup_suffix
             )
+        return read_options(old, self.path)
 
     def exposure(self) -> str | None:
         """Why a secret written into this file could be read by others ("mode 0644"), or None
@@ -105,15 +110,20 @@ class IniFileOptions:
             return None
         return f"mode {mode:04o}" if result.exit_code == 0 and mode & 0o044 else None
 
-    def keep_original(self, run_id: str) -> str:
-        """Copy the file as it is now to a run-specific path, once; returns that path."""
-        pristine = f"{self.path}.{run_id}.orig"
+    def pristine_path(self, run_id: str) -> str:
+        return f"{self.path}.{run_id}.orig"
+
+    def keep_original(self, run_id: str) -> dict[tuple[str, str], str]:
+        """Copy the file as it is now to a run-specific path, once; returns the values it holds
+        now (from the same read)."""
+        data = self.read_bytes()
+        pristine = self.pristine_path(run_id)
         if self.transport.read_file(pristine) is None:
-            self.transport.write_file_atomic(pristine, self.read_bytes(), backup_path=None)
-        return pristine
+            self.transport.write_file_atomic(pristine, data, backup_path=None)
+        return read_options(data.decode("utf-8"), self.path)
 
     def restore_original(self, run_id: str) -> bool:
-        pristine = self.transport.read_file(f"{self.path}.{run_id}.orig")
+        pristine = self.transport.read_file(self.pristine_path(run_id))
         if pristine is None:
             return False
         self.transport.write_file_atomic(

@@ -125,15 +125,7 @@ class ServiceControl:
         return "\n".join(text.splitlines()[-lines:]) or "(its log is empty)"
 
     def app_in_role(self, pair_name: str, role: str) -> str:
-        statuses = self.pair_status(pair_name)
-        holders = [name for name, st in statuses.items() if st.role == role]
-        if len(holders) != 1:
-            seen = ", ".join(f"{n}={s.role}" for n, s in statuses.items())
-            raise VerificationFailed(
-                f"HA pair {pair_name} has no single {role} ({seen}); "
-                "it must have one primary and one backup"
-            )
-        return holders[0]
+        return only_holder(pair_name, self.pair_status(pair_name), role)
 
     def wait_for_role(
         self, app_name: str, roles: tuple[str, ...], *, other_instance: str | None = None
@@ -235,16 +227,36 @@ def settled_pair_status(ctx: RunContext, pair_name: str) -> dict[str, AppStatus]
     return statuses
 
 
-# How many HA pairs' roles are read at once before a run: each read is a status command per
-# member, mostly waiting on the network; ours, bounded so that a large estate does not open
-# every connection at the same moment.
+# How many reads of the topology run at once before a run (a status command per member, or
+# per pair, mostly waiting on the network), bounded so that a large estate does not open every
+# connection at the same moment.
 TOPOLOGY_READERS = 8
+
+
+def only_holder(pair_name: str, statuses: dict[str, AppStatus], role: str) -> str:
+    """The one member of the pair in `role`; VerificationFailed when none or both are."""
+    holders = [name for name, st in statuses.items() if st.role == role]
+    if len(holders) != 1:
+        seen = ", ".join(f"{n}={s.role}" for n, s in statuses.items())
+        raise VerificationFailed(
+            f"HA pair {pair_name} has no single {role} ({seen}); "
+            "it must have one primary and one backup"
+        )
+    return holders[0]
 
 
 def for_every_pair(ctx: RunContext, read: Callable[[str], T]) -> dict[str, T]:
     """`read(pair)` for every HA pair of the site, several at once (reads only), in site order;
     the first error in site order is raised, as a one-by-one loop would have raised it."""
-    names = [pair.name for _, pair in ctx.site.pairs()]
+    return _several_at_once([pair.name for _, pair in ctx.site.pairs()], read)
+
+
+def for_every_app(ctx: RunContext, read: Callable[[str], T]) -> dict[str, T]:
+    """`read(app)` for every application of the site, as `for_every_pair` does for pairs."""
+    return _several_at_once([app.name for _, _, app in ctx.site.apps()], read)
+
+
+def _several_at_once(names: list[str], read: Callable[[str], T]) -> dict[str, T]:
     if len(names) <= 1:
         return {name: read(name) for name in names}
     with ThreadPoolExecutor(min(TOPOLOGY_READERS, len(names)), "topology") as pool:
@@ -297,9 +309,14 @@ def steady_pair_status(
 
 
 def live_primaries(ctx: RunContext) -> dict[str, str]:
-    """The primary of every HA pair, read from the live world; VerificationFailed when a pair
-    has no single primary."""
-    return for_every_pair(ctx, lambda pair: ctx.services.app_in_role(pair, "primary"))
+    """The primary of every HA pair, read from the live world (the status of every member at
+    once, not pair by pair: each is a command on its own host); VerificationFailed when a pair
+    has no single primary, the first such pair in site order."""
+    statuses = for_every_app(ctx, ctx.services.status)
+    return {
+        pair.name: only_holder(pair.name, {a.name: statuses[a.name] for a in pair.apps}, "primary")
+        for _, pair in ctx.site.pairs()
+    }
 
 
 def check_live_topology(ctx: RunContext, initial: dict[str, str]) -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from ors_migrate.actions.sftp_files import AtomicWrite, LoginIds, read_file, remove_stale_temps
 from ors_migrate.errors import (
     HostKeyError,
     InputError,
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
     import paramiko
 
 DEFAULT_PORT = 22
-TEMP_SUFFIX = ".ors-migrate.tmp"
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 JUMP_SPEC = re.compile(
     r"^(?:(?P<user>[^@\s]+)@)?(?P<host>\[[^\]\s]+\]|[^:@\[\]\s]+)(?::(?P<port>\d{1,5}))?$"
@@ -253,6 +253,10 @@ class SshTransport:
         # operation holds the SFTP session whole; command channels are capped per host.
         self._sftp_lock = threading.Lock()
         self._channels = threading.BoundedSemaphore(CHANNELS_PER_HOST)
+        # Folders whose stale temporary files this process has removed (see write_file_atomic),
+        # and the login's uid and gid on the host, read from the first file it creates.
+        self._tidied: set[str] = set()
+        self._login_ids = LoginIds()
 
     def __enter__(self) -> SshTransport:
         return self
@@ -558,60 +562,57 @@ class SshTransport:
             sftp = self._sftp_client()
             with self._guard(f"cannot read {path}"):
                 try:
-                    return _read(sftp, self._sftp_path(path))
+                    return read_file(sftp, self._sftp_path(path))
                 except FileNotFoundError:
                     return None
 
     def write_file_atomic(self, path: str, data: bytes, *, backup_path: str | None) -> None:
         """Replace `path` so that an interruption leaves the old file or the new one, never a mix.
 
-        The old file is first copied to `backup_path` (when given and the old file exists), by the
-        same replace-by-rename. The new content goes to a temporary file in the same directory,
-        which gets the old file's mode (and owner, where the login may chown) before any data is
-        written, is flushed (and fsynced where the server offers fsync@openssh.com), then renamed
-        over the target with posix-rename. A server without posix-rename (some Windows builds)
-        gets remove-then-rename: a crash between the two leaves no file at `path`, only the
-        backup. On Windows, mode and owner are not copied: the new file takes the directory's
-        inherited ACLs. A temporary file left by an interrupted write of the same file is removed
-        by the next write.
+        Only a regular file is replaced: a symbolic link, a directory or any other kind of file
+        at `path` is refused (InputError), never followed and never turned into a regular file.
+        The old file is first copied to `backup_path` (when given and the old file exists), by
+        the same replace-by-rename, with the old owner and mode 0600. The new content goes to a
+        temporary file in the same directory, created 0600 and given the old file's mode (and
+        owner, where the login may chown) before any data, written, fsynced where the server
+        offers fsync@openssh.com and closed, and renamed over the target with posix-rename
+        only once every one of those answered without error. A server without
+        posix-rename (some Windows builds) gets remove-then-rename: a crash between the two
+        leaves no file at `path`, only the backup. On Windows, mode and owner are not copied:
+        the new file takes the directory's inherited ACLs. Temporary files left by an
+        interrupted write are removed by the next process that writes into their folder.
         """
         remote = self._sftp_path(path)
+        backup = self._sftp_path(backup_path) if backup_path else None
         with self._sftp_lock:
             sftp = self._sftp_client()
             with self._guard(f"cannot write {path}"):
-                old = _stat_or_none(sftp, remote)
-                _remove_stale_temps(sftp, remote)
-                if backup_path and old is not None:
-                    backup = self._sftp_path(backup_path)
-                    self._replace(sftp, backup, _read(sftp, remote), old, mode=PRIVATE_MODE)
-                self._replace(sftp, remote, data, old)
+                self._remove_stale_temps_once(sftp, remote)
+                try:
+                    AtomicWrite(
+                        sftp,
+                        path,
+                        remote,
+                        backup,
+                        platform=self.platform,
+                        where=self.where,
+                        login_ids=self._login_ids,
+                    ).run(data)
+                except BaseException:
+                    self._tidied.discard(posixpath.dirname(remote))
+                    raise
 
-    def _replace(
-        self,
-        sftp: paramiko.SFTPClient,
-        remote: str,
-        data: bytes,
-        old: Any,
-        mode: int | None = None,
-    ) -> None:
-        """Write `data` to `remote` by rename; the old file's mode and owner are kept, `mode`
-        replaces the mode (a backup is 0600), and a new file is 0600."""
-        temp = _temp_name(remote)
-        try:
-            with sftp.open(temp, "wx") as fh:
-                if self.platform != "windows":
-                    if old is not None:
-                        _copy_mode_and_owner(fh, old)
-                    if old is None or mode is not None:
-                        fh.chmod(mode if mode is not None else PRIVATE_MODE)
-                fh.set_pipelined(True)
-                fh.write(data)
-                fh.flush()
-                _fsync(sftp, fh)
-            _rename_over(sftp, temp, remote)
-        except BaseException:
-            _remove_quietly(sftp, temp)
-            raise
+    def _remove_stale_temps_once(self, sftp: paramiko.SFTPClient, remote: str) -> None:
+        """Our temporary files left in the folder of `remote` by an interrupted process, removed
+        at this process's first write into that folder: one listing per folder and run. This
+        process removes its own on failure, and forgets that it tidied the folder when a write
+        fails, so that the next write there lists it again. Each write holds the SFTP session
+        whole, so no write of this transport is in flight while the folder is tidied."""
+        folder = posixpath.dirname(remote)
+        if folder in self._tidied:
+            return
+        remove_stale_temps(sftp, folder)
+        self._tidied.add(folder)
 
 
 def _key_strategy(user: str, keys: list[paramiko.PKey]) -> paramiko.AuthStrategy:
@@ -709,84 +710,12 @@ def _feed_stdin(channel: paramiko.Channel, payload: bytes) -> threading.Thread |
     return thread
 
 
-def _read(sftp: paramiko.SFTPClient, remote: str) -> bytes:
-    with sftp.open(remote, "rb") as fh:
-        fh.prefetch()
-        return bytes(fh.read())
-
-
-# Backups and new files may hold secrets (the Redis password): readable by their owner only.
-PRIVATE_MODE = 0o600
-
-
-def _stat_or_none(sftp: paramiko.SFTPClient, remote: str) -> Any:
-    try:
-        return sftp.stat(remote)
-    except FileNotFoundError:
-        return None
-
-
-def _temp_name(remote: str) -> str:
-    folder, base = posixpath.split(remote)
-    return posixpath.join(folder, f".{base}.{os.urandom(4).hex()}{TEMP_SUFFIX}")
-
-
-def _remove_stale_temps(sftp: paramiko.SFTPClient, remote: str) -> None:
-    folder, base = posixpath.split(remote)
-    pattern = re.compile(rf"^\.{re.escape(base)}\.[0-9a-f]{{8}}{re.escape(TEMP_SUFFIX)}$")
-    for entry in sftp.listdir(folder or "."):
-        if pattern.match(entry):
-            _remove_quietly(sftp, posixpath.join(folder, entry))
-
-
-def _copy_mode_and_owner(fh: paramiko.SFTPFile, old: Any) -> None:
-    """Give the temporary file the old mode before it holds any data (option files may carry
-    secrets); keep the owner only when the login is allowed to chown."""
-    fh.chmod(old.st_mode & 0o7777)
-    mine = fh.stat()
-    if (mine.st_uid, mine.st_gid) != (old.st_uid, old.st_gid):
-        try:
-            fh.chown(old.st_uid, old.st_gid)
-        except PermissionError:
-            return
-
-
-def _fsync(sftp: paramiko.SFTPClient, fh: paramiko.SFTPFile) -> None:
-    """fsync@openssh.com: paramiko has no public call for it, so the request is sent directly;
-    a server without the extension answers with an error and the write goes on unsynced."""
-    from paramiko.sftp import CMD_EXTENDED
-
-    try:
-        sftp._request(CMD_EXTENDED, "fsync@openssh.com", fh.handle)
-    except OSError:
-        return
-
-
-def _rename_over(sftp: paramiko.SFTPClient, temp: str, remote: str) -> None:
-    try:
-        sftp.posix_rename(temp, remote)
-    except OSError as exc:
-        if exc.errno is not None or "unsupported" not in str(exc).lower():
-            raise
-        _remove_quietly(sftp, remote)
-        sftp.rename(temp, remote)
-
-
 def _close_quietly(closable: paramiko.Channel | paramiko.SFTPClient | paramiko.SSHClient) -> None:
     """Close what may sit on a dead connection: saying goodbye there fails, and nothing is lost."""
     import paramiko
 
     try:
         closable.close()
-    except (OSError, EOFError, paramiko.SSHException):
-        return
-
-
-def _remove_quietly(sftp: paramiko.SFTPClient, remote: str) -> None:
-    import paramiko
-
-    try:
-        sftp.remove(remote)
     except (OSError, EOFError, paramiko.SSHException):
         return
 

@@ -41,9 +41,12 @@ def _source_digest(root: str) -> str:
     """The digest of every source file under a package's folder (or of one module's file),
     read once per process."""
     path = Path(root)
-    files = sorted(p for p in path.rglob("*") if p.name.endswith(SOURCE_SUFFIXES) and p.is_file())
+    files = [path]
+    if path.is_dir():
+        found = path.rglob("*")
+        files = sorted(p for p in found if p.name.endswith(SOURCE_SUFFIXES) and p.is_file())
     digest = hashlib.sha256()
-    for file in files if path.is_dir() else [path]:
+    for file in files:
         digest.update(str(file.relative_to(path.parent)).encode("utf-8") + b"\0")
         digest.update(file.read_bytes())
     return digest.hexdigest()

@@ -6,14 +6,20 @@ checks, gate decisions, status changes), in plan order, up to the 10,000th, as i
 been killed there. Then each step of a resume is timed on a fresh copy of that journal:
 
 1. opening the journal;
-2. loading the site and the playbook and planning again (a resume compares plan hashes);
-3. finding the run and its status;
-4. `expected_primaries`: the journal's side of the live topology check (the status commands
-   that check runs on every pair are world reads, not timed here);
-5. `Engine.run()` up to the first action that is not done: it loads the events, skips the
-   finished states, scans the interrupted state's actions, records the state's restart. The
-   engine is given an action table that refuses every lookup, so that the first action that
-   would touch a host raises instead.
+2. loading the site file;
+3. finding the site's runs and the one to resume;
+4. loading the playbook and taking the run's plan back from the journal, as `run --resume` does
+   when the site file, the playbook and the code are those the plan was made from (its hash is
+   then compared with the run's);
+5. `expected_primaries`: the journal's side of the live topology check (the status commands
+   that check runs on every pair are world reads, not timed here); it reads and decodes the
+   events, once per resume;
+6. `Engine.run()` up to the first action that is not done: it skips the finished states, scans
+   the interrupted state's actions, records the state's restart. The engine is given an action
+   table that refuses every lookup, so that the first action that would touch a host raises
+   instead.
+
+Outside the total: planning again instead of step 4, as a resume does when an input changed.
 """
 
 from __future__ import annotations
@@ -31,11 +37,20 @@ from rich.console import Console
 
 from ors_migrate.actions.service_control import expected_primaries
 from ors_migrate.engine import Engine
-from ors_migrate.journal import Journal
-from ors_migrate.runner import build_context, load_playbook, make_plan
+from ors_migrate.estate_lock import estate_claims
+from ors_migrate.journal import Journal, RunLock, RunRecord
+from ors_migrate.playbook import LoadedPlaybook
+from ors_migrate.runner import (
+    build_context,
+    forward_plan_inputs,
+    load_playbook,
+    make_plan,
+    plan_for_resume,
+)
 from ors_migrate.secrets import Secrets
 from ors_migrate.site import LoadedSite, load_site
 from ors_migrate.step import Action, Plan, PlannedAction
+from ors_migrate.stored_plan import encode_plan
 from ors_migrate.ui import Ui
 
 CHECK_ACTIONS = ("redis.", "cassandra.", "sessions.", "service.verify_pair")
@@ -108,11 +123,14 @@ class EventWriter:
         self("action_ended", state_id=state_id, action_key=step.key, payload=ended)
 
 
-def build_journal(loaded: LoadedSite, plan: Plan, state_dir: Path, limit: int) -> tuple[str, str]:
+def build_journal(
+    loaded: LoadedSite, playbook: LoadedPlaybook, plan: Plan, state_dir: Path, limit: int
+) -> tuple[str, str]:
     """A journal holding one interrupted run of `plan` with `limit` events; (run id, where).
 
-    The events go through the journal API; the run's plan JSON is stored last, directly, as
-    the large plan is not needed to write them."""
+    The events go through the journal API; the run's plan JSON (with what it was made from,
+    as `run` records it) is stored last, directly, as the large plan is not needed to write
+    them."""
     journal = Journal(state_dir)
     journal.db.execute("PRAGMA synchronous=OFF")  # building only; every timed open uses FULL
     try:
@@ -120,21 +138,25 @@ def build_journal(loaded: LoadedSite, plan: Plan, state_dir: Path, limit: int) -
             site_name=loaded.site.name,
             site_path=loaded.path,
             site_digest=loaded.digest,
-            playbook="migrate-to-redis",
-            playbook_digest="bench",
+            playbook=playbook.spec.name,
+            playbook_digest=playbook.digest,
             plan_hash=plan.plan_hash,
             plan_json="{}",
+            playbook_path=playbook.path,
         )
         journal.set_status(run_id, "running", phase="forward")
         members = {p.name: [a.name for a in p.apps] for _, p in loaded.site.pairs()}
         writer = EventWriter(journal, run_id, limit, members)
         primaries = {p.name: p.app_with_role("primary").name for _, p in loaded.site.pairs()}
         where = writer.write_run(plan, primaries)
+        plan_json, layout = encode_plan(plan)
+        inputs = forward_plan_inputs(loaded, playbook)
+        assert inputs is not None
         with journal.db:
             journal.db.execute(
-                "UPDATE plans SET plan_json = ? WHERE run_id = ?",
-                (json.dumps(plan.as_dict()), run_id),
+                "UPDATE plans SET plan_json = ? WHERE run_id = ?", (plan_json, run_id)
             )
+            journal.db.execute("INSERT INTO plan_inputs VALUES (?,?,?)", (run_id, inputs, layout))
         return run_id, where
     finally:
         journal.close()
@@ -158,33 +180,43 @@ def _engine_until_world(journal: Journal, loaded: LoadedSite, plan: Plan, run_id
     return "(none: every action was done)"
 
 
+def _run_of(journal: Journal, site_name: str, run_id: str) -> RunRecord:
+    return next(r for r in journal.runs(site_name) if r.run_id == run_id)
+
+
+def _stored_plan(journal: Journal, run: RunRecord, loaded: LoadedSite) -> Plan:
+    plan = plan_for_resume(journal, run, loaded, load_playbook(run.playbook_path or run.playbook))
+    if plan.plan_hash != run.plan_hash:
+        raise RuntimeError("the resume would be refused: the plan hash differs")
+    return plan
+
+
 def resume_once(site: Path, state_dir: Path, run_id: str) -> tuple[dict[str, float], str]:
     timings: dict[str, float] = {}
     timings["1. open the journal"], journal = _timed(lambda: Journal(state_dir))
     try:
-
-        def replan() -> tuple[LoadedSite, Plan]:
-            loaded = load_site(site)
-            return loaded, make_plan(loaded, load_playbook("migrate-to-redis"))
-
-        timings["2. load site + playbook, plan again"], (loaded, plan) = _timed(replan)
-        timings["3. find the run, compare plan hashes"], _ = _timed(
-            lambda: [r.plan_hash == plan.plan_hash for r in journal.runs(loaded.site.name)]
+        timings["2. load the site file"], loaded = _timed(lambda: load_site(site))
+        timings["3. find the run"], run = _timed(lambda: _run_of(journal, loaded.site.name, run_id))
+        timings["4. load the playbook, the stored plan, compare hashes"], plan = _timed(
+            lambda: _stored_plan(journal, run, loaded)
         )
         initial = {p.name: p.app_with_role("primary").name for _, p in loaded.site.pairs()}
-        timings["4. expected primaries from the journal"], _ = _timed(
+        timings["5. expected primaries from the journal"], _ = _timed(
             lambda: expected_primaries(journal, run_id, initial)
         )
-        timings["5. engine: skip what is done, to the first action"], reached = _timed(
+        timings["6. engine: skip what is done, to the first action"], reached = _timed(
             lambda: _engine_until_world(journal, loaded, plan, run_id)
         )
         fresh = Journal(state_dir)
         try:
-            timings["   (of which, in step 4: read and decode the events once)"], _ = _timed(
+            timings["   (of which, in step 5: read and decode the events once)"], _ = _timed(
                 lambda: fresh.events(run_id)
             )
         finally:
             fresh.close()
+        timings["   (not in the total: plan again instead of step 4)"], _ = _timed(
+            lambda: make_plan(loaded, load_playbook(run.playbook_path or run.playbook))
+        )
     finally:
         journal.close()
     return timings, reached
@@ -192,10 +224,11 @@ def resume_once(site: Path, state_dir: Path, run_id: str) -> tuple[dict[str, flo
 
 def resume(site: Path, directory: Path, limit: int, repeat: int) -> Iterator[str]:
     loaded = load_site(site)
-    plan = make_plan(loaded, load_playbook("migrate-to-redis"))
+    playbook = load_playbook("migrate-to-redis")
+    plan = make_plan(loaded, playbook)
     built = directory / "journal-built"
     began = time.perf_counter()
-    run_id, where = build_journal(loaded, plan, built, limit)
+    run_id, where = build_journal(loaded, playbook, plan, built, limit)
     actions = sum(len(s.actions) for s in plan.states)
     yield (
         f"  journal: {limit} events of one run of a {len(plan.states)}-state, {actions}-action "
@@ -214,6 +247,12 @@ def resume(site: Path, directory: Path, limit: int, repeat: int) -> Iterator[str
     total = statistics.median(sum(v for k, v in r.items() if k[0].isdigit()) for r in rounds)
     yield f"  {'total before the first world-touching action':<52} {1000 * total:>9.1f} ms"
     yield f"  (median of {repeat}; the first action to run would have been {reached})"
+    claims = estate_claims(loaded.site)
+    seconds = run_lock_seconds(directory / "journal-lock", loaded.site.name, claims, run_id)
+    yield (
+        f"  not in the total: `run` takes the site's lock and one per application and options "
+        f"file ({len(claims)} here) first: {1000 * seconds:,.0f} ms"
+    )
     tiny = journal_write_latency(directory / "journal-tiny-plan", None, 200)
     shutil.copytree(built, directory / "journal-writes")
     large = journal_write_latency(directory / "journal-writes", run_id, 20)
@@ -227,6 +266,17 @@ def resume(site: Path, directory: Path, limit: int, repeat: int) -> Iterator[str
         f"    a status change of this run:          {1000 * status:>8.2f} ms (N=10; the plan "
         "lives in its own table, so the run's row stays small)"
     )
+
+
+def run_lock_seconds(state_dir: Path, site_name: str, claims: dict[str, str], run_id: str) -> float:
+    """Seconds to take the run lock with the estate's claims and name the run in it, as
+    `run --resume` does before anything else, and to release it."""
+    began = time.perf_counter()
+    lock = RunLock(state_dir, site_name, claims)
+    lock.acquire(None)
+    lock.set_run(run_id)
+    lock.release()
+    return time.perf_counter() - began
 
 
 def journal_write_latency(state_dir: Path, run_id: str | None, writes: int) -> float:

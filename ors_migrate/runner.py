@@ -64,6 +64,7 @@ from ors_migrate.step import (
     Transports,
     clock,
 )
+from ors_migrate.stored_plan import encode_plan, plan_inputs, stored_plan
 from ors_migrate.undo import changed_apps, restricted, summarize
 
 DEFAULT_PLAYBOOK = "migrate-to-redis"
@@ -146,6 +147,26 @@ def make_plan(
 ) -> Plan:
     reader = local_option_reader(loaded) if read_current else None
     return build_plan(loaded, playbook, current_options=reader, flags=flags)
+
+
+def forward_plan_inputs(loaded: LoadedSite, playbook: LoadedPlaybook) -> str | None:
+    """What a run's plan (`make_plan` as a run makes it) is made from, as a digest."""
+    return plan_inputs(loaded, playbook, read_current=True, flags=frozenset())
+
+
+def plan_for_resume(
+    journal: Journal, run: RunRecord, loaded: LoadedSite, playbook: LoadedPlaybook
+) -> Plan:
+    """The plan a resume acts on: the one the run stored, when the site file, the playbook and
+    the code are those it was made from (planning again would give it back, at a cost that
+    grows with the estate); otherwise planned again from the files as they are now, for the
+    caller to compare with the run's plan hash."""
+    recorded = journal.plan_inputs(run.run_id)
+    if recorded is not None and recorded[0] == forward_plan_inputs(loaded, playbook):
+        stored = stored_plan(run.plan_json, recorded[1], playbook)
+        if stored is not None and stored.plan_hash == run.plan_hash:
+            return stored
+    return make_plan(loaded, playbook)
 
 
 # What changed in a plan
@@ -350,10 +371,11 @@ class Runner:
         """The site's declared durations, else those of its latest succeeded run here."""
         return durations_of(loaded.site, measured_for(self.journal, loaded.site.name))
 
-    def _window(self, durations: Durations) -> ChangeWindow | None:
+    def _window(self, durations: Durations | None, loaded: LoadedSite) -> ChangeWindow | None:
+        """The change window, timed by `durations` (read only when there is a window)."""
         if self.window_end is None:
             return None
-        return ChangeWindow(self.window_end, durations.seconds)
+        return ChangeWindow(self.window_end, (durations or self.durations(loaded)).seconds)
 
     def close(self) -> None:
         self.journal.close()
@@ -507,6 +529,8 @@ class Runner:
             resolve_secrets(ctx, plan)
             primaries = live_primaries(ctx)
             refuse_end_state(ctx, plan)
+            plan_json, layout = encode_plan(plan)
+            inputs = forward_plan_inputs(loaded, playbook)
             run_id = self.journal.create_run(
                 site_name=loaded.site.name,
                 site_path=loaded.path,
@@ -514,8 +538,9 @@ class Runner:
                 playbook=playbook.spec.name,
                 playbook_digest=playbook.digest,
                 plan_hash=plan.plan_hash,
-                plan_json=json.dumps(plan.as_dict()),
+                plan_json=plan_json,
                 playbook_path=playbook.path,
+                plan_inputs=None if inputs is None else (inputs, layout),
             )
             ctx.attach(run_id)
             ctx.record(EventKind.TOPOLOGY, payload={"primaries": primaries})
@@ -545,7 +570,7 @@ class Runner:
             f"run {run_id}: {plan.title} ({len(plan.states)} states, "
             f"estimated {clock(estimate.total_s)}, {parallel.describe()})"
         )
-        window = self._window(durations)
+        window = self._window(durations, loaded)
         if window is not None:
             self.ui.info(window.describe_left())
         factory = self._rollback_plan_factory(loaded, plan.rollback_playbook, frozenset(), run_id)
@@ -569,7 +594,7 @@ class Runner:
     ) -> Engine:
         run = self._resumable(loaded, run_id)
         playbook = load_playbook(playbook_name or run.playbook_path or run.playbook)
-        plan = make_plan(loaded, playbook)
+        plan = plan_for_resume(self.journal, run, loaded, playbook)
         if run.plan_hash != plan.plan_hash:
             raise ResumeRefused(
                 f"run {run.run_id} cannot be resumed: {changed_files(run, loaded, playbook)} "
@@ -589,7 +614,7 @@ class Runner:
         except BaseException:
             ctx.close()
             raise
-        window = self._window(self.durations(loaded))
+        window = self._window(None, loaded)
         if window is not None:
             self.ui.info(window.describe_left())
         return Engine(

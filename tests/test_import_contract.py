@@ -35,6 +35,7 @@ LAYER_OF_MODULE = {
     "parallel": "protocol",
     "playbook": "planning",
     "plan": "planning",
+    "stored_plan": "planning",
     "rules": "planning",
     "undo": "planning",
     "estimate": "planning",

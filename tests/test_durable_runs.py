@@ -31,10 +31,12 @@ from durable_runs import (
 )
 from tiny_site import (
     APPS,
+    HELD_TIMEOUT_S,
     ROLLBACK_WITH_RESTART,
     VERIFY_VERSION,
     TinySite,
     gated_playbook,
+    held_while,
     make_tiny_site,
 )
 
@@ -173,7 +175,7 @@ states:
 def holding_site(root: Path) -> tuple[TinySite, Path]:
     """A tiny site whose upgrade command waits while the file `hold` exists."""
     hold = root / "hold"
-    site = make_tiny_site(root, upgrade=f"while [ -e {hold} ]; do sleep 0.05; done")
+    site = make_tiny_site(root, upgrade=held_while(hold), ready_timeout_s=HELD_TIMEOUT_S)
     hold.touch()
     return site, hold
 
@@ -286,8 +288,12 @@ def test_runs_and_status_report_paused_failed_rolled_back_and_succeeded(tmp_path
 
 def test_an_automatic_rollback_killed_midway_is_resumed_to_rolled_back(tmp_path, runs_of):
     hold = tmp_path / "hold"
-    wait = f"while [ -e {hold} ]; do sleep 0.05; done"
-    site = make_tiny_site(tmp_path / "site", version="8.1.400.48", start=wait)
+    site = make_tiny_site(
+        tmp_path / "site",
+        version="8.1.400.48",
+        start=held_while(hold),
+        ready_timeout_s=HELD_TIMEOUT_S,
+    )
     playbook = gated_playbook(site, VERIFY_VERSION)
     site.write_playbook("tiny-rollback", ROLLBACK_WITH_RESTART)
     hold.touch()

@@ -21,10 +21,12 @@ from durable_runs import PARTIAL_ENABLE, cli_json, has_event, journal_events
 from test_durable_runs import UPGRADE_ONLY
 from tiny_site import (
     APPS,
+    HELD_TIMEOUT_S,
     ROLLBACK_WITH_RESTART,
     VERIFY_VERSION,
     TinySite,
     gated_playbook,
+    held_while,
     make_tiny_site,
 )
 
@@ -165,7 +167,9 @@ def holding_run(site: TinySite, state: Path, hold: Path) -> subprocess.Popen[byt
 
 def test_a_renamed_copy_of_the_site_file_exits_4_while_the_first_runs(tmp_path):
     hold = tmp_path / "site" / "hold"
-    site = make_tiny_site(tmp_path / "site", upgrade=f"while [ -e {hold} ]; do sleep 0.05; done")
+    site = make_tiny_site(
+        tmp_path / "site", upgrade=held_while(hold), ready_timeout_s=HELD_TIMEOUT_S
+    )
     hold.touch()
     state = tmp_path / "state"
     first = holding_run(site, state, hold)

@@ -51,6 +51,16 @@ class TinySite:
         return path
 
 
+# A service command that waits while the file `hold` exists, and the ready timeout (which bounds
+# every service command) for a site whose run is held that way: long enough that a held run
+# is still holding when a loaded machine gets round to the test's next command.
+HELD_TIMEOUT_S = 120.0
+
+
+def held_while(hold: Path) -> str:
+    return f"while [ -e {shlex.quote(str(hold))} ]; do sleep 0.05; done"
+
+
 def make_tiny_site(
     root: Path,
     *,
@@ -59,6 +69,7 @@ def make_tiny_site(
     version: str = "8.1.401.12",
     extra_options: dict[str, str] | None = None,
     redis_password: str | None = None,
+    ready_timeout_s: float = 5,
 ) -> TinySite:
     """Write the site file, role files and option files under `root`. `start` runs before an
     application comes up as backup; `redis_password` names an environment variable (the site
@@ -78,7 +89,7 @@ def make_tiny_site(
         "switchover": f"echo backup > {roles}/{{primary}} && echo primary > {roles}/{{backup}}",
         "version": f"cat {shlex.quote(str(root / 'version'))}",
         "upgrade": upgrade,
-        "ready_timeout_s": 5,
+        "ready_timeout_s": ready_timeout_s,
         "poll_interval_s": 0.05,
     }
     lines = [

@@ -5,6 +5,11 @@ alone would let both run at once against them. So a run also takes, in a fixed o
 for every application it may touch (its host's address and its name) and for every options file
 (host and path). Two site files that share any of them cannot run at the same time: the second
 is refused naming the holder (site, run, user, host, pid).
+
+Each claim's info file names only the claim and the site whose run holds it; who that run is
+(run id, user, host, pid) is in the site lock's own holder file, written once per run. So a run
+writes a claim's file only when it differs from what is there, and naming the run writes one
+file, not one per claim.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ def estate_claims(site: Site) -> dict[str, str]:
 class EstateLock:
     def __init__(self, state_dir: Path, claims: dict[str, str]) -> None:
         self.lock_dir = state_dir / "locks" / "estate"
+        self.site_holders = state_dir / "locks"
         self.claims = claims
         self._held: list[tuple[Any, Path]] = []
 
@@ -52,7 +58,7 @@ class EstateLock:
         digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
         return self.lock_dir / f"{digest}.lock", self.lock_dir / f"{digest}.holder.json"
 
-    def acquire(self, holder: dict[str, Any]) -> None:
+    def acquire(self, site_name: str) -> None:
         """Every claim, in a fixed order (so two runs cannot each hold half), or none: the first
         claim another run holds raises RunLocked naming that run."""
         from filelock import FileLock, Timeout
@@ -68,30 +74,34 @@ class EstateLock:
                 self.release()
                 raise RunLocked(self._held_message(key, info_path)) from None
             self._held.append((lock, info_path))
-            statedir.write_private(info_path, json.dumps({**holder, "claim": self.claims[key]}))
+            info = json.dumps({"site": site_name, "claim": self.claims[key]})
+            if statedir.read_private(info_path) != info:
+                statedir.write_private(info_path, info)
 
-    def update(self, holder: dict[str, Any]) -> None:
-        for key, (_, info_path) in zip(sorted(self.claims), self._held, strict=False):
-            statedir.write_private(info_path, json.dumps({**holder, "claim": self.claims[key]}))
-
-    def _held_message(self, key: str, info_path: Path) -> str:
+    def _read(self, path: Path) -> dict[str, Any]:
         try:
-            text = statedir.read_private(info_path)
+            text = statedir.read_private(path)
             info = json.loads(text) if text else {}
         except ValueError:
             info = {}
+        return info if isinstance(info, dict) else {}
+
+    def _held_message(self, key: str, info_path: Path) -> str:
         what = self.claims[key]
-        if not info:
+        site = self._read(info_path).get("site")
+        holder = self._read(self.site_holders / f"{site}.holder.json") if site else {}
+        if not holder:
             return f"another run holds {what} ({info_path.with_suffix('').with_suffix('.lock')})"
         return (
-            f"{what} is held by run {info.get('run_id')} of site '{info.get('site')}' by "
-            f"{info.get('user')} on {info.get('host')} (pid {info.get('pid')}), started "
-            f"{info.get('started_at')}; two site files that share an application cannot run "
+            f"{what} is held by run {holder.get('run_id')} of site '{site}' by "
+            f"{holder.get('user')} on {holder.get('host')} (pid {holder.get('pid')}), started "
+            f"{holder.get('started_at')}; two site files that share an application cannot run "
             "at once"
         )
 
     def release(self) -> None:
-        for lock, info_path in reversed(self._held):
-            info_path.unlink(missing_ok=True)
+        """Unlock every claim. Their info files stay: they name only a claim and a site, and
+        the next run of that site finds them as it would write them."""
+        for lock, _ in reversed(self._held):
             lock.release()
         self._held.clear()

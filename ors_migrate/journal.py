@@ -577,7 +577,7 @@ class RunLock:
         try:
             self._write_info(info)
             if self._estate is not None:
-                self._estate.acquire({**info, "site": self.site_name})
+                self._estate.acquire(self.site_name)
         except BaseException:
             self.release()
             raise
@@ -586,8 +586,6 @@ class RunLock:
         info = self.holder() or {}
         info["run_id"] = run_id
         self._write_info(info)
-        if self._estate is not None:
-            self._estate.update({**info, "site": self.site_name})
 
     def _write_info(self, info: dict[str, Any]) -> None:
         statedir.write_private(self.info_path, json.dumps(info))

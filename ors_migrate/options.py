@@ -6,6 +6,7 @@ Section and option names are the real ORS ones (`[persistence]`, `type`, `redis-
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from ors_migrate.site import Site
@@ -94,8 +95,10 @@ def disable_changes(original_type: str | None) -> list[OptionChange]:
     return [OptionChange(PERSISTENCE, TYPE, original_type)]
 
 
+@functools.lru_cache(maxsize=1024)
 def version_tuple(version: str) -> tuple[int, ...]:
-    """`8.1.401.10` as (8, 1, 401, 10); ValueError when it is not dotted numbers."""
+    """`8.1.401.10` as (8, 1, 401, 10); ValueError when it is not dotted numbers. Cached: an
+    estate declares a few versions, read once per application by the rules."""
     parts = version.strip().split(".")
     if not parts or not all(p.isdigit() for p in parts):
         raise ValueError(f"'{version}' is not a version of the form 8.1.401.10")

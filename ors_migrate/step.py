@@ -226,14 +226,25 @@ class PlannedAction:
     preview: Preview = field(default_factory=lambda: Preview(""))
 
     def as_dict(self, *, with_old: bool = True) -> dict[str, Any]:
-        changes = [
-            {k: v for k, v in c.items() if with_old or k not in ("old", "old_known")}
-            for c in self.preview.option_changes
-        ]
+        # Written out rather than merged from `Target.as_dict`: the plan hash builds this for
+        # each of the 10,000 actions of 500 HA pairs. The keys keep `Target.as_dict`'s order.
+        if with_old:
+            changes = [dict(c) for c in self.preview.option_changes]
+        else:
+            changes = [
+                {k: v for k, v in c.items() if k != "old" and k != "old_known"}
+                for c in self.preview.option_changes
+            ]
+        t = self.target
         return {
             "key": self.key,
             "action": self.action,
-            **self.target.as_dict(),
+            "cluster": t.cluster,
+            "ha_pair": t.ha_pair,
+            "app": t.app,
+            "host": t.host,
+            "role": t.role,
+            "role_resolved_at_run_time": t.role_resolved_at_run_time,
             "changes_world": self.changes_world,
             "args": self.args,
             "description": self.preview.description,

@@ -9,7 +9,7 @@ import pytest
 
 from ors_migrate.actions.local import LocalTransport
 from ors_migrate.errors import CommandFailed, InputError
-from ors_migrate.step import poll_until, run_checked
+from ors_migrate.step import PlannedAction, Preview, Target, poll_until, run_checked
 
 
 def test_poll_until_returns_the_first_result_that_is_done() -> None:
@@ -66,3 +66,20 @@ def test_the_local_transport_replaces_only_a_regular_file(tmp_path) -> None:
     assert refused.value.file == str(link) and link.is_symlink()
     assert real.read_text() == "[persistence]\ntype=cassandra\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["options.cfg", "options.real"]
+
+
+def test_a_planned_action_carries_its_targets_fields_in_the_targets_order() -> None:
+    target = Target(cluster="c", ha_pair="p", app="a", host="h", role="backup")
+    change = {"section": "s", "option": "o", "old": "1", "old_known": True, "new": "2"}
+    action = PlannedAction(
+        "k", "options.set", target, {}, "backup", True, Preview("d", [], [change])
+    )
+
+    data = action.as_dict()
+    without_old = action.as_dict(with_old=False)
+
+    keys = list(data)
+    assert keys[2 : 2 + len(target.as_dict())] == list(target.as_dict())
+    assert {k: data[k] for k in target.as_dict()} == target.as_dict()
+    assert data["option_changes"] == [change] and data["option_changes"][0] is not change
+    assert without_old["option_changes"] == [{"section": "s", "option": "o", "new": "2"}]

@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import re
 import shlex
-
-from configupdater import ConfigUpdater
-from configupdater.parser import ParsingError
+from typing import TYPE_CHECKING
 
 from ors_migrate.errors import InputError
 from ors_migrate.options import OptionChange
 from ors_migrate.step import Transport
 
+if TYPE_CHECKING:
+    from configupdater import ConfigUpdater
+
 SPACED = re.compile(r"^\s*[^#;\[\s][^=]*\s=\s", re.MULTILINE)
 
 
 def _parse(text: str, path: str) -> ConfigUpdater:
+    # Imported here: `plan` loads this module with the action table but never parses a file,
+    # and configupdater (with configparser) costs about 30 ms of its start-up.
+    from configupdater import ConfigUpdater
+    from configupdater.parser import ParsingError
+
     updater = ConfigUpdater(space_around_delimiters=bool(SPACED.search(text)))
     try:
         updater.read_string(text)

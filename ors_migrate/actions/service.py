@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from ors_migrate.actions.service_control import (
-    render,
+    render_each,
     steady_pair_status,
     switchover_unfinished,
 )
@@ -36,14 +36,10 @@ def _service_preview(
     """The exact service commands an action will run for `app_name`, host first."""
     site = view.site
     assert app_name is not None
-    commands = []
-    for kind in kinds:
-        template = getattr(site.services, kind)
-        if template is None:
-            continue
-        values = {**site.placeholder_values(app_name), **extra}
-        commands.append(f"[{values['host']}] {render(template, values)}")
-    return commands
+    values = {**site.placeholder_values(app_name), **extra}
+    templates = [getattr(site.services, kind) for kind in kinds]
+    commands = render_each([t for t in templates if t is not None], values)
+    return [f"[{values['host']}] {command}" for command in commands]
 
 
 class Restart(Action):

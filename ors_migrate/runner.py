@@ -338,11 +338,12 @@ def durations_for(loaded: LoadedSite, state_dir: Path) -> Durations:
     """For `plan`: the site's durations and those of its latest succeeded run, reading the state
     directory only when it holds a journal (planning creates nothing)."""
     journal_file = state_dir / "journal.sqlite3"
+    policy = site_switchover_policy(loaded.site)
     if not journal_file.is_file():
-        return durations_of(loaded.site, None)
+        return durations_of(loaded.site, None, policy)
     journal = Journal(state_dir, create=False)
     try:
-        return durations_of(loaded.site, measured_for(journal, loaded.site.name))
+        return durations_of(loaded.site, measured_for(journal, loaded.site.name), policy)
     finally:
         journal.close()
 
@@ -367,15 +368,20 @@ class Runner:
         self.window_end = window_end
         self.parallel = parallel
 
-    def durations(self, loaded: LoadedSite) -> Durations:
-        """The site's declared durations, else those of its latest succeeded run here."""
-        return durations_of(loaded.site, measured_for(self.journal, loaded.site.name))
+    def durations(self, loaded: LoadedSite, policy: SwitchoverPolicy | None) -> Durations:
+        """The site's declared durations, else those of its latest succeeded run here, with
+        the quiet wait of the run's switchover `policy`."""
+        return durations_of(loaded.site, measured_for(self.journal, loaded.site.name), policy)
 
-    def _window(self, durations: Durations | None, loaded: LoadedSite) -> ChangeWindow | None:
-        """The change window, timed by `durations` (read only when there is a window)."""
+    def _window(
+        self, durations: Durations | None, loaded: LoadedSite, policy: SwitchoverPolicy | None
+    ) -> ChangeWindow | None:
+        """The change window, timed by `durations` (read only when there is a window), with the
+        quiet wait of the switchover `policy`."""
         if self.window_end is None:
             return None
-        return ChangeWindow(self.window_end, (durations or self.durations(loaded)).seconds)
+        timed = durations or self.durations(loaded, policy)
+        return ChangeWindow(self.window_end, timed.seconds)
 
     def close(self) -> None:
         self.journal.close()
@@ -562,7 +568,7 @@ class Runner:
         except BaseException:
             ctx.close()
             raise
-        durations = self.durations(loaded)
+        durations = self.durations(loaded, ctx.switchover_policy)
         parallel = self.parallel or Parallelism()
         estimate = estimate_plan(plan, durations, parallel)
         ctx.record(EventKind.ESTIMATE, payload=estimate.as_dict())
@@ -570,7 +576,7 @@ class Runner:
             f"run {run_id}: {plan.title} ({len(plan.states)} states, "
             f"estimated {clock(estimate.total_s)}, {parallel.describe()})"
         )
-        window = self._window(durations, loaded)
+        window = self._window(durations, loaded, ctx.switchover_policy)
         if window is not None:
             self.ui.info(window.describe_left())
         factory = self._rollback_plan_factory(loaded, plan.rollback_playbook, frozenset(), run_id)
@@ -614,7 +620,7 @@ class Runner:
         except BaseException:
             ctx.close()
             raise
-        window = self._window(None, loaded)
+        window = self._window(None, loaded, ctx.switchover_policy)
         if window is not None:
             self.ui.info(window.describe_left())
         return Engine(

@@ -437,13 +437,17 @@ class Runner:
         return None
 
     def _parallelism(self, run_id: str) -> Parallelism:
-        """A resume keeps the parallelism its run started with, unless it is given again."""
+        """A resume keeps the parallelism the run last started or resumed with, unless it is
+        given again (a run journaled before that was recorded: the one its estimate names)."""
         if self.parallel is not None:
             return self.parallel
+        latest = Parallelism()
         for event in self.journal.events(run_id):
-            if event.kind == EventKind.ESTIMATE and "parallel" in event.payload:
-                return Parallelism.from_dict(event.payload["parallel"])
-        return Parallelism()
+            if event.kind == EventKind.PARALLELISM or (
+                event.kind == EventKind.ESTIMATE and "parallel" in event.payload
+            ):
+                latest = Parallelism.from_dict(event.payload.get("parallel", event.payload))
+        return latest
 
     def _rollback_plan_factory(
         self, loaded: LoadedSite, name: str | None, flags: frozenset[str], run_id: str
@@ -572,6 +576,7 @@ class Runner:
         parallel = self.parallel or Parallelism()
         estimate = estimate_plan(plan, durations, parallel)
         ctx.record(EventKind.ESTIMATE, payload=estimate.as_dict())
+        ctx.record(EventKind.PARALLELISM, payload=parallel.as_dict())
         self.ui.info(
             f"run {run_id}: {plan.title} ({len(plan.states)} states, "
             f"estimated {clock(estimate.total_s)}, {parallel.describe()})"
@@ -617,6 +622,7 @@ class Runner:
         try:
             self.ui.info(f"resuming run {run.run_id} ({parallel.describe()})")
             check_live_topology(ctx, self._initial_primaries(ctx))
+            ctx.record(EventKind.PARALLELISM, payload=parallel.as_dict())
         except BaseException:
             ctx.close()
             raise

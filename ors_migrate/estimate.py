@@ -109,14 +109,16 @@ class Durations:
     def seconds(self, step: PlannedAction) -> float:
         """The action's own seconds, plus the quiet wait it may spend before a switchover."""
         own = self.of(step.action, step.args)[0]
-        return own + self.quiet.seconds if self._waits(step) else own
+        quiet = self._quiet_before(step)
+        return own + quiet.seconds if quiet else own
 
     def sources(self, step: PlannedAction) -> list[str]:
         own = self.of(step.action, step.args)[1]
-        return [own, self.quiet.source] if self._waits(step) and self.quiet else [own]
+        quiet = self._quiet_before(step)
+        return [own, quiet.source] if quiet else [own]
 
-    def _waits(self, step: PlannedAction) -> bool:
-        return self.quiet is not None and QuietWait.applies_to(step)
+    def _quiet_before(self, step: PlannedAction) -> QuietWait | None:
+        return self.quiet if QuietWait.applies_to(step) else None
 
 
 @dataclass(frozen=True)

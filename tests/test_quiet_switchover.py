@@ -8,6 +8,7 @@ import json
 
 from conftest import cli
 
+from ors_migrate.estimate import QUIET_FROM_RUN
 from ors_migrate.journal import Journal
 from ors_migrate.lab.ors_sim import SeededLoad
 
@@ -42,6 +43,10 @@ def test_first_switchover_waits_for_fewer_sessions_and_journals_what_it_saw(make
     assert [e.payload for e in events if e.kind == "switchover_policy"] == [
         {"below": 14, "wait_s": 40.0}
     ]
+    # The estimate at the start counted each first switchover's wait, and said whose figure.
+    estimate = next(e.payload for e in events if e.kind == "estimate")
+    first = next(s for s in estimate["states"] if s["id"] == "enable-redis-on-backups")
+    assert QUIET_FROM_RUN in first["sources"]
     waits = [
         (e.state_id, e.payload["observed"])
         for e in events

@@ -256,8 +256,12 @@ def test_a_measured_switchover_counts_without_the_quiet_wait_it_journaled():
     plan = {"states": [{"actions": [{"key": f"s/p{n}/0", "action": "service.switchover"}
                                     for n in range(3)]}]}  # fmt: skip
     at = dt.datetime(2026, 12, 1, 23, 0, tzinfo=dt.UTC)
-    run = RunRecord("r1", "tiny", "", "", "pb", "", "", json.dumps(plan), "succeeded", "forward",
-                    None, "op", "host", at.isoformat(), at.isoformat(), None)  # fmt: skip
+    run = RunRecord(
+        run_id="r1", site_name="tiny", site_path="", site_digest="", playbook="pb",
+        playbook_digest="", plan_hash="", status="succeeded", phase="forward",
+        current_state=None, operator="op", hostname="host", created_at=at.isoformat(),
+        updated_at=at.isoformat(), outcome=None, read_plan=lambda: json.dumps(plan),
+    )  # fmt: skip
     events, seq = [], 0
     for n, (took, waited) in enumerate([(70.0, 60.0), (72.0, 61.0), (12.0, None)]):
         key, start = f"s/p{n}/0", at + dt.timedelta(minutes=2 * n)

@@ -2,11 +2,17 @@
 
 Two labs of the same shape and the same `--load-seed`, one after the other, so that both get
 the same calls at the same time after their `lab up`. Each runs the real command line
-(`ors-migrate run SITE --yes`): the first with no wait, the second with the site's
-`quiet_switchover` (policy `lowest`). Per HA pair it prints, from the lab's own record of each
-promotion and from the journal: the sessions in progress and lost at the first switchover (to
-Redis, enable.1) in each run, the lab time of that switchover (seconds after `lab up`, to show
-how close the two runs are on the load), and the lowest number in progress the wait saw.
+(`ors-migrate run SITE --yes --parallel PAIRS`): every pair of a state at once, so that each
+pair's first switchover falls due at about the same lab time in both runs (one pair at a time,
+pair k would be due only after the earlier pairs' waits, on another part of the load). The first
+run does not wait, the second follows the site's `quiet_switchover` (policy `lowest`). Per HA
+pair it prints, from the lab's own record of each promotion and from the journal: the sessions
+in progress and lost at the first switchover (to Redis, enable.1) in each run, the lab time of
+that switchover (seconds after `lab up`, to show how close the two runs are on the load), and
+from the wait: the sessions in progress when the switchover fell due (`sessions_when_due`, what
+switching at once would have lost on the waiting run's own load), how long it waited and the
+lowest number in progress it saw. A figure the lab or the journal does not hold prints as n/a,
+and the bench then exits 1: a missing wait is no evidence of a quiet moment.
 
 Usage: `flock /tmp/orsm-heavy.lock .venv/bin/python bench/quiet_switchover.py [--pairs 2]
 [--seed 7] [--window-s 30] [--watch-s 10]`. Needs `redis-server`.
@@ -77,7 +83,8 @@ def migrate(work: Path, name: str, args: argparse.Namespace, quiet: str | None) 
         site = lab / "site.yaml"
         if quiet is not None:
             site.write_text(site.read_text() + quiet)
-        ors_migrate("run", str(site), "--yes", "--state-dir", str(work / f"{name}-state"))
+        state = str(work / f"{name}-state")
+        ors_migrate("run", str(site), "--yes", "--state-dir", state, "--parallel", str(args.pairs))
         return lab
     except BaseException:
         ors_migrate("lab", "down", "--dir", str(lab))
@@ -108,25 +115,58 @@ def main(argv: list[str]) -> int:
     finally:
         ors_migrate("lab", "down", "--dir", str(waiting_lab))
     seen = waits(work / "waiting-state")
-    print(f"waiting: {quiet.strip()}")
+    print(f"waiting: {quiet.strip()}; both runs with --parallel {args.pairs}")
+    return report(at_once, waited, seen)
+
+
+def shown(value: Any, width: int, spec: str = "") -> str:
+    """A figure, or n/a where the lab or the journal holds none."""
+    return f"{'n/a' if value is None else format(value, spec):>{width}}"
+
+
+def report(
+    at_once: dict[str, dict[str, Any]],
+    waited: dict[str, dict[str, Any]],
+    seen: dict[str, dict[str, Any]],
+) -> int:
+    """The table and the totals; 1 when any pair lacks a figure (then no totals are claimed)."""
     print(
         f"{'pair':<12} {'at once: lab s':>14} {'in progress':>11} {'lost':>5}   "
-        f"{'waiting: lab s':>14} {'waited s':>8} {'lowest seen':>11} {'lost':>5}"
+        f"{'waiting: lab s':>14} {'when due':>8} {'waited s':>8} {'lowest seen':>11} {'lost':>5}"
     )
-    totals = [0, 0, 0]
-    for pair, first in sorted(at_once.items()):
-        then, wait = waited[pair], seen.get(pair, {})
-        totals[0] += first["lost"]
-        totals[1] += wait.get("lowest_seen") or 0
-        totals[2] += then["lost"]
+    keys = ("lost", "sessions_when_due", "lowest_seen", "lost_waiting")
+    totals = dict.fromkeys(keys, 0)
+    missing = []
+    for pair in sorted(set(at_once) | set(waited)):
+        first, then, wait = at_once.get(pair, {}), waited.get(pair, {}), seen.get(pair, {})
+        row = {
+            "lost": first.get("lost"),
+            "sessions_when_due": wait.get("sessions_when_due"),
+            "lowest_seen": wait.get("lowest_seen"),
+            "lost_waiting": then.get("lost"),
+        }
+        absent = [k for k, v in row.items() if v is None]
+        if absent or wait.get("waited_s") is None:
+            missing.append(pair)
+        for key in keys:
+            totals[key] += row[key] or 0
         print(
-            f"{pair:<12} {first['lab_s']:>14.1f} {first['in_progress']:>11} {first['lost']:>5}   "
-            f"{then['lab_s']:>14.1f} {wait.get('waited_s', 0):>8.1f} "
-            f"{wait.get('lowest_seen')!s:>11} {then['lost']:>5}"
+            f"{pair:<12} {shown(first.get('lab_s'), 14, '.1f')} "
+            f"{shown(first.get('in_progress'), 11)} {shown(row['lost'], 5)}   "
+            f"{shown(then.get('lab_s'), 14, '.1f')} {shown(row['sessions_when_due'], 8)} "
+            f"{shown(wait.get('waited_s'), 8, '.1f')} {shown(row['lowest_seen'], 11)} "
+            f"{shown(row['lost_waiting'], 5)}"
         )
+    if missing:
+        print(
+            f"no totals: a figure is missing for {', '.join(missing)} (n/a above: no first "
+            "switchover to Redis in the lab's record, or no quiet wait in the journal)"
+        )
+        return 1
     print(
-        f"in all: {totals[0]} lost switching at once; waiting: lowest seen {totals[1]}, "
-        f"{totals[2]} lost"
+        f"in all: {totals['lost']} lost switching at once; waiting: "
+        f"{totals['sessions_when_due']} in progress when due, lowest seen "
+        f"{totals['lowest_seen']}, {totals['lost_waiting']} lost"
     )
     return 0
 

@@ -158,7 +158,8 @@ PerClusterOpt = Annotated[
     typer.Option(
         "--parallel-per-cluster",
         min=1,
-        help="With --parallel: at most M of those pairs in one ORS cluster, to keep capacity.",
+        help="With --parallel (required): at most M of those pairs in one ORS cluster, to "
+        "keep capacity.",
         show_default=False,
     ),
 ]
@@ -166,12 +167,22 @@ DirOpt = Annotated[Path, typer.Option("--dir", help="Lab directory.")]
 
 
 def _parallelism(pairs: int | None, per_cluster: int | None) -> Parallelism | None:
-    """`--parallel` and `--parallel-per-cluster` as a `Parallelism`, or None when not given."""
+    """`--parallel` and `--parallel-per-cluster` as a `Parallelism`, or None when not given.
+    A cap per ORS cluster alone is refused, on a resume too: without the pair count it would
+    either run one pair at a time (silently serial) or take a count the operator did not type."""
+    from ors_migrate.errors import InputError
     from ors_migrate.parallel import Parallelism
 
-    if pairs is None and per_cluster is None:
+    if pairs is None and per_cluster is not None:
+        raise InputError(
+            f"--parallel-per-cluster {per_cluster} limits the HA pairs of --parallel N in each "
+            "ORS cluster and means nothing alone: give --parallel N with it (on --resume too; "
+            "a plain --resume keeps the run's own parallelism)",
+            rule="parallel-per-cluster",
+        )
+    if pairs is None:
         return None
-    return Parallelism(pairs or 1, per_cluster)
+    return Parallelism(pairs, per_cluster)
 
 
 def _state_dir(value: str | None) -> Path:

@@ -3,9 +3,11 @@
 Each action's duration comes, in this order, from the site file (`durations:` for restarts,
 switchovers and upgrades), from the latest succeeded run of the same site in the state
 directory (the median of that action's journaled durations), or from our own defaults, which
-are guesses labelled as ours. A state adds what the earlier run spent in it outside its actions
-(gate views, settling); the run adds its own start-up. Pure: no network, no clock but the one
-given."""
+are guesses labelled as ours. A first switchover that waits for a quiet moment (`wait_for_quiet`
+under a switchover policy) adds the longest the policy lets it wait, labelled with where that
+figure comes from; a measured switchover counts without the wait it journaled. A state adds what
+the earlier run spent in it outside its actions (gate views, settling); the run adds its own
+start-up. Pure: no network, no clock but the one given."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from ors_migrate.events import EventKind
 from ors_migrate.journal import Event, Journal, RunRecord
 from ors_migrate.parallel import Parallelism, cluster_of, pair_groups, schedule_seconds, waves
 from ors_migrate.site import Site
-from ors_migrate.step import FORWARD, Plan, PlannedAction, PlannedState
+from ors_migrate.step import FORWARD, Plan, PlannedAction, PlannedState, SwitchoverPolicy
 
 # Our own guesses for a production estate when neither the site nor an earlier run says more.
 # They are not from the vendor documents; `durations:` in the site file overrides the first three.
@@ -41,6 +43,39 @@ SITE_KEYS = {
 }
 SOURCE_SITE = "site file"
 SOURCE_OURS = "ours (no site value, no earlier run)"
+QUIET_FROM_SITE = "quiet_switchover.window_s in the site file (up to that long per pair)"
+QUIET_OURS = (
+    "quiet_switchover.window_s: our default {seconds:g} s, not from the documents "
+    "(up to that long per pair; set it in the site file)"
+)
+QUIET_FROM_RUN = "--switchover-wait of the run (up to that long per pair)"
+
+
+@dataclass(frozen=True)
+class QuietWait:
+    """The longest a first switchover may wait for a quiet moment, and where that figure comes
+    from. It is the policy's bound, not a measurement: a quiet moment may come sooner."""
+
+    seconds: float
+    source: str
+
+    @staticmethod
+    def applies_to(step: PlannedAction) -> bool:
+        return step.action == "service.switchover" and bool(step.args.get("wait_for_quiet"))
+
+
+def quiet_wait_of(site: Site, policy: SwitchoverPolicy | None) -> QuietWait | None:
+    """The wait the switchover policy in force adds: the site's `quiet_switchover` (its own
+    window_s or our default), or the run's `--switchover-below`/`--switchover-wait`. None
+    without a policy, or without `services.sessions` (then nothing waits)."""
+    if policy is None or not site.services.sessions:
+        return None
+    quiet = site.quiet_switchover
+    if quiet is not None and policy.wait_s == quiet.window_s and policy.policy == quiet.policy:
+        if "window_s" in quiet.model_fields_set:
+            return QuietWait(policy.wait_s, QUIET_FROM_SITE)
+        return QuietWait(policy.wait_s, QUIET_OURS.format(seconds=policy.wait_s))
+    return QuietWait(policy.wait_s, QUIET_FROM_RUN)
 
 
 @dataclass(frozen=True)
@@ -58,6 +93,7 @@ class Durations:
     site: dict[str, float]
     measured: Measured | None = None
     windows: dict[str, float] = field(default_factory=dict)  # action -> the site's window
+    quiet: QuietWait | None = None
 
     def of(self, action: str, args: dict[str, Any] | None = None) -> tuple[float, str]:
         """Seconds for one action and where that figure comes from."""
@@ -71,7 +107,18 @@ class Durations:
         return OUR_DEFAULT_SECONDS.get(action, OUR_FALLBACK_SECONDS), SOURCE_OURS
 
     def seconds(self, step: PlannedAction) -> float:
-        return self.of(step.action, step.args)[0]
+        """The action's own seconds, plus the quiet wait it may spend before a switchover."""
+        own = self.of(step.action, step.args)[0]
+        quiet = self._quiet_before(step)
+        return own + quiet.seconds if quiet else own
+
+    def sources(self, step: PlannedAction) -> list[str]:
+        own = self.of(step.action, step.args)[1]
+        quiet = self._quiet_before(step)
+        return [own, quiet.source] if quiet else [own]
+
+    def _quiet_before(self, step: PlannedAction) -> QuietWait | None:
+        return self.quiet if QuietWait.applies_to(step) else None
 
 
 @dataclass(frozen=True)
@@ -121,8 +168,13 @@ def site_windows(site: Site) -> dict[str, float]:
     return {"redis.monitor": site.redis.monitor.window_s}
 
 
-def durations_of(site: Site, measured: Measured | None) -> Durations:
-    return Durations(site_durations(site), measured, site_windows(site))
+def durations_of(
+    site: Site, measured: Measured | None, policy: SwitchoverPolicy | None = None
+) -> Durations:
+    """`policy`: the switchover policy in force, whose quiet wait the estimate adds."""
+    return Durations(
+        site_durations(site), measured, site_windows(site), quiet_wait_of(site, policy)
+    )
 
 
 def estimate_plan(
@@ -133,7 +185,7 @@ def estimate_plan(
     parallel = parallel or Parallelism()
     states = []
     for state in plan.states:
-        sources = {durations.of(step.action, step.args)[1] for step in state.actions}
+        sources = {source for step in state.actions for source in durations.sources(step)}
         seconds, shown = _state_seconds(state, durations, parallel)
         if durations.measured:
             seconds += durations.measured.state_overhead.get(state.id, 0.0)
@@ -190,7 +242,8 @@ def measure(run: RunRecord, events: Iterable[Event]) -> Measured:
             seconds = (_ts(event) - intents[event.action_key]).total_seconds()
             name = names.get(event.action_key)
             if name:
-                per_action.setdefault(name, []).append(seconds)
+                own = max(0.0, seconds - _quiet_waited(event))
+                per_action.setdefault(name, []).append(own)
             if event.state_id:
                 per_state_actions[event.state_id] = (
                     per_state_actions.get(event.state_id, 0.0) + seconds
@@ -202,6 +255,15 @@ def measure(run: RunRecord, events: Iterable[Event]) -> Measured:
     startup = (first_state - created).total_seconds() if first_state else 0.0
     medians = {name: statistics.median(values) for name, values in per_action.items()}
     return Measured(run.run_id, medians, overhead, max(0.0, startup))
+
+
+def _quiet_waited(event: Event) -> float:
+    """The seconds a switchover spent waiting for a quiet moment: the estimate adds the policy's
+    wait on its own, so the switchover's measured duration leaves it out."""
+    observed = event.payload.get("observed")
+    wait = observed.get("quiet_wait") if isinstance(observed, dict) else None
+    waited = wait.get("waited_s") if isinstance(wait, dict) else None
+    return float(waited) if isinstance(waited, int | float) else 0.0
 
 
 def measured_for(journal: Journal, site_name: str) -> Measured | None:

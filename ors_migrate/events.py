@@ -31,6 +31,7 @@ class EventKind(StrEnum):
     ROLLBACK_END_STATE = "rollback_end_state"
     ABANDONED = "abandoned"
     ESTIMATE = "estimate"
+    PARALLELISM = "parallelism"  # on every start and resume: the latest is the run's
     WINDOW_PAUSE = "window_pause"
     WINDOW_TIMEOUT = "window_timeout"
     CAPACITY_DECISION = "capacity_decision"

@@ -139,12 +139,20 @@ def estimate_and_actual(
         }
         for s in made.payload.get("states", [])
     ]
+    at_start = Parallelism.from_dict(made.payload.get("parallel") or {})
     return {
         "total_estimated_s": made.payload.get("total_s"),
         "total_actual_s": run_seconds,
-        "parallel": Parallelism.from_dict(made.payload.get("parallel") or {}).as_dict(),
+        "parallel": at_start.as_dict(),
+        "parallel_latest": latest_parallelism(events, at_start).as_dict(),
         "states": states,
     }
+
+
+def latest_parallelism(events: list[Event], default: Parallelism) -> Parallelism:
+    """The parallelism the run last started or resumed with (journaled each time)."""
+    journaled = [e for e in events if e.kind == EventKind.PARALLELISM]
+    return Parallelism.from_dict(journaled[-1].payload) if journaled else default
 
 
 def estimate_line(report: dict[str, Any]) -> str | None:
@@ -158,6 +166,11 @@ def estimate_line(report: dict[str, Any]) -> str | None:
     )
     if estimated and actual:
         line += f" ({(actual - estimated) / estimated:+.0%})"
+    latest = Parallelism.from_dict(
+        compared.get("parallel_latest") or compared.get("parallel") or {}
+    )
+    if latest != parallel:
+        line += f"; resumed with {latest.describe()}"
     return line
 
 

@@ -338,11 +338,12 @@ def durations_for(loaded: LoadedSite, state_dir: Path) -> Durations:
     """For `plan`: the site's durations and those of its latest succeeded run, reading the state
     directory only when it holds a journal (planning creates nothing)."""
     journal_file = state_dir / "journal.sqlite3"
+    policy = site_switchover_policy(loaded.site)
     if not journal_file.is_file():
-        return durations_of(loaded.site, None)
+        return durations_of(loaded.site, None, policy)
     journal = Journal(state_dir, create=False)
     try:
-        return durations_of(loaded.site, measured_for(journal, loaded.site.name))
+        return durations_of(loaded.site, measured_for(journal, loaded.site.name), policy)
     finally:
         journal.close()
 
@@ -367,15 +368,20 @@ class Runner:
         self.window_end = window_end
         self.parallel = parallel
 
-    def durations(self, loaded: LoadedSite) -> Durations:
-        """The site's declared durations, else those of its latest succeeded run here."""
-        return durations_of(loaded.site, measured_for(self.journal, loaded.site.name))
+    def durations(self, loaded: LoadedSite, policy: SwitchoverPolicy | None) -> Durations:
+        """The site's declared durations, else those of its latest succeeded run here, with
+        the quiet wait of the run's switchover `policy`."""
+        return durations_of(loaded.site, measured_for(self.journal, loaded.site.name), policy)
 
-    def _window(self, durations: Durations | None, loaded: LoadedSite) -> ChangeWindow | None:
-        """The change window, timed by `durations` (read only when there is a window)."""
+    def _window(
+        self, durations: Durations | None, loaded: LoadedSite, policy: SwitchoverPolicy | None
+    ) -> ChangeWindow | None:
+        """The change window, timed by `durations` (read only when there is a window), with the
+        quiet wait of the switchover `policy`."""
         if self.window_end is None:
             return None
-        return ChangeWindow(self.window_end, (durations or self.durations(loaded)).seconds)
+        timed = durations or self.durations(loaded, policy)
+        return ChangeWindow(self.window_end, timed.seconds)
 
     def close(self) -> None:
         self.journal.close()
@@ -431,13 +437,17 @@ class Runner:
         return None
 
     def _parallelism(self, run_id: str) -> Parallelism:
-        """A resume keeps the parallelism its run started with, unless it is given again."""
+        """A resume keeps the parallelism the run last started or resumed with, unless it is
+        given again (a run journaled before that was recorded: the one its estimate names)."""
         if self.parallel is not None:
             return self.parallel
+        latest = Parallelism()
         for event in self.journal.events(run_id):
-            if event.kind == EventKind.ESTIMATE and "parallel" in event.payload:
-                return Parallelism.from_dict(event.payload["parallel"])
-        return Parallelism()
+            if event.kind == EventKind.PARALLELISM or (
+                event.kind == EventKind.ESTIMATE and "parallel" in event.payload
+            ):
+                latest = Parallelism.from_dict(event.payload.get("parallel", event.payload))
+        return latest
 
     def _rollback_plan_factory(
         self, loaded: LoadedSite, name: str | None, flags: frozenset[str], run_id: str
@@ -562,15 +572,16 @@ class Runner:
         except BaseException:
             ctx.close()
             raise
-        durations = self.durations(loaded)
+        durations = self.durations(loaded, ctx.switchover_policy)
         parallel = self.parallel or Parallelism()
         estimate = estimate_plan(plan, durations, parallel)
         ctx.record(EventKind.ESTIMATE, payload=estimate.as_dict())
+        ctx.record(EventKind.PARALLELISM, payload=parallel.as_dict())
         self.ui.info(
             f"run {run_id}: {plan.title} ({len(plan.states)} states, "
             f"estimated {clock(estimate.total_s)}, {parallel.describe()})"
         )
-        window = self._window(durations, loaded)
+        window = self._window(durations, loaded, ctx.switchover_policy)
         if window is not None:
             self.ui.info(window.describe_left())
         factory = self._rollback_plan_factory(loaded, plan.rollback_playbook, frozenset(), run_id)
@@ -611,10 +622,11 @@ class Runner:
         try:
             self.ui.info(f"resuming run {run.run_id} ({parallel.describe()})")
             check_live_topology(ctx, self._initial_primaries(ctx))
+            ctx.record(EventKind.PARALLELISM, payload=parallel.as_dict())
         except BaseException:
             ctx.close()
             raise
-        window = self._window(None, loaded)
+        window = self._window(None, loaded, ctx.switchover_policy)
         if window is not None:
             self.ui.info(window.describe_left())
         return Engine(

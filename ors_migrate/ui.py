@@ -407,7 +407,9 @@ class Ui:
         quiet, or its `wait_s` has passed. Returns what was seen, for the journal; never raises
         for a busy primary (switching anyway is the operator's documented choice).
         `sessions_when_due` is what an immediate switchover would have put at risk,
-        `lowest_seen` the quietest moment the wait saw."""
+        `lowest_seen` the quietest moment the wait saw, `sessions_at_last_poll` the count the
+        wait ended on (taken at `last_poll_at`, wall clock): the switchover command follows it,
+        after the pair's status check, so calls that arrive meanwhile are not in it."""
         started = time.monotonic()
         counts: list[int | None] = []
         lowest: int | None = None
@@ -416,6 +418,7 @@ class Ui:
         waiting = f"{what}: waiting for {policy.describe()}"
         with self._timed_progress(waiting, policy.wait_s) as tick:
             while True:
+                polled_at = time.time()
                 count = probe()
                 counts.append(count)
                 elapsed = time.monotonic() - started
@@ -432,7 +435,8 @@ class Ui:
             "wait_s": policy.wait_s,
             "waited_s": round(time.monotonic() - started, 3),
             "sessions_when_due": counts[0],
-            "sessions_at_switchover": counts[-1],
+            "sessions_at_last_poll": counts[-1],
+            "last_poll_at": round(polled_at, 3),
             "lowest_seen": lowest,
             "lowest_seen_at_s": round(lowest_at, 3),
             "quiet": quiet,

@@ -92,11 +92,21 @@ def make_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...,
     """Start labs on demand; every lab is brought down after the test and must leave nothing."""
     started: list[Path] = []
 
-    def make(clusters: int = 2, pairs_per_cluster: int = 2, secure: bool = False) -> LabLayout:
+    def make(
+        clusters: int = 2,
+        pairs_per_cluster: int = 2,
+        secure: bool = False,
+        load_seed: int | None = None,
+    ) -> LabLayout:
         require("redis-server", "redis-cli")
         root = tmp_path_factory.mktemp("lab")
         started.append(root)
-        shape = LabShape(clusters=clusters, pairs_per_cluster=pairs_per_cluster, secure=secure)
+        shape = LabShape(
+            clusters=clusters,
+            pairs_per_cluster=pairs_per_cluster,
+            secure=secure,
+            load_seed=load_seed,
+        )
         return lab_up(root, shape)
 
     yield make

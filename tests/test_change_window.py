@@ -13,8 +13,15 @@ from tiny_site import make_tiny_site
 
 from ors_migrate.engine import pause_points
 from ors_migrate.errors import InputError
-from ors_migrate.estimate import SOURCE_OURS, SOURCE_SITE, parse_window_end
-from ors_migrate.runner import load_playbook, make_plan
+from ors_migrate.estimate import (
+    QUIET_FROM_SITE,
+    SOURCE_OURS,
+    SOURCE_SITE,
+    estimate_plan,
+    parse_window_end,
+)
+from ors_migrate.render import render_plan
+from ors_migrate.runner import durations_for, load_playbook, make_plan
 from ors_migrate.site import load_site
 
 UPGRADE_AND_RESTART = """
@@ -39,6 +46,18 @@ states:
         role: backup
 """
 DURATIONS = "durations:\n  restart_s: 40\n  switchover_s: 10\n  upgrade_s: 1\n"
+FIRST_SWITCHOVER = """
+name: first-switchover
+title: The first switchover, at a quiet moment
+states:
+  - id: first-switchover
+    title: Switch over where the sessions in progress are lost
+    seed_step: enable.1
+    scope: ha_pair
+    actions:
+      - do: service.switchover
+        with: {wait_for_quiet: true}
+"""
 
 
 def _in(seconds: float) -> str:
@@ -167,3 +186,92 @@ def test_the_gate_screen_shows_the_time_left_in_the_window():
     console = Console(file=io.StringIO(), width=160, record=True, no_color=True)
     console.print(render_gate(view))
     assert "change window: 1 h 15 min left" in console.export_text()
+
+
+def _with_quiet_switchover(tmp_path, quiet: str):
+    """The example site with a `quiet_switchover` policy, and its migration plan."""
+    site = tmp_path / "site.yaml"
+    site.write_text((REPO / "examples" / "site.yaml").read_text() + quiet)
+    loaded = load_site(site)
+    return loaded, make_plan(loaded, load_playbook("migrate-to-redis"))
+
+
+def _state(estimate, state_id):
+    return next(s for s in estimate.states if s.state_id == state_id)
+
+
+def test_the_estimate_adds_the_quiet_wait_to_each_first_switchover_and_says_whose_figure_it_is(
+    tmp_path,
+):
+    example = load_site(REPO / "examples" / "site.yaml")
+    plan = make_plan(example, load_playbook("migrate-to-redis"))
+    without = estimate_plan(plan, durations_for(example, tmp_path / "state"))
+    pairs = len(list(example.site.pairs()))
+
+    loaded, plan = _with_quiet_switchover(tmp_path, "quiet_switchover: {policy: lowest}\n")
+    ours = estimate_plan(plan, durations_for(loaded, tmp_path / "state"))
+    first, before = (
+        _state(ours, "enable-redis-on-backups"),
+        _state(without, "enable-redis-on-backups"),
+    )
+    assert first.seconds == before.seconds + 120.0 * pairs  # our default window_s, per pair
+    assert any("our default 120 s, not from the documents" in s for s in first.sources)
+    shown = render_plan(plan, "text", ours)  # what `plan` prints
+    assert "quiet_switchover.window_s: our default 120 s, not from the documents" in shown
+    # The second switchover restores sessions from Redis: it does not wait.
+    restored = "enable-redis-on-new-backups"
+    assert _state(ours, restored).seconds == _state(without, restored).seconds
+    assert ours.total_s == without.total_s + 120.0 * pairs
+
+    loaded, plan = _with_quiet_switchover(tmp_path, "quiet_switchover: {window_s: 45}\n")
+    theirs = estimate_plan(plan, durations_for(loaded, tmp_path / "state"))
+    first = _state(theirs, "enable-redis-on-backups")
+    assert first.seconds == before.seconds + 45.0 * pairs
+    assert QUIET_FROM_SITE in first.sources
+
+
+def test_window_end_counts_the_quiet_wait_before_a_first_switchover(tmp_path):
+    site = make_tiny_site(tmp_path / "site")
+    text = site.path.read_text().replace("ors:\n", '  sessions: "echo 3"\nors:\n', 1)
+    quiet = "quiet_switchover: {policy: below, below: 1, window_s: 600}\n"
+    site.path.write_text(text + DURATIONS + quiet)
+    playbook = site.write_playbook("pb", FIRST_SWITCHOVER)
+    state = str(tmp_path / "state")
+
+    # A 10 s switchover fits in 5 min; with up to 10 min of waiting for a quiet moment it does not.
+    paused = cli(
+        "run", str(site.path), "-p", str(playbook), "--yes", "--state-dir", state,
+        "--window-end", _in(300),
+    )  # fmt: skip
+    assert paused.returncode == 130, paused.stderr
+    assert "would take about 10 min 10 s" in paused.stderr
+    assert "paused at a safe point before 'first-switchover'" in paused.stderr
+    assert (site.role("ors-a"), site.role("ors-b")) == ("primary", "backup")
+
+
+def test_a_measured_switchover_counts_without_the_quiet_wait_it_journaled():
+    from ors_migrate.estimate import measure
+    from ors_migrate.journal import Event, RunRecord
+
+    plan = {"states": [{"actions": [{"key": f"s/p{n}/0", "action": "service.switchover"}
+                                    for n in range(3)]}]}  # fmt: skip
+    at = dt.datetime(2026, 12, 1, 23, 0, tzinfo=dt.UTC)
+    run = RunRecord(
+        run_id="r1", site_name="tiny", site_path="", site_digest="", playbook="pb",
+        playbook_digest="", plan_hash="", status="succeeded", phase="forward",
+        current_state=None, operator="op", hostname="host", created_at=at.isoformat(),
+        updated_at=at.isoformat(), outcome=None, read_plan=lambda: json.dumps(plan),
+    )  # fmt: skip
+    events, seq = [], 0
+    for n, (took, waited) in enumerate([(70.0, 60.0), (72.0, 61.0), (12.0, None)]):
+        key, start = f"s/p{n}/0", at + dt.timedelta(minutes=2 * n)
+        wait = {"quiet_wait": {"waited_s": waited}} if waited is not None else {}
+        for ts, kind, payload in (
+            (start, "action_intent", {}),
+            (start + dt.timedelta(seconds=took), "action_ended", {"observed": wait}),
+        ):
+            seq += 1
+            events.append(Event(seq, ts.isoformat(), kind, "forward", "s", key, payload))
+
+    # Two of the three waited a minute: the median of the whole durations would be 70 s.
+    assert measure(run, events).actions["service.switchover"] == 11.0

@@ -202,7 +202,7 @@ def test_waiting_for_a_quiet_moment_stops_as_soon_as_sessions_drop_below_the_thr
         sleep=slept.append,
     )
 
-    assert seen["quiet"] and seen["sessions_at_switchover"] == 8 and seen["polls"] == 3
+    assert seen["quiet"] and seen["sessions_at_last_poll"] == 8 and seen["polls"] == 3
     assert seen["sessions_when_due"] == 40
     assert slept == [2, 2]
 
@@ -214,7 +214,7 @@ def test_waiting_for_a_quiet_moment_gives_up_after_the_wait_and_says_so():
         "voice-1", lambda: 50, policy=SwitchoverPolicy(10, 0.3), interval_s=0.1
     )
 
-    assert not seen["quiet"] and seen["sessions_at_switchover"] == 50
+    assert not seen["quiet"] and seen["sessions_at_last_poll"] == 50
     assert seen["waited_s"] >= 0.3
 
 
@@ -271,7 +271,7 @@ def test_the_lowest_policy_watches_first_then_switches_at_the_lowest_count_seen(
             sleep=lambda s: clock.__setitem__(0, clock[0] + s),
         )
 
-    assert seen["quiet"] and seen["sessions_at_switchover"] == 9 and seen["polls"] == 7
+    assert seen["quiet"] and seen["sessions_at_last_poll"] == 9 and seen["polls"] == 7
     assert seen["lowest_seen"] == 9 and seen["lowest_seen_at_s"] == 4
     assert seen["sessions_when_due"] == 30 and seen["policy"] == "lowest"
 
@@ -293,7 +293,7 @@ def test_the_lowest_policy_switches_near_the_lowest_within_its_margin_or_at_the_
             )
 
     near = wait([10, 4, 8, 6], SwitchoverPolicy(None, 30, "lowest", watch_s=2, margin=2))
-    assert near["quiet"] and near["sessions_at_switchover"] == 6 and near["lowest_seen"] == 4
+    assert near["quiet"] and near["sessions_at_last_poll"] == 6 and near["lowest_seen"] == 4
 
     rising = wait(list(range(5, 40)), SwitchoverPolicy(None, 5, "lowest", watch_s=2))
     assert not rising["quiet"] and rising["waited_s"] == 5 and rising["lowest_seen"] == 5

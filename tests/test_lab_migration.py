@@ -79,8 +79,16 @@ def test_full_migration_moves_every_application_to_redis_as_documented(make_lab,
 
     promotions = [p for p in status["switchovers"] if p["from"]]
     assert len(promotions) == 3 * len(pairs)
-    first_redis = [p for p in promotions if p["store"] == "redis"][: len(pairs)]
-    second_redis = [p for p in promotions if p["store"] == "redis"][len(pairs) :]
+    to_redis: dict[str, list[dict]] = {}
+    for p in promotions:
+        if p["store"] == "redis":
+            to_redis.setdefault(p["pair"], []).append(p)
+    # Each pair switched to a primary on Redis twice: enable.1, then enable.4.
+    assert sorted(to_redis) == sorted(pairs)
+    assert all(len(seen) == 2 for seen in to_redis.values()), to_redis
+    first_redis = [seen[0] for seen in to_redis.values()]
+    second_redis = [seen[1] for seen in to_redis.values()]
+    assert len(first_redis) == len(second_redis) == len(pairs)
     # enable.1: the new primaries read Redis, the old ones wrote Cassandra: nothing restored.
     assert all(p["restored"] == 0 and p["lost"] == p["in_progress"] > 0 for p in first_redis)
     # enable.4: both read and write Redis: sessions in progress are restored.
@@ -97,6 +105,7 @@ def test_full_migration_moves_every_application_to_redis_as_documented(make_lab,
         cli("report", runs[0]["run_id"], "-f", "json", "--state-dir", str(state_dir)).stdout
     )
     assert report["estimate"]["parallel"] == {"pairs": 4, "per_cluster": 1}
+    assert report["estimate"]["parallel_latest"] == {"pairs": 4, "per_cluster": 1}
 
     # Redis itself holds ORS data for each ORS cluster, every key with a TTL.
     config = json.loads(lab.config.read_text())

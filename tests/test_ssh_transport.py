@@ -644,3 +644,20 @@ def test_a_refused_channel_does_not_drop_the_connection_under_other_threads(
         with transport._guard("`true` failed"):
             raise paramiko.ChannelException(1, "Administratively prohibited")
     assert transport._client is client  # the other threads' commands keep their connection
+
+
+def test_a_command_waiting_for_a_channel_slot_has_its_own_bound_and_its_time_starts_after(
+    ssh: SshTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every channel of the host busy, a command waits for a slot up to its timeout and is
+    then refused as such; once a slot frees, its own timeout counts from when it got it."""
+    monkeypatch.setattr(ssh, "_channels", threading.BoundedSemaphore(1))
+    busy = threading.Thread(target=ssh.run, args=("sleep 2",))
+    busy.start()
+    time.sleep(0.3)
+    with pytest.raises(TransportError, match=r"found no free channel within 0\.5 s"):
+        ssh.run("echo never-ran", timeout=0.5)
+    # About 1.2 s waiting for the slot, then 1.2 s running: within 2 s each, not together.
+    done = ssh.run("sleep 1.2; echo ran", timeout=2.0)
+    busy.join(10)
+    assert done.stdout == "ran\n" and done.duration_s < 2.0

@@ -461,19 +461,29 @@ class SshTransport:
         """
         remote, payload = self._with_env(command, stdin, env)
         limit = self.settings.command_timeout_s if timeout is None else timeout
+        # The command's time starts once it has a channel: waiting for one of the host's
+        # slots (other pairs' commands) has its own bound, the same length.
+        if not self._channels.acquire(timeout=limit):
+            raise TransportError(
+                f"on {self.where}: `{command}` found no free channel within {limit:g} s "
+                f"({CHANNELS_PER_HOST} commands already running on this host)"
+            )
         started = time.monotonic()
-        with self._channels, self._guard(f"`{command}` failed"):
-            channel = self._open_channel()
-            try:
-                channel.exec_command(remote)
-                out, err, code = _collect(channel, payload, started + limit)
-            except _Expired:
-                _signal(channel, "TERM")
-                raise TransportError(
-                    f"on {self.where}: `{command}` did not finish within {limit:g} s"
-                ) from None
-            finally:
-                _close_quietly(channel)
+        try:
+            with self._guard(f"`{command}` failed"):
+                channel = self._open_channel()
+                try:
+                    channel.exec_command(remote)
+                    out, err, code = _collect(channel, payload, started + limit)
+                except _Expired:
+                    _signal(channel, "TERM")
+                    raise TransportError(
+                        f"on {self.where}: `{command}` did not finish within {limit:g} s"
+                    ) from None
+                finally:
+                    _close_quietly(channel)
+        finally:
+            self._channels.release()
         return CommandResult(
             host=self.name,
             command=command,

@@ -27,7 +27,7 @@ from rich.console import Console
 from tiny_site import OPTIONS
 
 from ors_migrate.engine import Engine, Outcome
-from ors_migrate.errors import GateStopped, InputError, VerificationFailed
+from ors_migrate.errors import GateStopped, InputError, TransportError, VerificationFailed
 from ors_migrate.journal import Journal
 from ors_migrate.parallel import Parallelism, pair_groups, schedule_seconds, waves
 from ors_migrate.runner import (
@@ -412,6 +412,38 @@ def test_a_failure_in_one_pair_decides_over_a_stop_in_another_and_both_are_named
     run = pairs.journal.get_run(pairs.run_id)
     assert run is not None and run.status == "failed"
     assert [kind for kind, _ in pairs.action_events()].count("action_failed") == 2
+
+
+def test_a_pair_retrying_a_transient_failure_stops_retrying_when_another_pair_fails(world, pairs):
+    # voice-2's host keeps resetting the connection (backoff 0.5, 1, 2, 4 s); voice-1 fails
+    # while voice-2 waits for its second retry: voice-2 tries no more and fails nothing.
+    pairs.playbook = PLAYBOOK.replace(
+        "    scope: ha_pair\n", "    scope: ha_pair\n    retry: {attempts: 5, backoff_s: 0.5}\n"
+    )
+    world.errors = {
+        ("voice-1", 1): VerificationFailed("voice-1 step 1: the fake verification failed"),
+        ("voice-2", 1): TransportError("connection reset by peer"),
+    }
+
+    def voice_2_retried(pair: str, number: int) -> None:
+        deadline = time.monotonic() + 5
+        while pair == "voice-1" and time.monotonic() < deadline:
+            with world.lock:
+                if sum(w == "start" and p == "voice-2" for w, p, *_ in world.log) >= 2:
+                    return
+            time.sleep(0.005)
+
+    world.before_failing = voice_2_retried
+
+    started = time.monotonic()
+    outcome = pairs.run(Parallelism(2))
+
+    assert time.monotonic() - started < 4, "the 1, 2 and 4 s backoffs were not waited"
+    assert outcome.status == "failed" and "HA pair voice-1 failed" in outcome.message
+    assert "HA pair voice-2 stopped" in outcome.message and "not retried" in outcome.message
+    assert sum(w == "start" and p == "voice-2" for w, p, *_ in world.log) == 2
+    kinds = pairs.kinds_of("per-pair/voice-2/0")
+    assert kinds[0] == "action_intent" and set(kinds[1:]) == {"action_retry"}
 
 
 def test_an_unexpected_error_in_a_pair_is_journaled_and_named_beside_the_others(world, pairs):

@@ -497,18 +497,19 @@ class Engine:
         self.ctx.halt.set()
         if not pairs.running:
             return
-        flying = ", ".join(pair_name(g) for g in pairs.running.values())
-        if first:
-            self.ctx.ui.warn(
-                f"interrupted: waiting for {len(pairs.running)} HA pair(s) to finish their "
-                f"current action ({flying}); nothing new starts and no waiting switchover is "
-                "sent. The run stops once they have; continue with --resume."
-            )
-        else:
-            self.ctx.ui.warn(
-                f"still waiting for {len(pairs.running)} HA pair(s) to finish their current "
-                f"action ({flying}): stopping before they have could send a command twice"
-            )
+        flying = f"{len(pairs.running)} HA pair(s) to finish their current action"
+        flying += f" ({', '.join(pair_name(g) for g in pairs.running.values())})"
+        message = (
+            f"interrupted: waiting for {flying}; nothing new starts and no waiting switchover "
+            "is sent. The run stops once they have; continue with --resume."
+            if first
+            else f"still waiting for {flying}: stopping before they have could leave a command "
+            "running that a resume would send again"
+        )
+        try:
+            self.ctx.ui.warn(message)
+        except OSError:  # the terminal may be what went away (SIGHUP): keep waiting regardless
+            pass
 
     def _start_pairs(
         self, run: _StateRun, pairs: _InFlight, pool: ThreadPoolExecutor

@@ -412,7 +412,7 @@ class Ui:
         `lowest_seen` the quietest moment the wait saw, `sessions_at_last_poll` the count the
         wait ended on (taken at `last_poll_at`, wall clock): the switchover command follows it,
         after the pair's status check, so calls that arrive meanwhile are not in it."""
-        stop = halt or threading.Event()
+        stop = halt if halt is not None else threading.Event()
         pause = sleep or stop.wait  # a halt ends the pause between polls at once
         started = time.monotonic()
         counts: list[int | None] = []

@@ -477,15 +477,14 @@ def test_an_unexpected_error_in_a_pair_is_journaled_and_named_beside_the_others(
 def test_an_interrupt_waits_for_the_pairs_in_flight_and_a_second_one_does_not_cut_it_short(
     world, pairs
 ):
-    # voice-1's step gets Ctrl-C, then SIGTERM (as from a service manager) while both pairs
-    # still work; the run raises the interrupt only once both steps have ended.
-    def interrupted_twice() -> None:
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.3)
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.3)
+    # While both pairs work, Ctrl-C, Ctrl-C again, then SIGTERM (as from a service manager):
+    # the run raises the interrupt only once both steps have ended.
+    def interrupted_thrice() -> None:
+        for sig in (signal.SIGINT, signal.SIGINT, signal.SIGTERM):
+            os.kill(os.getpid(), sig)
+            time.sleep(0.2)
 
-    world.during = {("voice-1", 1): interrupted_twice, ("voice-2", 1): lambda: time.sleep(0.8)}
+    world.during = {("voice-1", 1): interrupted_thrice, ("voice-2", 1): lambda: time.sleep(0.9)}
     screen = io.StringIO()
     pairs.ui = Ui(assume_yes=True, quiet=True, console=Console(file=screen, width=300))
     engine = pairs.engine(Parallelism(2))

@@ -4,6 +4,7 @@ with backoff, and rolling back when a verification fails after Redis has been en
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -504,7 +505,8 @@ class Engine:
             "is sent. The run stops once they have; continue with --resume."
             if first
             else f"still waiting for {flying}: stopping before they have could leave a command "
-            "running that a resume would send again"
+            f"running that a resume would send again (to end it at once: kill -KILL "
+            f"{os.getpid()}; `run --resume` then reconciles what was in flight)"
         )
         try:
             self.ctx.ui.warn(message)

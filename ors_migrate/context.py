@@ -4,6 +4,7 @@ built for this run. It builds nothing itself (`runner.build_context` does)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,7 @@ class LiveRunContext:
     origin_run_id: str = ""
     phase: str = FORWARD
     switchover_policy: SwitchoverPolicy | None = None
+    halt: threading.Event = field(default_factory=threading.Event, repr=False)
     _stores: dict[str, OptionStore] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:

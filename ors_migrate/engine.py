@@ -4,7 +4,7 @@ with backoff, and rolling back when a verification fails after Redis has been en
 
 from __future__ import annotations
 
-import threading
+import os
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from ors_migrate.errors import (
     GateStopped,
+    Halted,
     OrsMigrateError,
     RollbackRequested,
     StateTimedOut,
@@ -21,6 +22,7 @@ from ors_migrate.errors import (
 )
 from ors_migrate.events import ROLLBACK_EVENTS, EventKind, GateDecision
 from ors_migrate.gate import build_gate_view, gate_summary
+from ors_migrate.interrupts import NotedInterrupts, interrupts_noted
 from ors_migrate.journal import Event, Journal
 from ors_migrate.parallel import (
     WORKING_ON,
@@ -43,6 +45,8 @@ from ors_migrate.step import (
 )
 
 T = TypeVar("T")
+# How often the main thread looks up from the pairs in flight (for an interrupt, a free slot).
+PAIRS_POLL_S = 0.1
 
 
 class WindowClosing(GateStopped):
@@ -60,6 +64,15 @@ class RollbackIncomplete(OrsMigrateError):
     def __init__(self, failed: dict[str, tuple[PlannedAction, OrsMigrateError]]) -> None:
         self.failed = failed
         super().__init__("; ".join(f"{unit}: {exc}" for unit, (_, exc) in failed.items()))
+
+
+class PairsFailed(OrsMigrateError):
+    """Several HA pairs of a state failed at once; `errors` holds each pair's error, the ones
+    that decide the run's path first."""
+
+    def __init__(self, message: str, errors: dict[str, OrsMigrateError]) -> None:
+        self.errors = errors
+        super().__init__(message)
 
 
 CauseOf = Callable[[BaseException, str], OrsMigrateError | None]
@@ -121,7 +134,7 @@ class Engine:
         auto_rollback: bool = True,
         rollback_plan: Callable[[], Plan] | None = None,
         rollback_flags: frozenset[str] = frozenset(),
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
         cause_of: CauseOf = no_cause,
         window: ChangeWindow | None = None,
@@ -133,7 +146,8 @@ class Engine:
         self.auto_rollback = auto_rollback
         self.rollback_plan = rollback_plan
         self.rollback_flags = rollback_flags
-        self.sleep = sleep
+        # By default a retry's backoff ends early when the run halts (see `_retry_later`).
+        self.sleep = sleep if sleep is not None else ctx.halt.wait
         self.clock = clock
         self.window = window
         self.parallel = parallel or Parallelism()
@@ -403,6 +417,8 @@ class Engine:
             started = self.clock()
             self._deadline = started + state.timeout_s if state.timeout_s else None
             if self.parallel.applies_to(state):
+                if state.enables_redis:  # checked whole, again: the gate may have taken a while
+                    self._within_window(run, units[0])
                 self._run_pairs(run)
             else:
                 for unit in units:
@@ -420,40 +436,82 @@ class Engine:
     def _run_pairs(self, run: _StateRun) -> None:
         """The state's HA pairs, several at once within `self.parallel`: a pair starts as soon
         as a slot (and one of its cluster's) is free, in plan order. Each pair's actions run in
-        order in one worker, each journaled on its own. After a failure the pairs in flight
-        end their current action and no new action or pair starts, then the failure takes its
-        usual path; when the change window closes no new pair starts and those in flight
-        finish (each pair is left settled)."""
-        state = run.state
-        pairs = _InFlight(pair_groups(state.actions))
-        failed: BaseException | None = None
-        closing: WindowClosing | None = None
+        order in one worker, each journaled on its own. After a failure or an interrupt the
+        run halts: the pairs in flight end their current action (a pair waiting for a quiet
+        moment stops waiting and switches nothing) and no new action or pair starts. Only then,
+        with every worker ended, does the state stop: the first interrupt is raised, or every
+        pair's error together (`ranked_errors`); when the change window closes no new pair
+        starts and those in flight finish (each pair is left settled)."""
+        pairs = _InFlight(pair_groups(run.state.actions))
+        halt = self.ctx.halt
+        halt.clear()
+        try:
+            with interrupts_noted() as interrupts:
+                self._drive_pairs(run, pairs, interrupts)
+        finally:
+            halt.clear()  # the halt ends with the state: a rollback after it runs in full
+        if interrupts.count:
+            raise KeyboardInterrupt
+        if pairs.errors:
+            raise ranked_errors(
+                pairs.errors, [pair_name(g) for g in pair_groups(run.state.actions)]
+            )
+        if pairs.closing is not None:
+            raise pairs.closing
+
+    def _drive_pairs(self, run: _StateRun, pairs: _InFlight, interrupts: NotedInterrupts) -> None:
+        """Start pairs as slots free up and collect those that end, until none is left in
+        flight. Interrupts are only noted meanwhile (`interrupts_noted`): leaving before every
+        worker has ended would release the run lock and close the transports under them."""
+        halt = self.ctx.halt
         with ThreadPoolExecutor(self.parallel.pairs, thread_name_prefix="ha-pair") as pool:
             try:
                 while pairs.pending or pairs.running:
-                    if failed is None and closing is None:
-                        closing = self._start_pairs(run, pairs, pool)
+                    self._heed_interrupts(pairs, interrupts)
+                    if not halt.is_set() and pairs.closing is None:
+                        pairs.closing = self._start_pairs(run, pairs, pool)
                     if not pairs.running:
-                        if failed is None and closing is None and pairs.pending:
+                        if not halt.is_set() and pairs.closing is None and pairs.pending:
                             raise OrsMigrateError(
-                                f"{len(pairs.pending)} HA pair(s) of state {state.id} could not "
-                                f"start with {self.parallel.describe()}"
+                                f"{len(pairs.pending)} HA pair(s) of state {run.state.id} could "
+                                f"not start with {self.parallel.describe()}"
                             )
                         break
-                    done, _ = wait(pairs.running, return_when=FIRST_COMPLETED)
+                    done, _ = wait(pairs.running, PAIRS_POLL_S, return_when=FIRST_COMPLETED)
                     for future in done:
-                        del pairs.running[future]
+                        group = pairs.running.pop(future)
                         error = future.exception()
-                        if error is not None and failed is None:
-                            failed = error
-                            pairs.halt.set()
-            except BaseException:  # interrupted: the pairs in flight end their current action
-                pairs.halt.set()
+                        if error is not None:
+                            pairs.errors[pair_name(group)] = error
+                            halt.set()
+                self._heed_interrupts(pairs, interrupts)
+            except BaseException:  # the pairs in flight end their current action, then leave
+                halt.set()
                 raise
-        if failed is not None:
-            raise failed
-        if closing is not None:
-            raise closing
+
+    def _heed_interrupts(self, pairs: _InFlight, interrupts: NotedInterrupts) -> None:
+        """An interrupt noted since the last look halts the run; say what it still waits for."""
+        if interrupts.count == pairs.interrupts_seen:
+            return
+        first = pairs.interrupts_seen == 0
+        pairs.interrupts_seen = interrupts.count
+        self.ctx.halt.set()
+        if not pairs.running:
+            return
+        flying = f"{len(pairs.running)} HA pair(s) to finish their current action"
+        flying += f" ({', '.join(pair_name(g) for g in pairs.running.values())})"
+        message = (
+            f"interrupted: waiting for {flying}; nothing new starts and no waiting switchover "
+            "is sent. The run stops once they have; continue with --resume."
+            if first
+            else f"still waiting for {flying}: stopping before they have could leave a command "
+            f"running that a resume would send again (to end it at once: kill -KILL "
+            f"{os.getpid()}; `run --resume` then reconciles what was in flight)"
+        )
+        try:
+            self.ctx.ui.warn(message)
+        except OSError:  # the terminal may be what went away (SIGHUP): keep waiting regardless
+            pass
 
     def _start_pairs(
         self, run: _StateRun, pairs: _InFlight, pool: ThreadPoolExecutor
@@ -462,7 +520,7 @@ class Engine:
         it stops the next pair."""
         for group in list(pairs.pending):
             cluster = cluster_of(group)
-            if not self.parallel.may_start(cluster, pairs.running.values()):
+            if not self.parallel.may_start(cluster, map(cluster_of, pairs.running.values())):
                 continue
             if not run.state.enables_redis:  # a state that enables Redis was checked whole
                 try:
@@ -470,30 +528,51 @@ class Engine:
                 except WindowClosing as exc:
                     return exc
             pairs.pending.remove(group)
-            future = pool.submit(self._run_pair, run.state, group, run.by_action, pairs.halt)
-            pairs.running[future] = cluster
+            future = pool.submit(self._run_pair, run.state, group, run.by_action)
+            pairs.running[future] = group
         return None
 
     def _run_pair(
-        self,
-        state: PlannedState,
-        group: list[PlannedAction],
-        by_action: dict[str, list[Event]],
-        halt: threading.Event,
+        self, state: PlannedState, group: list[PlannedAction], by_action: dict[str, list[Event]]
     ) -> None:
-        """One pair's actions in order, until the pair is done or `halt` is set. Its own
-        failure sets `halt` at once, so the other pairs start no further action."""
+        """One pair's actions in order, until the pair is done or the run halts. Its own
+        failure halts the run at once, so the other pairs start no further action. An error no
+        action describes (a defect, a journal that cannot be written) is journaled, as far as
+        the journal allows, and reported as a crash of the action it stopped."""
         token = WORKING_ON.set(group[0].target.ha_pair)
+        step = group[0]
         try:
             for step in group:
-                if halt.is_set():
+                if self.ctx.halt.is_set():
                     return
                 self._run_action(state, step, by_action.get(step.key, []))
+        except OrsMigrateError:
+            self.ctx.halt.set()
+            raise
+        except Exception as exc:
+            self.ctx.halt.set()
+            crashed = ActionCrashed(f"{step.key} failed unexpectedly: {type(exc).__name__}: {exc}")
+            crashed.__cause__ = exc
+            self._journal_crash(state, step, crashed)
+            raise crashed from exc
         except BaseException:
-            halt.set()
+            self.ctx.halt.set()
             raise
         finally:
             WORKING_ON.reset(token)
+
+    def _journal_crash(
+        self, state: PlannedState, step: PlannedAction, crashed: ActionCrashed
+    ) -> None:
+        try:
+            self.ctx.record(
+                EventKind.ACTION_FAILED,
+                state_id=state.id,
+                action_key=step.key,
+                payload=failure(crashed),
+            )
+        except Exception as exc:  # the journal may be what failed: the outcome still names it
+            self.ctx.ui.warn(f"could not journal the failure of {step.key}: {exc}")
 
     def _unit_seconds(self, window: ChangeWindow, steps: Sequence[PlannedAction]) -> float:
         """The estimate of `steps`: their sum, or with parallel pairs the schedule's wall."""
@@ -530,18 +609,20 @@ class Engine:
         left = window.left_s()
         if needed <= left:
             return
+        # What is left, from the journal as it is now: pairs in parallel may have ended
+        # actions since the state began.
+        ended = {e.action_key for e in self._events(run.phase) if e.kind == EventKind.ACTION_ENDED}
         position = plan.states.index(state)
-        later = [
-            step
+        left_over = [
+            [step for step in later_state.actions if step.key not in ended]
             for later_state in plan.states[position:]
-            for step in later_state.actions
-            if step.key not in ended
         ]
+        later = [step for steps in left_over for step in steps]
         remaining = sum(
-            self._unit_seconds(window, later_state.actions)
+            self._unit_seconds(window, steps)
             if self.parallel.applies_to(later_state)
-            else sum(window.seconds(step) for step in later_state.actions)
-            for later_state in plan.states[position:]
+            else sum(window.seconds(step) for step in steps)
+            for later_state, steps in zip(plan.states[position:], left_over, strict=True)
         )
         payload = {
             "state_id": state.id,
@@ -625,6 +706,8 @@ class Engine:
             observed = self._attempts(
                 state, step, lambda attempt: self._apply(step, action, intent, attempt)
             )
+        except Halted:
+            raise  # nothing was sent: its intent alone tells a resume to check and run it again
         except OrsMigrateError as exc:
             self.ctx.record(
                 EventKind.ACTION_FAILED,
@@ -677,8 +760,11 @@ class Engine:
     def _retry_later(
         self, state: PlannedState, step: PlannedAction, exc: OrsMigrateError, attempt: int
     ) -> None:
+        """Wait the backoff before the next attempt; none once the run is halting (its sleep
+        ends then too), so a halted pair ends its current action without new commands."""
         delay = backoff_delay(state, attempt)
         self._within_timeout(state, step, delay)
+        self._unless_halted(step, exc)
         message = self.ctx.secrets.mask(str(exc))
         self.ctx.ui.warn(f"{step.key}: transient failure ({message}); retry in {delay:g} s")
         self.ctx.record(
@@ -688,6 +774,12 @@ class Engine:
             payload={"error": message, "attempt": attempt, "delay_s": delay},
         )
         self.sleep(delay)
+        self._unless_halted(step, exc)
+
+    def _unless_halted(self, step: PlannedAction, exc: OrsMigrateError) -> None:
+        if self.ctx.halt.is_set():
+            message = self.ctx.secrets.mask(str(exc))
+            raise Halted(f"{step.key}: not retried after {message}: the run is stopping") from exc
 
     def _within_timeout(self, state: PlannedState, step: PlannedAction, wait_s: float = 0) -> None:
         """Stop the state when its `timeout_s` has passed (or would, after waiting `wait_s`),
@@ -766,12 +858,56 @@ class _StateRun:
 
 @dataclass
 class _InFlight:
-    """The HA pairs of one state run in parallel: not started yet, running (with their ORS
-    cluster), and the flag that stops them after their current action."""
+    """The HA pairs of one state run in parallel: not started yet, running, the error each
+    ended pair raised, the change window closing before the next pair, and how many interrupts
+    the main thread has acted on."""
 
     pending: list[list[PlannedAction]]
-    running: dict[Future[None], str | None] = field(default_factory=dict)
-    halt: threading.Event = field(default_factory=threading.Event)
+    running: dict[Future[None], list[PlannedAction]] = field(default_factory=dict)
+    errors: dict[str, BaseException] = field(default_factory=dict)
+    closing: WindowClosing | None = None
+    interrupts_seen: int = 0
+
+
+def pair_name(group: Sequence[PlannedAction]) -> str:
+    return str(group[0].target.ha_pair)
+
+
+def _rank(exc: BaseException) -> int:
+    """How much an error of a pair weighs on the run's path: a failure (the procedure could
+    not be followed) decides over a request to roll back, and that over a stop or pause."""
+    if isinstance(exc, GateStopped):
+        return 2
+    if isinstance(exc, RollbackRequested):
+        return 1
+    return 0
+
+
+_RANKED_AS = ("failed", "asked for a rollback", "stopped")
+
+
+def ranked_errors(errors: dict[str, BaseException], order: Sequence[str]) -> BaseException:
+    """The errors of several HA pairs of one state as one, of the kind of the weightiest (a
+    failure takes the failure path even when another pair paused first), naming every pair,
+    the weightiest first, then in plan order. One error stays as it is."""
+    ranked = sorted(errors.items(), key=lambda item: (_rank(item[1]), order.index(item[0])))
+    described = [(pair, e) for pair, e in ranked if isinstance(e, OrsMigrateError)]
+    undescribed = [e for _, e in ranked if not isinstance(e, OrsMigrateError)]
+    if undescribed:
+        return undescribed[0]  # neither an action's error nor a crash: raised as serial runs do
+    top = described[0][1]
+    if len(described) == 1:
+        return top
+    message = "; ".join(f"HA pair {pair} {_RANKED_AS[_rank(e)]}: {e}" for pair, e in described)
+    combined: OrsMigrateError
+    if _rank(top) == 0:
+        combined = PairsFailed(message, dict(described))
+    elif _rank(top) == 1:
+        combined = RollbackRequested(message)
+    else:
+        combined = GateStopped(message)
+    combined.exit_code = top.exit_code  # a pause for want of a terminal keeps its exit 2
+    return combined
 
 
 class _RollbackRequested(RollbackRequested):

@@ -126,6 +126,12 @@ class GateStopped(OrsMigrateError):
     exit_code = EXIT_INTERRUPTED
 
 
+class Halted(GateStopped):
+    """The run is stopping (an interrupt, or another HA pair's failure) while an action waited
+    before its command: nothing was sent. The journal keeps its intent, so a resume checks the
+    world, finds the action not done, and runs it again (waiting again where it waits)."""
+
+
 class TerminalRequired(GateStopped):
     """An answer is needed and there is no terminal to ask on. The run pauses where it is
     (resumable) and the command exits 2, as for any input the command line lacks."""

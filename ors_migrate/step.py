@@ -8,6 +8,7 @@ runner or a face; the composition root (`runner.py`) hands in the concrete parts
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -573,7 +574,8 @@ class RunUi(Protocol):
         *,
         policy: SwitchoverPolicy,
         interval_s: float = 1.0,
-        sleep: Callable[[float], None] = ...,
+        sleep: Callable[[float], object] | None = None,
+        halt: threading.Event | None = None,
     ) -> dict[str, Any]: ...
 
 
@@ -592,6 +594,9 @@ class RunContext(Protocol):
     pool: Transports
     services: Services
     switchover_policy: SwitchoverPolicy | None
+    # Set while the run is stopping (an interrupt, or another HA pair's failure with pairs in
+    # parallel): an action that waits before its command stops waiting and sends nothing.
+    halt: threading.Event
 
     @property
     def site(self) -> Site: ...

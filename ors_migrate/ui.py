@@ -401,15 +401,19 @@ class Ui:
         *,
         policy: SwitchoverPolicy,
         interval_s: float = 1.0,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] | None = None,
+        halt: threading.Event | None = None,
     ) -> dict[str, Any]:
         """Before a switchover: poll the sessions in progress until `policy` calls the moment
-        quiet, or its `wait_s` has passed. Returns what was seen, for the journal; never raises
-        for a busy primary (switching anyway is the operator's documented choice).
+        quiet, or its `wait_s` has passed, or `halt` is set (the run is stopping: the caller
+        then sends nothing). Returns what was seen, for the journal; never raises for a busy
+        primary (switching anyway is the operator's documented choice).
         `sessions_when_due` is what an immediate switchover would have put at risk,
         `lowest_seen` the quietest moment the wait saw, `sessions_at_last_poll` the count the
         wait ended on (taken at `last_poll_at`, wall clock): the switchover command follows it,
         after the pair's status check, so calls that arrive meanwhile are not in it."""
+        stop = halt if halt is not None else threading.Event()
+        pause = sleep or stop.wait  # a halt ends the pause between polls at once
         started = time.monotonic()
         counts: list[int | None] = []
         lowest: int | None = None
@@ -426,9 +430,9 @@ class Ui:
                     lowest, lowest_at = count, elapsed
                 quiet = policy.quiet_now(count, lowest, elapsed)
                 tick(elapsed, f"{'unknown' if count is None else count} in progress")
-                if quiet or elapsed >= policy.wait_s:
+                if quiet or elapsed >= policy.wait_s or stop.is_set():
                     break
-                sleep(min(interval_s, max(0.0, policy.wait_s - elapsed)))
+                pause(min(interval_s, max(0.0, policy.wait_s - elapsed)))
         return {
             "policy": policy.policy,
             "below": policy.below,

@@ -41,6 +41,7 @@ LAYER_OF_MODULE = {
     "estimate": "planning",
     "engine": "engine",
     "gate": "engine",
+    "interrupts": "engine",
     "context": "root",
     "runner": "root",
     "cli": "face",

@@ -2,30 +2,53 @@
 and the estimate the plan shows, and the engine's schedule with fake actions on the example
 site (two ORS clusters, five HA pairs): limits kept, each pair's steps in order and journaled
 on their own, a failure stopping every pair after its current action, a closing change window
-stopping new pairs only."""
+stopping new pairs only, every pair's error in the outcome, interrupts waiting for the pairs in
+flight. On a site of two local HA pairs (roles and session counts in files, the real switchover
+action): quiet waits side by side, and a halt that ends a quiet wait without a switchover."""
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
+import os
+import shlex
+import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import REPO, cli
+from rich.console import Console
+from tiny_site import OPTIONS
 
 from ors_migrate.engine import Engine, Outcome
-from ors_migrate.errors import InputError, VerificationFailed
+from ors_migrate.errors import GateStopped, InputError, TransportError, VerificationFailed
 from ors_migrate.journal import Journal
 from ors_migrate.parallel import Parallelism, pair_groups, schedule_seconds, waves
-from ors_migrate.runner import action_table, build_context, load_playbook, make_plan
+from ors_migrate.runner import (
+    _signals_as_interrupt,
+    action_table,
+    build_context,
+    load_playbook,
+    make_plan,
+)
 from ors_migrate.secrets import Secrets
 from ors_migrate.site import load_site
-from ors_migrate.step import Action, ChangeWindow, PlannedAction, Preview, RunContext
+from ors_migrate.step import (
+    Action,
+    ChangeWindow,
+    Decision,
+    GateView,
+    PlannedAction,
+    Preview,
+    RunContext,
+    SwitchoverPolicy,
+)
 from ors_migrate.ui import Ui
 
 EXAMPLE = REPO / "examples" / "site.yaml"
@@ -122,6 +145,10 @@ class PairWorld:
 
     seconds: float = 0.15
     fail: set[tuple[str, int]] = field(default_factory=set)  # (pair, step number)
+    errors: dict[tuple[str, int], Exception] = field(default_factory=dict)  # raised instead
+    # What a failing step waits for before it fails (by default: the first wave under way).
+    before_failing: Callable[[str, int], object] = lambda pair, n: WORLD.wait_for_starts(3)
+    during: dict[tuple[str, int], Callable[[], object]] = field(default_factory=dict)
     log: list[tuple[str, str, int, float]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     ended: int = 0
@@ -175,11 +202,14 @@ class PairStep(Action):
     def apply(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> dict[str, Any]:
         pair, number = str(step.target.ha_pair), int(step.args["n"])
         WORLD.note("start", pair, number)
-        if (pair, number) in WORLD.fail:  # once the first wave is under way, mid-step
-            WORLD.wait_for_starts(3)
+        if (pair, number) in WORLD.fail or (pair, number) in WORLD.errors:
+            WORLD.before_failing(pair, number)  # mid-step, once the others are under way
             WORLD.note("end", pair, number)
-            raise VerificationFailed(f"{pair} step {number}: the fake verification failed")
-        time.sleep(WORLD.seconds)
+            raise WORLD.errors.get(
+                (pair, number),
+                VerificationFailed(f"{pair} step {number}: the fake verification failed"),
+            )
+        WORLD.during.get((pair, number), lambda: time.sleep(WORLD.seconds))()
         WORLD.note("end", pair, number)
         return {"pair": pair}
 
@@ -213,26 +243,35 @@ class PairHarness:
     root: Path
     journal: Journal
     run_id: str = ""
+    site: Path = EXAMPLE
+    playbook: str = PLAYBOOK
+    policy: SwitchoverPolicy | None = None
+    ui: Ui = field(default_factory=lambda: Ui(assume_yes=True, quiet=True))
 
     def engine(self, parallel: Parallelism, window: ChangeWindow | None = None) -> Engine:
-        loaded = load_site(EXAMPLE)
+        loaded = load_site(self.site)
         path = self.root / "pairs.yaml"
-        path.write_text(PLAYBOOK)
+        path.write_text(self.playbook)
         playbook = load_playbook(str(path), ACTIONS)
         plan = make_plan(loaded, playbook)
         if not self.run_id:
             self.run_id = self.journal.create_run(
                 site_name=loaded.site.name,
-                site_path=str(EXAMPLE),
+                site_path=str(self.site),
                 site_digest=loaded.digest,
                 playbook=playbook.spec.name,
                 playbook_digest=playbook.digest,
                 plan_hash=plan.plan_hash,
                 plan_json=json.dumps(plan.as_dict()),
             )
-        ui = Ui(assume_yes=True, quiet=True)
         ctx = build_context(
-            loaded, self.run_id, self.journal, ui, secrets=Secrets(interactive=False), operator="t"
+            loaded,
+            self.run_id,
+            self.journal,
+            self.ui,
+            secrets=Secrets(interactive=False),
+            operator="t",
+            switchover_policy=self.policy,
         )
         return Engine(ctx, plan, ACTIONS, parallel=parallel, window=window)
 
@@ -249,6 +288,9 @@ class PairHarness:
             for e in self.journal.events(self.run_id)
             if e.kind.startswith("action")
         ]
+
+    def kinds_of(self, key: str) -> list[str]:
+        return [e.kind for e in self.journal.events(self.run_id) if e.action_key == key]
 
 
 @pytest.fixture
@@ -311,8 +353,20 @@ def test_a_closing_window_starts_no_new_pair_and_lets_those_in_flight_settle(wor
     assert outcome.status == "paused" and "paused at a safe point" in outcome.message
     done = [(pair, n) for what, pair, n, _ in world.log if what == "end"]
     assert sorted(done) == sorted((p, n) for p in VOICE for n in (1, 2))  # each pair settled
-    paused = [e for e in pairs.journal.events(pairs.run_id) if e.kind == "window_pause"]
+    events = pairs.journal.events(pairs.run_id)
+    paused = [e for e in events if e.kind == "window_pause"]
     assert len(paused) == 1
+    # What is left counts only the actions not ended when the run paused, at the schedule's
+    # wall: pairs in flight ended steps after the state began.
+    ended = {e.action_key for e in events if e.kind == "action_ended" and e.seq < paused[0].seq}
+    state = make_plan(load_site(EXAMPLE), load_playbook(str(pairs.root / "pairs.yaml"), ACTIONS))
+    left = [[s for s in g if s.key not in ended] for g in pair_groups(state.states[0].actions)]
+    expected = schedule_seconds(
+        [(g[0].target.cluster, 40.0 * len(g)) for g in left if g], Parallelism(3)
+    )
+    assert len(ended) >= 2
+    assert paused[0].payload["remaining_actions"] == 10 - len(ended)
+    assert paused[0].payload["remaining_s"] == expected
 
     world.log.clear()
     resumed = pairs.run(Parallelism(3))
@@ -330,3 +384,322 @@ def test_pairs_that_can_never_start_fail_the_state_instead_of_ending_it(world, p
     assert world.log == []
     ended = [e for e in pairs.journal.events(pairs.run_id) if e.kind == "state_ended"]
     assert ended == []
+
+
+def test_a_failure_in_one_pair_decides_over_a_stop_in_another_and_both_are_named(world, pairs):
+    # voice-1's evidence window ends empty (a stop) first; voice-2's verification, already
+    # under way, fails after it: the failure takes its path, not the pause.
+    world.errors = {
+        ("voice-1", 1): GateStopped("no evidence within the window; stopped"),
+        ("voice-2", 1): VerificationFailed("persistence errors in the ORS log"),
+    }
+
+    def before_failing(pair: str, number: int) -> None:
+        world.wait_for_starts(2)
+        if pair == "voice-2":
+            while not any(what == "end" and p == "voice-1" for what, p, *_ in world.log):
+                time.sleep(0.005)
+            time.sleep(0.2)  # voice-1's stop has reached the main thread
+
+    world.before_failing = before_failing
+
+    outcome = pairs.run(Parallelism(2))
+
+    assert outcome.status == "failed" and outcome.exit_code == 1, outcome.message
+    assert "HA pair voice-2 failed: persistence errors" in outcome.message
+    assert "HA pair voice-1 stopped: no evidence" in outcome.message
+    assert outcome.message.index("voice-2") < outcome.message.index("voice-1")
+    run = pairs.journal.get_run(pairs.run_id)
+    assert run is not None and run.status == "failed"
+    assert [kind for kind, _ in pairs.action_events()].count("action_failed") == 2
+
+
+def test_a_pair_retrying_a_transient_failure_stops_retrying_when_another_pair_fails(world, pairs):
+    # voice-2's host keeps resetting the connection (backoff 0.5, 1, 2, 4 s); voice-1 fails
+    # while voice-2 waits for its second retry: voice-2 tries no more and fails nothing.
+    pairs.playbook = PLAYBOOK.replace(
+        "    scope: ha_pair\n", "    scope: ha_pair\n    retry: {attempts: 5, backoff_s: 0.5}\n"
+    )
+    world.errors = {
+        ("voice-1", 1): VerificationFailed("voice-1 step 1: the fake verification failed"),
+        ("voice-2", 1): TransportError("connection reset by peer"),
+    }
+
+    def voice_2_retried(pair: str, number: int) -> None:
+        deadline = time.monotonic() + 5
+        while pair == "voice-1" and time.monotonic() < deadline:
+            with world.lock:
+                if sum(w == "start" and p == "voice-2" for w, p, *_ in world.log) >= 2:
+                    return
+            time.sleep(0.005)
+
+    world.before_failing = voice_2_retried
+
+    started = time.monotonic()
+    outcome = pairs.run(Parallelism(2))
+
+    assert time.monotonic() - started < 4, "the 1, 2 and 4 s backoffs were not waited"
+    assert outcome.status == "failed" and "HA pair voice-1 failed" in outcome.message
+    assert "HA pair voice-2 stopped" in outcome.message and "not retried" in outcome.message
+    assert sum(w == "start" and p == "voice-2" for w, p, *_ in world.log) == 2
+    kinds = pairs.kinds_of("per-pair/voice-2/0")
+    assert kinds[0] == "action_intent" and set(kinds[1:]) == {"action_retry"}
+
+
+def test_an_unexpected_error_in_a_pair_is_journaled_and_named_beside_the_others(world, pairs):
+    world.fail = {("voice-1", 1)}
+    world.before_failing = lambda pair, n: world.wait_for_starts(2)
+    engine = pairs.engine(Parallelism(2))
+    record = engine.ctx.record
+
+    def journal_full(kind: str, **kwargs: Any) -> None:  # the journal refuses one write
+        if kind == "action_ended" and kwargs.get("action_key", "").startswith("per-pair/voice-2"):
+            raise OSError("No space left on device")
+        record(kind, **kwargs)
+
+    engine.ctx.record = journal_full  # type: ignore[method-assign]
+    try:
+        outcome = engine.run()
+    finally:
+        engine.ctx.close()
+
+    assert outcome.status == "failed"
+    assert "HA pair voice-1 failed" in outcome.message
+    assert "HA pair voice-2 failed" in outcome.message and "OSError" in outcome.message
+    failed = [e for e in pairs.journal.events(pairs.run_id) if e.kind == "action_failed"]
+    crashed = {e.action_key: e.payload for e in failed}
+    voice2 = next(key for key in crashed if key.startswith("per-pair/voice-2"))
+    assert (
+        crashed[voice2]["kind"] == "ActionCrashed" and "No space left" in crashed[voice2]["error"]
+    )
+
+
+def test_an_interrupt_waits_for_the_pairs_in_flight_and_a_second_one_does_not_cut_it_short(
+    world, pairs
+):
+    # While both pairs work, Ctrl-C, Ctrl-C again, then SIGTERM (as from a service manager):
+    # the run raises the interrupt only once both steps have ended.
+    def interrupted_thrice() -> None:
+        for sig in (signal.SIGINT, signal.SIGINT, signal.SIGTERM):
+            os.kill(os.getpid(), sig)
+            time.sleep(0.2)
+
+    world.during = {("voice-1", 1): interrupted_thrice, ("voice-2", 1): lambda: time.sleep(1.2)}
+    screen = io.StringIO()
+    pairs.ui = Ui(assume_yes=True, quiet=True, console=Console(file=screen, width=300))
+    engine = pairs.engine(Parallelism(2))
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        with _signals_as_interrupt(), pytest.raises(KeyboardInterrupt):
+            engine.run()
+        raised_at = time.monotonic()
+    finally:
+        engine.ctx.close()
+
+    ends = [at for what, _, _, at in world.log if what == "end"]
+    assert sorted((p, n) for what, p, n, _ in world.log if what == "end") == [
+        ("voice-1", 1),
+        ("voice-2", 1),
+    ]
+    assert max(ends) <= raised_at
+    assert not any(n == 2 for _, _, n, _ in world.log)  # nothing new started
+    assert signal.getsignal(signal.SIGINT) is before
+    text = screen.getvalue()
+    assert "interrupted: waiting for 2 HA pair(s) to finish their current action" in text
+    assert "still waiting for" in text
+    assert [kind for kind, _ in pairs.action_events()].count("action_ended") == 2
+
+
+# The real switchover action on two local HA pairs
+def local_pairs(root: Path, sessions: str) -> Path:
+    """Two HA pairs on this machine (pair-1: ors-1a primary, ors-1b backup; pair-2 likewise).
+    Roles and sessions in progress are files; the Management Layer is one-line shell commands
+    that also log each switchover sent (`switched`) and each sessions poll (`polls-APP`, with
+    its time). `sessions` is the command that prints the count (`{s}`: the sessions folder)."""
+    for folder in ("roles", "sessions", "apps", "log"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    apps = [(f"ors-{n}{m}", f"pair-{n}", role) for n in (1, 2) for m, role in (("a", "primary"),
+            ("b", "backup"))]  # fmt: skip
+    for app, _, role in apps:
+        (root / "roles" / app).write_text(role + "\n")
+        (root / "sessions" / app).write_text("50\n")
+        (root / "apps" / f"{app}.ini").write_text(OPTIONS.format(app=app))
+    roles, log = shlex.quote(str(root / "roles")), shlex.quote(str(root / "log"))
+    count = sessions.format(s=shlex.quote(str(root / "sessions")), log=log, app="{app}")
+    services = {
+        "start": f"echo backup > {roles}/{{app}}",
+        "stop": f"echo down > {roles}/{{app}}",
+        "status": f"cat {roles}/{{app}}",
+        "switchover": f"echo {{pair}} >> {log}/switched && echo backup > {roles}/{{primary}} "
+        f"&& echo primary > {roles}/{{backup}}",
+        "sessions": f"date +%s.%N >> {log}/polls-{{app}}; {count}",
+        "ready_timeout_s": 5,
+        "poll_interval_s": 0.05,
+    }
+    pairs = [
+        f"      - name: {pair}\n        apps:\n"
+        + "".join(
+            f"          - {{name: {a}, host: here, role: {r}}}\n" for a, p, r in apps if p == pair
+        )
+        for pair in ("pair-1", "pair-2")
+    ]
+    text = "\n".join(
+        [
+            "version: 1",
+            "name: two-pairs",
+            "hosts:\n  here:\n    transport: local",
+            "options_backend:\n  kind: ini-file",
+            f"  path: {json.dumps(str(root / 'apps') + '/{app}.ini')}",
+            "services:",
+            *[f"  {key}: {json.dumps(value)}" for key, value in services.items()],
+            "ors:\n  min_version: 8.1.401.10",
+            "ors_clusters:\n  - name: LOCAL\n    ha_pairs:",
+            "".join(pairs).rstrip("\n"),
+            "redis:\n  nodes: [127.0.0.1:7001, 127.0.0.1:7002, 127.0.0.1:7003]",
+        ]
+    )
+    path = root / "site.yaml"
+    path.write_text(text + "\n")
+    return path
+
+
+QUIET_PLAYBOOK = """
+name: quiet
+title: A step, then the first switchover at a quiet moment
+states:
+  - id: first-switchover
+    title: One step, then switch each HA pair over when it is quiet
+    seed_step: null
+    scope: ha_pair
+    actions:
+      - do: test.pair_step
+        with: {n: 1}
+      - do: service.switchover
+        with: {wait_for_quiet: true}
+"""
+
+
+def polls(root: Path, app: str) -> list[float]:
+    path = root / "log" / f"polls-{app}"
+    return [float(line) for line in path.read_text().split()] if path.exists() else []
+
+
+def switched(root: Path) -> list[str]:
+    path = root / "log" / "switched"
+    return path.read_text().split() if path.exists() else []
+
+
+def test_quiet_waits_of_two_pairs_run_side_by_side(world, pairs):
+    # A primary is busy until both primaries are being watched: waits one after another
+    # would never see it quiet and would switch after the full 20 s.
+    both = "[ -s {log}/polls-ors-1a ] && [ -s {log}/polls-ors-2a ] && echo 0 || echo 50"
+    pairs.site = local_pairs(pairs.root, both)
+    pairs.playbook = QUIET_PLAYBOOK
+    pairs.policy = SwitchoverPolicy(5, 20)
+    world.seconds = 0.01
+
+    started = time.monotonic()
+    outcome = pairs.run(Parallelism(2))
+
+    assert outcome.status == "succeeded", outcome.message
+    assert time.monotonic() - started < 10
+    ended = [e for e in pairs.journal.events(pairs.run_id) if e.kind == "action_ended"]
+    waits = [e.payload["observed"]["quiet_wait"] for e in ended if e.action_key.endswith("/1")]
+    # Each wait ended quiet, so each saw the other pair's wait begun: the two overlapped.
+    assert len(waits) == 2 and all(w["quiet"] for w in waits)
+    assert polls(pairs.root, "ors-1a") and polls(pairs.root, "ors-2a")
+    assert sorted(switched(pairs.root)) == ["pair-1", "pair-2"]
+
+
+def test_a_halt_ends_a_quiet_wait_without_a_switchover_and_a_resume_sends_it_once(
+    world, pairs, monkeypatch
+):
+    monkeypatch.setattr("ors_migrate.actions.service.SWITCHOVER_SETTLE_S", 0.1)
+    pairs.site = local_pairs(pairs.root, "cat {s}/{app}")
+    pairs.playbook = QUIET_PLAYBOOK
+    pairs.policy = SwitchoverPolicy(5, 30)  # 50 in progress: pair-2 would wait 30 s
+    world.seconds = 0.01
+    world.fail = {("pair-1", 1)}
+
+    def once_pair_2_waits(pair: str, number: int) -> None:
+        deadline = time.monotonic() + 10
+        while len(polls(pairs.root, "ors-2a")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    world.before_failing = once_pair_2_waits
+
+    started = time.monotonic()
+    outcome = pairs.run(Parallelism(2))
+
+    assert time.monotonic() - started < 10, "the wait ended at the halt, not after 30 s"
+    assert outcome.status == "failed", outcome.message
+    assert "HA pair pair-1 failed" in outcome.message
+    assert "HA pair pair-2 stopped" in outcome.message and "was not sent" in outcome.message
+    assert switched(pairs.root) == []
+    assert (pairs.root / "roles" / "ors-2a").read_text().strip() == "primary"
+    key = "first-switchover/pair-2/1"  # its switchover
+    assert pairs.kinds_of(key) == ["action_intent"]  # nothing sent, nothing failed
+
+    world.fail = set()
+    for primary in ("ors-1a", "ors-2a"):
+        (pairs.root / "sessions" / primary).write_text("0\n")
+    resumed = pairs.run(Parallelism(2))
+
+    assert resumed.status == "succeeded", resumed.message
+    assert sorted(switched(pairs.root)) == ["pair-1", "pair-2"]  # each pair exactly once
+    assert pairs.kinds_of(key) == ["action_intent", "action_reconciled", "action_ended"]
+    reconciled = next(
+        e for e in pairs.journal.events(pairs.run_id)
+        if e.action_key == key and e.kind == "action_reconciled"
+    )  # fmt: skip
+    assert reconciled.payload["already_done"] is False
+
+
+ENABLING_PLAYBOOK = """
+name: enabling
+title: Enable on every pair behind a gate
+states:
+  - id: enable-all
+    title: Enable Redis on every HA pair
+    seed_step: null
+    scope: ha_pair
+    gate: Redis is enabled on every pair in this state.
+    enables_redis: true
+    actions:
+      - do: test.pair_step
+        with: {n: 1}
+      - do: test.pair_step
+        with: {n: 2}
+"""
+
+
+class LateAnswer(Ui):
+    """Approves every gate, after `minutes` on the window's clock."""
+
+    def __init__(self, clock: list[dt.datetime], minutes: float) -> None:
+        super().__init__(assume_yes=True, quiet=True)
+        self.clock, self.minutes = clock, minutes
+
+    def gate(self, title: str, summary: list[str], view: GateView | None = None) -> Decision:
+        self.clock[0] += dt.timedelta(minutes=self.minutes)
+        return super().gate(title, summary, view)
+
+
+def test_a_gate_answered_late_pauses_a_parallel_state_that_enables_redis(world, pairs):
+    # Both pairs at once take 80 s (two 40 s steps each): they fit the window when the gate
+    # is shown with 5 min left, no longer once it is answered 4 min later.
+    start = dt.datetime(2026, 12, 1, 5, 0, tzinfo=dt.UTC)
+    clock = [start]
+    window = ChangeWindow(start + dt.timedelta(minutes=5), lambda step: 40.0, now=lambda: clock[0])
+    pairs.site = local_pairs(pairs.root, "cat {s}/{app}")
+    pairs.playbook = ENABLING_PLAYBOOK
+    pairs.ui = LateAnswer(clock, minutes=4)
+
+    outcome = pairs.run(Parallelism(2), window)
+
+    assert outcome.status == "paused" and "paused at a safe point" in outcome.message
+    assert world.log == []  # no pair started
+    kinds = [e.kind for e in pairs.journal.events(pairs.run_id)]
+    assert kinds.index("gate_decision") < kinds.index("window_pause")
+    paused = next(e for e in pairs.journal.events(pairs.run_id) if e.kind == "window_pause")
+    assert paused.payload["needed_s"] == 80 and paused.payload["left_s"] == 60

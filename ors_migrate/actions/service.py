@@ -12,7 +12,7 @@ from ors_migrate.actions.service_control import (
     steady_pair_status,
     switchover_unfinished,
 )
-from ors_migrate.errors import OrsMigrateError, VerificationFailed
+from ors_migrate.errors import Halted, OrsMigrateError, VerificationFailed
 from ors_migrate.events import SwitchoverDone, SwitchoverIntent
 from ors_migrate.options import CASSANDRA, PERSISTENCE, REDIS, TYPE, version_at_least
 from ors_migrate.site import Site
@@ -191,6 +191,12 @@ class Switchover(Action):
 
     def apply(self, ctx: RunContext, step: PlannedAction, intent: dict[str, Any]) -> dict[str, Any]:
         quiet_wait = self._wait_for_quiet(ctx, step, intent)
+        if ctx.halt.is_set():  # the last moment before the command: a resume waits again
+            waited = f" after waiting {quiet_wait['waited_s']:g} s" if quiet_wait else ""
+            raise Halted(
+                f"the run is stopping: the switchover of {intent['pair']} was not sent{waited}; "
+                "a resume checks the pair and switches it over then"
+            )
         promoted = ctx.services.switchover(
             intent["pair"], intent["old_primary"], intent["new_primary"]
         )
@@ -217,6 +223,7 @@ class Switchover(Action):
             lambda: ctx.services.active_sessions(intent["old_primary"]),
             policy=policy,
             interval_s=ctx.site.services.poll_interval_s,
+            halt=ctx.halt,
         )
 
 

@@ -206,6 +206,31 @@ def test_table_round_trip_with_quotes(standin, driver) -> None:
     assert after_delete == ["y2"]
 
 
+def test_a_delete_removes_exactly_the_rows_its_relations_select(standin, driver) -> None:
+    """One row by its full key, several by an IN list, a whole partition by its key alone:
+    each removes what Cassandra would and nothing beside it."""
+    session = driver(standin()).connect()
+    session.execute(f"CREATE KEYSPACE ks WITH replication = {KS_OPTIONS}")
+    session.execute("CREATE TABLE ks.t (a text, b text, v int, PRIMARY KEY ((a), b))")
+    for a in ("p", "q"):
+        for n in range(5):
+            session.execute("INSERT INTO ks.t (a, b, v) VALUES (%s, %s, %s)", (a, f"s{n}", n))
+
+    def left() -> list[tuple[str, str]]:
+        return [(r.a, r.b) for r in session.execute("SELECT a, b FROM ks.t")]
+
+    session.execute("DELETE FROM ks.t WHERE a = 'p' AND b = 's1'")
+    session.execute("DELETE FROM ks.t WHERE a = 'p' AND b = 'absent'")
+    after_one = left()
+    session.execute("DELETE FROM ks.t WHERE a = 'q' AND b IN ('s0', 's3', 's3', 'absent')")
+    after_in = left()
+    session.execute("DELETE FROM ks.t WHERE a = 'p'")
+
+    assert after_one == [("p", f"s{n}") for n in (0, 2, 3, 4)] + [("q", f"s{n}") for n in range(5)]
+    assert after_in[4:] == [("q", "s1"), ("q", "s2"), ("q", "s4")]
+    assert left() == [("q", "s1"), ("q", "s2"), ("q", "s4")]
+
+
 def test_ttl_expires_rows_and_ttl_function_reports_it(standin, driver) -> None:
     session = driver(standin()).connect()
     session.execute(f"CREATE KEYSPACE ks WITH replication = {KS_OPTIONS}")

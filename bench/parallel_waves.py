@@ -47,6 +47,7 @@ class Measured:
     estimated_s: float
     estimated_from: list[str]  # where the estimate's durations came from
     states: dict[str, float]  # state id -> seconds it took
+    machine_busy: float  # share of the machine's CPU time busy during the run (lab included)
 
     @property
     def succeeded(self) -> bool:
@@ -57,8 +58,17 @@ class Measured:
             f"  {self.label}: {self.status}, wall {self.wall_s:.1f} s, tool CPU "
             f"{self.cpu_s:.2f} s ({self.cpu_s / self.wall_s:.1%} of wall), estimated "
             f"{self.estimated_s:.1f} s at its start (durations from: "
-            f"{'; '.join(self.estimated_from)})"
+            f"{'; '.join(self.estimated_from)}); machine CPU busy {self.machine_busy:.0%} "
+            "(the lab's processes, the tool and anything else on this machine)"
         )
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """The machine's busy and total CPU ticks so far (`/proc/stat`): on a small machine a
+    large lab can keep every core busy, and then the wall time measures the machine."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def migrate(shape: LabShape, parallel: Parallelism, lab: Path, state: Path) -> Measured:
@@ -67,11 +77,12 @@ def migrate(shape: LabShape, parallel: Parallelism, lab: Path, state: Path) -> M
     ui = Ui(assume_yes=True, quiet=True, interactive=False, console=Console(file=io.StringIO()))
     runner = Runner(state, ui, parallel=parallel)
     try:
-        wall, cpu = time.monotonic(), time.process_time()
+        wall, cpu, ticks = time.monotonic(), time.process_time(), cpu_ticks()
         run_id, outcome = runner.start(
             str(layout.site), "migrate-to-redis", resume=False, run_id=None, auto_rollback=False
         )
         wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+        busy, total = (after - before for after, before in zip(cpu_ticks(), ticks, strict=True))
         events = runner.journal.events(run_id)
         made = next(e for e in events if e.kind == EventKind.ESTIMATE)
         states = {
@@ -86,20 +97,29 @@ def migrate(shape: LabShape, parallel: Parallelism, lab: Path, state: Path) -> M
         print(f"  the run did not succeed: {outcome.message}")
     estimated = float(made.payload["total_s"])
     sources = sorted({src for s in made.payload["states"] for src in s.get("sources", [])})
-    return Measured(parallel.describe(), outcome.status, wall, cpu, estimated, sources, states)
+    return Measured(
+        parallel.describe(), outcome.status, wall, cpu, estimated, sources, states, busy / total
+    )
 
 
 def shape_of(parser: argparse.ArgumentParser, args: argparse.Namespace) -> LabShape:
     """The lab's shape; a --clusters that does not divide --pairs is refused (it would
     silently migrate fewer pairs than asked)."""
     if args.clusters is None:
-        return replace(lab_shape(args.pairs), load_seed=args.seed)
+        return replace(
+            lab_shape(args.pairs), load_seed=args.seed, poll_interval_s=args.poll_interval_s
+        )
     if args.clusters < 1 or args.pairs % args.clusters:
         parser.error(
             f"--clusters {args.clusters} does not divide --pairs {args.pairs}: every ORS "
             "cluster gets the same number of HA pairs"
         )
-    return LabShape(args.clusters, args.pairs // args.clusters, load_seed=args.seed)
+    return LabShape(
+        args.clusters,
+        args.pairs // args.clusters,
+        load_seed=args.seed,
+        poll_interval_s=args.poll_interval_s,
+    )
 
 
 def compare(serial: Measured, parallel_run: Measured) -> None:
@@ -131,12 +151,19 @@ def main(argv: list[str]) -> int:
         "--clusters", type=int, default=None, help="ORS clusters (they must divide --pairs)"
     )
     parser.add_argument("--seed", type=int, default=7, help="the labs' --load-seed")
+    parser.add_argument(
+        "--poll-interval-s",
+        type=float,
+        default=1.0,
+        help="the lab site's services.poll_interval_s (the lab's own default, 0.1, is for tests)",
+    )
     args = parser.parse_args(argv)
     shape = shape_of(parser, args)
     warm_imports()
     print(
         f"lab migration of {args.pairs} HA pairs ({shape.clusters} x {shape.pairs_per_cluster}), "
-        f"each run on a fresh lab, load seed {args.seed}:"
+        f"each run on a fresh lab, load seed {args.seed}, status polled every "
+        f"{args.poll_interval_s:g} s:"
     )
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-parallel-") as work:

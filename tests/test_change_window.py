@@ -24,7 +24,8 @@ from ors_migrate.render import render_plan
 from ors_migrate.runner import durations_for, load_playbook, make_plan
 from ors_migrate.site import load_site
 
-UPGRADE_AND_RESTART = """
+UPGRADE_AND_RESTART = (
+    """
 name: upgrade-and-restart
 title: Upgrade, then the standard restart
 states:
@@ -34,7 +35,9 @@ states:
     scope: app
     actions:
       - do: ors.upgrade
-""" + STANDARD_RESTART_STATE
+"""
+    + STANDARD_RESTART_STATE
+)
 DURATIONS = "durations:\n  restart_s: 40\n  switchover_s: 10\n  upgrade_s: 1\n"
 FIRST_SWITCHOVER = """
 name: first-switchover

@@ -14,11 +14,14 @@ from ors_migrate.errors import InputError
 from ors_migrate.journal import Journal
 from ors_migrate.report import build_report, estimate_line
 
-RESTART = """
+RESTART = (
+    """
 name: restart
 title: The standard restart
 states:
-""" + STANDARD_RESTART_STATE
+"""
+    + STANDARD_RESTART_STATE
+)
 # 90 s for the pair's restart, switchover and restart: a window of a minute pauses before it.
 DURATIONS = "durations:\n  restart_s: 40\n  switchover_s: 10\n"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from conftest import cli
-from redis.cluster import RedisCluster
 from durable_runs import lab_apps, run_status, start_run
+from redis.cluster import RedisCluster
 from test_faults import finish, state_started, when
 
 from ors_migrate.lab.layout import LabLayout

@@ -206,6 +206,18 @@ class Target:
             "role_resolved_at_run_time": self.role_resolved_at_run_time,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Target:
+        """The target `as_dict` wrote (a planned action's dict holds the same keys)."""
+        return cls(
+            cluster=data["cluster"],
+            ha_pair=data["ha_pair"],
+            app=data["app"],
+            host=data["host"],
+            role=data["role"],
+            role_resolved_at_run_time=data["role_resolved_at_run_time"],
+        )
+
 
 @dataclass
 class Preview:

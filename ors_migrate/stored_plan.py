@@ -173,14 +173,7 @@ def _action(data: dict[str, Any], spec_state: StateSpec) -> PlannedAction:
     return PlannedAction(
         key=data["key"],
         action=data["action"],
-        target=Target(
-            cluster=data["cluster"],
-            ha_pair=data["ha_pair"],
-            app=data["app"],
-            host=data["host"],
-            role=data["role"],
-            role_resolved_at_run_time=data["role_resolved_at_run_time"],
-        ),
+        target=Target.from_dict(data),
         args=dict(spec.with_),
         role=spec.role,
         changes_world=data["changes_world"],

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Self, TypeVar
 
 from ors_migrate.errors import CommandFailed
 
@@ -206,6 +206,18 @@ class Target:
             "role_resolved_at_run_time": self.role_resolved_at_run_time,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Target:
+        """The target `as_dict` wrote (a planned action's dict holds the same keys)."""
+        return cls(
+            cluster=data["cluster"],
+            ha_pair=data["ha_pair"],
+            app=data["app"],
+            host=data["host"],
+            role=data["role"],
+            role_resolved_at_run_time=data["role_resolved_at_run_time"],
+        )
+
 
 @dataclass
 class Preview:
@@ -281,6 +293,24 @@ class PlannedState:
             "timeout_s": self.timeout_s,
             "actions": [a.as_dict(with_old=with_old) for a in self.actions],
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], actions: list[PlannedAction]) -> Self:
+        """The state `as_dict` wrote, with `actions` in place of its "actions": those are
+        the caller's to decode (a stored plan decodes them only when first used)."""
+        return cls(
+            id=data["id"],
+            title=data["title"],
+            seed_step=data["seed_step"],
+            scope=data["scope"],
+            gate=data["gate"],
+            enables_redis=data["enables_redis"],
+            on_failure=data["on_failure"],
+            retry_attempts=data["retry"]["attempts"],
+            retry_backoff_s=data["retry"]["backoff_s"],
+            timeout_s=data["timeout_s"],
+            actions=actions,
+        )
 
 
 @dataclass

@@ -132,22 +132,20 @@ class StoredState(PlannedState):
     """A state of the stored plan whose actions are decoded from the journal's text when first
     used: a resume does not decode the states it skips as finished."""
 
-    def __init__(self, head: dict[str, Any], decode: Callable[[], list[PlannedAction]]) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._lock = threading.Lock()
-        super().__init__(
-            id=head["id"],
-            title=head["title"],
-            seed_step=head["seed_step"],
-            scope=head["scope"],
-            gate=head["gate"],
-            enables_redis=head["enables_redis"],
-            on_failure=head["on_failure"],
-            retry_attempts=head["retry"]["attempts"],
-            retry_backoff_s=head["retry"]["backoff_s"],
-            timeout_s=head["timeout_s"],
-            actions=[],
-        )
-        self._decode: Callable[[], list[PlannedAction]] | None = decode
+        self._decode: Callable[[], list[PlannedAction]] | None = None
+        super().__init__(*args, **kwargs)
+
+    @classmethod
+    def decoded_when_used(
+        cls, head: dict[str, Any], decode: Callable[[], list[PlannedAction]]
+    ) -> StoredState:
+        """The state whose head (`PlannedState.as_dict` without its actions) is `head`, its
+        actions left to `decode` until first used."""
+        state = cls.from_dict(head, actions=[])
+        state._decode = decode
+        return state
 
     @property  # type: ignore[override]
     def actions(self) -> list[PlannedAction]:
@@ -175,14 +173,7 @@ def _action(data: dict[str, Any], spec_state: StateSpec) -> PlannedAction:
     return PlannedAction(
         key=data["key"],
         action=data["action"],
-        target=Target(
-            cluster=data["cluster"],
-            ha_pair=data["ha_pair"],
-            app=data["app"],
-            host=data["host"],
-            role=data["role"],
-            role_resolved_at_run_time=data["role_resolved_at_run_time"],
-        ),
+        target=Target.from_dict(data),
         args=dict(spec.with_),
         role=spec.role,
         changes_world=data["changes_world"],
@@ -220,7 +211,7 @@ def stored_plan(plan_json: str, layout: str, playbook: LoadedPlaybook) -> Plan |
         if len(data["states"]) != len(spans):
             return None
         states: list[PlannedState] = [
-            StoredState(head, _decoder(plan_json, span, specs[head["id"]]))
+            StoredState.decoded_when_used(head, _decoder(plan_json, span, specs[head["id"]]))
             for head, span in zip(data["states"], spans, strict=True)
         ]
         return Plan(

@@ -17,6 +17,7 @@ from typing import Any
 
 from conftest import REPO, cli
 
+from ors_migrate.lab.lab import lab_status
 from ors_migrate.lab.layout import LabLayout
 
 RUN_TIMEOUT_S = 300.0
@@ -163,7 +164,10 @@ def cli_json(*args: str) -> Any:
 
 
 def lab_apps(lab: LabLayout) -> list[dict[str, Any]]:
-    return cli_json("lab", "status", "--dir", str(lab.root))["apps"]
+    """The applications `ors-migrate lab status --json` lists, read in this process: the same
+    data without a process started for each look (the command is tested on its own)."""
+    apps: list[dict[str, Any]] = lab_status(lab.root)["apps"]
+    return apps
 
 
 def sim_starts(lab: LabLayout, app: str) -> int:

@@ -9,7 +9,6 @@ an action's intent and then acts, while the run goes on."""
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
@@ -19,11 +18,11 @@ from typing import Any
 
 import yaml
 from conftest import REPO
-from durable_runs import Event, journal_events
+from durable_runs import Event, journal_events, lab_apps, run_status
 from durable_runs import start_run as run_in_background
 
 from ors_migrate.lab.faults import add_fault, clear_faults
-from ors_migrate.lab.lab import LabShape, generic_topology, lab_status, lab_up
+from ors_migrate.lab.lab import LabShape, generic_topology, lab_up
 from ors_migrate.lab.layout import UPGRADE_VERSION, LabLayout
 from ors_migrate.lab.redis_cluster import RedisClusterLab
 
@@ -106,17 +105,6 @@ def reset(lab: LabLayout) -> None:
     """Between cases: no fault left, Redis back."""
     clear_faults(lab)
     RedisClusterLab.from_dir(lab.root).restart_stopped()
-
-
-def lab_apps(lab: LabLayout) -> list[dict[str, Any]]:
-    apps: list[dict[str, Any]] = lab_status(lab.root)["apps"]
-    return apps
-
-
-def run_status(state_dir: Path) -> str:
-    """The status the run last wrote in its journal."""
-    with sqlite3.connect(f"file:{state_dir / 'journal.sqlite3'}?mode=ro", uri=True) as db:
-        return str(db.execute("SELECT status FROM runs").fetchone()[0])
 
 
 def assert_rolled_back(lab: LabLayout, state_dir: Path) -> None:

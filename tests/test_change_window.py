@@ -9,7 +9,7 @@ import json
 
 import pytest
 from conftest import REPO, cli
-from tiny_site import make_tiny_site
+from tiny_site import STANDARD_RESTART_STATE, make_tiny_site
 
 from ors_migrate.engine import pause_points
 from ors_migrate.errors import InputError
@@ -24,7 +24,8 @@ from ors_migrate.render import render_plan
 from ors_migrate.runner import durations_for, load_playbook, make_plan
 from ors_migrate.site import load_site
 
-UPGRADE_AND_RESTART = """
+UPGRADE_AND_RESTART = (
+    """
 name: upgrade-and-restart
 title: Upgrade, then the standard restart
 states:
@@ -34,17 +35,9 @@ states:
     scope: app
     actions:
       - do: ors.upgrade
-  - id: standard-restart
-    title: Restart ORS by the standard procedure
-    seed_step: prepare.5
-    scope: ha_pair
-    actions:
-      - do: service.restart
-        role: backup
-      - do: service.switchover
-      - do: service.restart
-        role: backup
 """
+    + STANDARD_RESTART_STATE
+)
 DURATIONS = "durations:\n  restart_s: 40\n  switchover_s: 10\n  upgrade_s: 1\n"
 FIRST_SWITCHOVER = """
 name: first-switchover

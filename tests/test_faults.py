@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import sshd_fixture
 from conftest import cli
-from durable_runs import Event, journal_events, start_run
+from durable_runs import Event, cli_json, journal_events, lab_apps, run_status, start_run
 
 from ors_migrate.lab.layout import LabLayout, read_pid
 from ors_migrate.lab.redis_cluster import RedisClusterLab
@@ -47,14 +47,6 @@ def finish(proc: subprocess.Popen[str], timeout: float = 600) -> tuple[int, str]
     return proc.returncode, err
 
 
-def lab_apps(lab: LabLayout) -> list[dict[str, Any]]:
-    return json.loads(cli("lab", "status", "--dir", str(lab.root), "--json").stdout)["apps"]
-
-
-def run_status(state_dir: Path) -> dict[str, Any]:
-    return json.loads(cli("status", "--json", "--state-dir", str(state_dir)).stdout)
-
-
 def options_snapshot(lab: LabLayout) -> dict[str, bytes]:
     return {p.parent.name: p.read_bytes() for p in lab.root.glob("apps/*/options.ini")}
 
@@ -77,7 +69,7 @@ def test_redis_master_killed_during_monitoring_rolls_back_by_itself(make_lab, tm
     code, err = finish(proc)
     assert code == 1, err
     assert f"127.0.0.1:{master}" in err
-    assert run_status(state_dir)["status"] == "rolled_back"
+    assert run_status(state_dir) == "rolled_back"
     assert {a["type"] for a in lab_apps(lab)} == {"cassandra"}
 
     restored = cli("rollback", "--to", "start", "--yes", "--state-dir", str(state_dir))
@@ -101,7 +93,7 @@ def test_application_that_fails_to_start_stops_the_run_and_resumes_after_the_fix
     failed = cli("run", str(lab.site), "--yes", "--state-dir", str(state_dir))
     assert failed.returncode == 1
     assert backup in failed.stderr and "tls-cert and tls-key" in failed.stderr
-    status = run_status(state_dir)
+    status = cli_json("status", "--state-dir", str(state_dir))
     assert status["status"] == "failed" and status["current_state"] == "standard-restart"
     # Never both members down: the primary kept running while its backup could not start.
     roles = {a["app"]: a["role"] for a in lab_apps(lab)}
@@ -131,7 +123,7 @@ def test_cassandra_unreachable_during_preparation_stops_before_redis_and_resumes
     # Caught by whichever verification of preparation sees it first (prepare.6).
     assert f"127.0.0.1:{cql}" in err
     assert "verify-prepared" in err or "verify-cassandra" in err
-    assert run_status(state_dir)["status"] == "failed"
+    assert run_status(state_dir) == "failed"
     assert {a["type"] for a in lab_apps(lab)} == {"cassandra"}
 
     restart_cassandra(lab, cql, thrift)
@@ -243,7 +235,7 @@ def test_changed_host_key_between_runs_is_refused_then_resumes_once_trusted(
     # Without --yes and without a terminal the run stops at its first gate (enable.1).
     paused = cli("run", str(lab.site), "--state-dir", str(state_dir))
     assert paused.returncode != 0
-    assert run_status(state_dir)["status"] == "paused"
+    assert run_status(state_dir) == "paused"
 
     new_key = sshd_fixture.generate_key(server.directory / "ssh_host_ed25519_key.new")
     os.replace(new_key.path, server.directory / "ssh_host_ed25519_key")

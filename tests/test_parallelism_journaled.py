@@ -7,28 +7,21 @@ import datetime as dt
 
 import pytest
 from conftest import cli
-from tiny_site import make_tiny_site
+from tiny_site import STANDARD_RESTART_STATE, make_tiny_site
 
 from ors_migrate.cli import _parallelism
 from ors_migrate.errors import InputError
 from ors_migrate.journal import Journal
 from ors_migrate.report import build_report, estimate_line
 
-RESTART = """
+RESTART = (
+    """
 name: restart
 title: The standard restart
 states:
-  - id: standard-restart
-    title: Restart ORS by the standard procedure
-    seed_step: prepare.5
-    scope: ha_pair
-    actions:
-      - do: service.restart
-        role: backup
-      - do: service.switchover
-      - do: service.restart
-        role: backup
 """
+    + STANDARD_RESTART_STATE
+)
 # 90 s for the pair's restart, switchover and restart: a window of a minute pauses before it.
 DURATIONS = "durations:\n  restart_s: 40\n  switchover_s: 10\n"
 

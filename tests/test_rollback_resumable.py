@@ -9,15 +9,8 @@ from pathlib import Path
 
 import pytest
 from conftest import cli
-from rollback_lab import (
-    assert_rolled_back,
-    enable_playbook,
-    fault,
-    lab_apps,
-    run_status,
-    start_run,
-    upgraded_lab,
-)
+from durable_runs import lab_apps, run_status
+from rollback_lab import assert_rolled_back, enable_playbook, fault, start_run, upgraded_lab
 
 from ors_migrate.lab.faults import clear_faults
 from ors_migrate.lab.lab import lab_down

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from conftest import cli
+from durable_runs import lab_apps, run_status, start_run
 from redis.cluster import RedisCluster
-from test_faults import finish, lab_apps, run_status, start_run, state_started, when
+from test_faults import finish, state_started, when
 
 from ors_migrate.lab.layout import LabLayout
 from ors_migrate.lab.redis_cluster import RedisClusterLab
@@ -49,7 +50,7 @@ def assert_rolled_back_at_enable2_naming(lab: LabLayout, state_dir: Path, app: s
     assert result.returncode == 1, result.stderr[-3000:]
     assert "verify-serialization-first" in result.stderr
     assert f"{app} (primary of cl1-pair1) created" in result.stderr
-    assert run_status(state_dir)["status"] == "rolled_back"
+    assert run_status(state_dir) == "rolled_back"
     assert {a["type"] for a in lab_apps(lab)} == {"cassandra"}
 
 
@@ -90,7 +91,7 @@ def test_no_new_sessions_stops_at_a_gate_unattended_then_on_timeout_rollback_rol
     assert paused.returncode == 130, paused.stderr[-3000:]
     assert f"no evidence of a new session on {app}" in paused.stderr
     assert "Check by hand" in paused.stderr
-    assert run_status(state_dir)["status"] == "paused"
+    assert run_status(state_dir) == "paused"
     events = kinds(state_dir)
     timeouts = [p for k, _, p in events if k == "window_timeout"]
     assert timeouts and timeouts[-1]["decision"] == "stop"
@@ -115,7 +116,7 @@ def test_no_new_sessions_stops_at_a_gate_unattended_then_on_timeout_rollback_rol
         str(state_dir),
     )
     assert rolled.returncode == 1, rolled.stderr[-3000:]
-    assert run_status(state_dir)["status"] == "rolled_back"
+    assert run_status(state_dir) == "rolled_back"
     assert {a["type"] for a in lab_apps(lab)} == {"cassandra"}
     assert [p["decision"] for k, _, p in kinds(state_dir) if k == "window_timeout"][-1] == (
         "rollback"
@@ -144,7 +145,7 @@ def test_capacity_finding_in_the_monitoring_window_stops_at_a_gate_without_rollb
     assert "add more Redis nodes or upgrade memory capacity" in err
     assert "consult Redis support" in err
     assert "ors-migrate's own" in err
-    assert run_status(state_dir)["status"] == "paused"
+    assert run_status(state_dir) == "paused"
     assert not any(k == "rollback_started" for k, _, _ in kinds(state_dir))
     decisions = [p for k, _, p in kinds(state_dir) if k == "capacity_decision"]
     assert decisions and decisions[0]["decision"] == "stop"
@@ -167,7 +168,7 @@ def test_refuse_start_at_enable1_names_the_application_and_rolls_back(make_lab, 
     code, err = finish(proc)
     assert code == 1, err[-3000:]
     assert f"{app} exited at start: lab fault refuse-start" in err
-    assert run_status(state_dir)["status"] == "rolled_back"
+    assert run_status(state_dir) == "rolled_back"
     assert {a["type"] for a in lab_apps(lab)} == {"cassandra"}
 
 
@@ -179,7 +180,7 @@ def test_refuse_start_before_redis_is_enabled_stops_without_rollback(make_lab, t
     failed = cli("run", str(lab.site), "--yes", "--state-dir", str(state_dir))
     assert failed.returncode == 1
     assert f"{backup} exited at start: lab fault refuse-start" in failed.stderr
-    assert run_status(state_dir)["status"] == "failed"
+    assert run_status(state_dir) == "failed"
     assert not any(k == "rollback_started" for k, _, _ in kinds(state_dir))
 
 
@@ -192,5 +193,5 @@ def test_redis_unreachable_from_the_new_primary_names_the_cause_and_rolls_back(m
     assert result.returncode == 1, result.stderr[-3000:]
     assert f"{app} cannot persist sessions to redis" in result.stderr
     assert "verify-first-switchover" in result.stderr
-    assert run_status(state_dir)["status"] == "rolled_back"
+    assert run_status(state_dir) == "rolled_back"
     assert {a["type"] for a in lab_apps(lab)} == {"cassandra"}

@@ -126,6 +126,21 @@ def make_tiny_site(
     return site
 
 
+# The standard restart of each HA pair (prepare.5), as a state to put in a playbook's list of
+# states: restart the backup, switch over, restart the new backup.
+STANDARD_RESTART_STATE = """  - id: standard-restart
+    title: Restart ORS by the standard procedure
+    seed_step: prepare.5
+    scope: ha_pair
+    actions:
+      - do: service.restart
+        role: backup
+      - do: service.switchover
+      - do: service.restart
+        role: backup
+"""
+
+
 # A playbook for the tiny site: preparation, a gate, type=redis on the backup and a switchover,
 # then a verification (of the pair, or of the version: VERIFY_VERSION fails on an old release).
 GATED = """

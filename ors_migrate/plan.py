@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from typing import Any
 
 from ors_migrate.errors import InputError
 from ors_migrate.playbook import LoadedPlaybook, StateSpec
@@ -155,17 +157,76 @@ def locate_in_site(
     return type(exc)(exc.detail, file=document.path, line=line, field=exc.field, rule=exc.rule)
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+
+
 def plan_hash(plan: Plan) -> str:
     """Hash of what the plan will do: states, targets, commands and new values. Current (old)
-    option values are left out so that the hash does not change as the run edits them."""
-    body = {
+    option values are left out so that the hash does not change as the run edits them.
+
+    It is the SHA-256 of the plan's canonical JSON (sorted keys, no spaces), fed to the digest
+    state by state rather than built as one string: a plan of 500 HA pairs is some 10 MB of
+    it, over half of that the same option changes written for every application, which are
+    encoded once (`_ChangeLists`)."""
+    digest = hashlib.sha256()
+    marker = _marker()
+    head = {
         "playbook": plan.playbook,
         "site": plan.site,
         "rollback_playbook": plan.rollback_playbook,
-        "states": [s.as_dict(with_old=False) for s in plan.states],
+        "states": [marker],
     }
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    before, after = _CANONICAL.encode(head).split(json.dumps(marker))
+    digest.update(before.encode("utf-8"))
+    changes = _ChangeLists(marker)
+    for index, state in enumerate(plan.states):
+        body = state.as_dict(with_old=False)
+        body["actions"] = [changes.held(a) for a in body["actions"]]
+        encoded = _CANONICAL.encode(body)
+        digest.update(("," if index else "").encode("utf-8"))
+        digest.update(changes.filled(encoded).encode("utf-8"))
+    digest.update(after.encode("utf-8"))
+    return digest.hexdigest()
+
+
+def _marker() -> str:
+    """A string no plan holds, to stand in for a value encoded elsewhere."""
+    return f"\0{os.urandom(8).hex()}"
+
+
+class _ChangeLists:
+    """Each action's option changes, encoded once per distinct list and put back into the
+    canonical JSON of its state where `marker` stands in for them, in order."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+        self.encoded_marker = json.dumps(marker)
+        self.known: dict[tuple[tuple[tuple[str, Any], ...], ...], str] = {}
+        self.pending: list[str] = []
+
+    def held(self, action: dict[str, Any]) -> dict[str, Any]:
+        """`action` (a copy of its own) with its changes left for `filled`."""
+        changes = action["option_changes"]
+        if not changes:
+            return action
+        key = tuple(tuple(change.items()) for change in changes)
+        try:
+            encoded = self.known.get(key)
+        except TypeError:  # a value that cannot be a key: encoded where it stands
+            return action
+        if encoded is None:
+            encoded = self.known[key] = _CANONICAL.encode(changes)
+        self.pending.append(encoded)
+        action["option_changes"] = self.marker
+        return action
+
+    def filled(self, encoded: str) -> str:
+        pieces = encoded.split(self.encoded_marker)
+        out = [pieces[0]]
+        for value, piece in zip(self.pending, pieces[1:], strict=True):
+            out += [value, piece]
+        self.pending = []
+        return "".join(out)
 
 
 def build_plan(

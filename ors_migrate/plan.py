@@ -105,10 +105,13 @@ def _expand_state(
     # Scope is the outer loop: every action of a state happens for one pair (or app) before the
     # next, so a rolling restart finishes one HA pair before it touches another.
     planned: list[PlannedAction] = []
+    included = [
+        (index, spec)
+        for index, spec in enumerate(state.actions)
+        if _condition_holds(site, spec.when)
+    ]
     for unit in targets.units(state.scope):
-        for index, spec in enumerate(state.actions):
-            if not _condition_holds(site, spec.when):
-                continue
+        for index, spec in included:
             action = actions[spec.do]()
             step = PlannedAction(
                 key=f"{state.id}/{unit.label()}/{index}",

@@ -168,20 +168,18 @@ def plan_hash(plan: Plan) -> str:
     option values are left out so that the hash does not change as the run edits them.
 
     It is the SHA-256 of the plan's canonical JSON (sorted keys, no spaces), fed to the digest
-    state by state rather than built as one string: a plan of 500 HA pairs is some 10 MB of
-    it, over half of that the same option changes written for every application, which are
-    encoded once (`_ChangeLists`)."""
+    state by state rather than built as one string, each distinct list of option changes
+    encoded once (`SharedChanges`)."""
     digest = hashlib.sha256()
-    marker = _marker()
+    changes = SharedChanges(_CANONICAL)
     head = {
         "playbook": plan.playbook,
         "site": plan.site,
         "rollback_playbook": plan.rollback_playbook,
-        "states": [marker],
+        "states": [changes.marker],
     }
-    before, after = _CANONICAL.encode(head).split(json.dumps(marker))
+    before, after = _CANONICAL.encode(head).split(changes.encoded_marker)
     digest.update(before.encode("utf-8"))
-    changes = _ChangeLists(marker)
     for index, state in enumerate(plan.states):
         body = state.as_dict(with_old=False)
         body["actions"] = [changes.held(a) for a in body["actions"]]
@@ -192,24 +190,21 @@ def plan_hash(plan: Plan) -> str:
     return digest.hexdigest()
 
 
-def _marker() -> str:
-    """A string no plan holds, to stand in for a value encoded elsewhere."""
-    return f"\0{os.urandom(8).hex()}"
+class SharedChanges:
+    """Planned actions' option changes in JSON, each distinct list encoded once by `encoder`
+    and put back where `marker` holds its place: a plan of 500 HA pairs writes the same list
+    for each of 1,000 applications, over half of its JSON."""
 
-
-class _ChangeLists:
-    """Each action's option changes, encoded once per distinct list and put back into the
-    canonical JSON of its state where `marker` stands in for them, in order."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-        self.encoded_marker = json.dumps(marker)
+    def __init__(self, encoder: json.JSONEncoder) -> None:
+        self.encoder = encoder
+        self.marker = f"\0{os.urandom(8).hex()}"  # a string no plan holds
+        self.encoded_marker = json.dumps(self.marker)
         self.known: dict[tuple[tuple[tuple[str, Any], ...], ...], str] = {}
         self.pending: list[str] = []
 
     def held(self, action: dict[str, Any]) -> dict[str, Any]:
-        """`action` (a copy of its own) with its changes left for `filled`."""
-        changes = action["option_changes"]
+        """`action` (as `PlannedAction.as_dict` gives it) with its changes left for `filled`."""
+        changes = action.get("option_changes")
         if not changes:
             return action
         key = tuple(tuple(change.items()) for change in changes)
@@ -218,12 +213,12 @@ class _ChangeLists:
         except TypeError:  # a value that cannot be a key: encoded where it stands
             return action
         if encoded is None:
-            encoded = self.known[key] = _CANONICAL.encode(changes)
+            encoded = self.known[key] = self.encoder.encode(changes)
         self.pending.append(encoded)
-        action["option_changes"] = self.marker
-        return action
+        return {**action, "option_changes": self.marker}
 
     def filled(self, encoded: str) -> str:
+        """`encoded` (the JSON of what `held` gave, in order) with the changes put back."""
         pieces = encoded.split(self.encoded_marker)
         out = [pieces[0]]
         for value, piece in zip(self.pending, pieces[1:], strict=True):

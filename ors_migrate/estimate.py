@@ -94,6 +94,9 @@ class Durations:
     measured: Measured | None = None
     windows: dict[str, float] = field(default_factory=dict)  # action -> the site's window
     quiet: QuietWait | None = None
+    _timed: dict[tuple[str, Any, bool], tuple[float, tuple[str, ...]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def of(self, action: str, args: dict[str, Any] | None = None) -> tuple[float, str]:
         """Seconds for one action and where that figure comes from."""
@@ -108,14 +111,29 @@ class Durations:
 
     def seconds(self, step: PlannedAction) -> float:
         """The action's own seconds, plus the quiet wait it may spend before a switchover."""
-        own = self.of(step.action, step.args)[0]
-        quiet = self._quiet_before(step)
-        return own + quiet.seconds if quiet else own
+        return self.timed(step)[0]
 
     def sources(self, step: PlannedAction) -> list[str]:
-        own = self.of(step.action, step.args)[1]
+        return list(self.timed(step)[1])
+
+    def timed(self, step: PlannedAction) -> tuple[float, tuple[str, ...]]:
+        """`seconds` and `sources` of a step, worked out once for all steps alike (the same
+        action with the same window and quiet wait): 500 HA pairs make 10,000 steps."""
+        window = step.args.get("window_s")
+        key = (step.action, window, QuietWait.applies_to(step))
+        try:
+            return self._timed[key]
+        except KeyError:
+            pass
+        except TypeError:  # a window that cannot be a key
+            return self._time(step)
+        found = self._timed[key] = self._time(step)
+        return found
+
+    def _time(self, step: PlannedAction) -> tuple[float, tuple[str, ...]]:
+        own, source = self.of(step.action, step.args)
         quiet = self._quiet_before(step)
-        return [own, quiet.source] if quiet else [own]
+        return (own + quiet.seconds, (source, quiet.source)) if quiet else (own, (source,))
 
     def _quiet_before(self, step: PlannedAction) -> QuietWait | None:
         return self.quiet if QuietWait.applies_to(step) else None
@@ -185,7 +203,7 @@ def estimate_plan(
     parallel = parallel or Parallelism()
     states = []
     for state in plan.states:
-        sources = {source for step in state.actions for source in durations.sources(step)}
+        sources = {source for step in state.actions for source in durations.timed(step)[1]}
         seconds, shown = _state_seconds(state, durations, parallel)
         if durations.measured:
             seconds += durations.measured.state_overhead.get(state.id, 0.0)

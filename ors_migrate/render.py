@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from ors_migrate.estimate import Estimate
+from ors_migrate.plan import SharedChanges
 from ors_migrate.step import Plan, PlannedAction, clock
 
 FORMATS = ("text", "json", "markdown", "mermaid")
@@ -194,7 +195,8 @@ def as_json(data: dict[str, Any]) -> str:
     standard library indents only in pure Python, and a plan of 500 HA pairs (10,000 actions,
     14 MB) took most of a second; one line per action is also what grep and diff want. Each
     action is left as one marker in the indented skeleton, then encoded by the C encoder into
-    its place (the encoder writes the lists in order)."""
+    its place (the encoder writes the lists in order), its option changes encoded once for all
+    actions that make the same (`SharedChanges`)."""
     marker = f"\0{os.urandom(8).hex()}"
     actions: list[Any] = []
     skeleton = dict(data)
@@ -204,8 +206,9 @@ def as_json(data: dict[str, Any]) -> str:
         skeleton["states"].append({**state, "actions": [marker] * len(state.get("actions", []))})
     pieces = json.dumps(skeleton, indent=2).split(json.dumps(marker))
     out = [pieces[0]]
+    changes = SharedChanges(_ONE_LINE)
     for action, piece in zip(actions, pieces[1:], strict=True):
-        out += [_ONE_LINE.encode(action), piece]
+        out += [changes.filled(_ONE_LINE.encode(changes.held(action))), piece]
     return "".join(out)
 
 

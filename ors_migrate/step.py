@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Self, TypeVar, cast
 
 from ors_migrate.errors import CommandFailed
 
@@ -362,16 +362,29 @@ class PlanningView:
         self.primary: dict[str, str] = {
             pair.name: pair.app_with_role("primary").name for _, pair in site.pairs()
         }
+        # Each application's peer in its HA pair (a pair has exactly two).
+        self.peer: dict[str, str] = {
+            app.name: other.name
+            for _, pair in site.pairs()
+            for app in pair.apps
+            for other in pair.apps
+            if other is not app
+        }
         self.options: dict[str, OptionValues | None] = {}
         for _, _, app in site.apps():
             self.options[app.name] = current_options(app) if current_options else None
+        self._derived: dict[Hashable, Any] = {}
+
+    def derived(self, key: Hashable, make: Callable[[], T]) -> T:
+        """What `make` derives from the site alone, made once per plan under `key`: a plan of
+        500 HA pairs asks for the same option changes a thousand times."""
+        if key not in self._derived:
+            self._derived[key] = make()
+        return cast(T, self._derived[key])
 
     def app_in_role(self, pair_name: str, role: str) -> str:
-        _, pair = self.site.find_pair(pair_name)
         primary = self.primary[pair_name]
-        if role == "primary":
-            return primary
-        return next(a.name for a in pair.apps if a.name != primary)
+        return primary if role == "primary" else self.peer[primary]
 
     def switch(self, pair_name: str) -> None:
         self.primary[pair_name] = self.app_in_role(pair_name, "backup")

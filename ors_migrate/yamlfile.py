@@ -246,6 +246,13 @@ class _FastBuilder:
         self.kinds = (yaml.ScalarNode, yaml.SequenceNode, yaml.MappingNode)
         self.ruamel = YAML(typ="rt", pure=True)
         self.ruamel_scalar = ScalarNode
+        resolver = self.ruamel.resolver
+        # The first characters with which ruamel's resolver may find a plain scalar to be
+        # something other than a string (a number, a bool, null, ...): any other is a string,
+        # as ruamel would build it, without asking (most names and paths of a site).
+        self.typed_starts = (
+            None if resolver.yaml_path_resolvers else frozenset(resolver.versioned_resolver)
+        )
         self.scalars: dict[str, Any] = {}
         self.lines: dict[tuple[str | int, ...], int] = {}
         self.left = MAX_NODES
@@ -257,6 +264,8 @@ class _FastBuilder:
         if tag != _PLAIN:
             raise _NotPlain  # an explicit tag
         value = node.value
+        if self.typed_starts is not None and value and value[0] not in self.typed_starts:
+            return value
         try:
             return self.scalars[value]
         except KeyError:
@@ -300,6 +309,12 @@ class _FastBuilder:
         return built
 
 
+def _may_escape_surrogates(text: str) -> bool:
+    """Whether a value read from `text` may hold a lone surrogate: only a `\\u` or `\\U`
+    escape makes one (UTF-8 text cannot hold it)."""
+    return "\\u" in text or "\\U" in text
+
+
 def _fast_document(text: str, name: str, error: type[InputError]) -> LocatedDocument | None:
     """The document read by libyaml when it is plain YAML that reads the same in both; else
     None (ruamel reads it)."""
@@ -317,7 +332,9 @@ def _fast_document(text: str, name: str, error: type[InputError]) -> LocatedDocu
         root = builder.build(node, ())
     except Exception:  # noqa: BLE001 - anything unusual is ruamel's to read and to report
         return None
-    if not isinstance(root, dict) or SURROGATE.search(text_of(root)):
+    if not isinstance(root, dict) or (
+        _may_escape_surrogates(text) and SURROGATE.search(text_of(root))
+    ):
         return None
     return LocatedDocument(name, root, error, builder.lines)
 

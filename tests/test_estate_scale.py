@@ -67,6 +67,15 @@ p: 2026-11-30
 q: |
   two
   lines
+r: ORS_01
+s: no
+t: NULL
+u: FALSE
+v: .5
+w: -x
+x: null-ish
+y: /opt/ors
+z: é
 1: an integer key
 """
 

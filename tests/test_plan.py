@@ -3,6 +3,7 @@ does, option diffs with type=redis last, no secret in any format, and no network
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from ors_migrate.errors import SiteError
+from ors_migrate.plan import plan_hash
 from ors_migrate.render import FORMATS, render_plan
 from ors_migrate.runner import load_playbook, make_plan
 from ors_migrate.site import load_site
@@ -174,6 +176,39 @@ def test_plan_hash_is_the_same_in_two_processes_and_in_this_one(site_path: Path)
         for seed in ("1", "2")
     }
     assert hashes == {plan_for(site_path).plan_hash}
+
+
+def canonical_hash(plan: Plan) -> str:
+    """The plan hash as runs have stored it: SHA-256 of the plan without old option values,
+    as JSON with sorted keys and no spaces."""
+    body = {
+        "playbook": plan.playbook,
+        "site": plan.site,
+        "rollback_playbook": plan.rollback_playbook,
+        "states": [s.as_dict(with_old=False) for s in plan.states],
+    }
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def test_plan_hash_keeps_its_value_however_it_is_computed(site_path: Path) -> None:
+    """Runs store the hash and a resume compares a new plan's with it: the lists of option
+    changes the hash encodes once for many applications, and a value it cannot share, must
+    give the hash the canonical JSON gives."""
+    plan = plan_for(site_path)
+    lists = [
+        json.dumps(a.as_dict(with_old=False)["option_changes"])
+        for s in plan.states
+        for a in s.actions
+        if a.preview.option_changes
+    ]
+    assert len(set(lists)) < len(lists), "some applications share a list of changes"
+    assert plan.plan_hash == canonical_hash(plan)
+    first, second = plan.state("configure-redis-options").actions[:2]
+    second.preview.option_changes[0]["new"] = "another value"  # lists in a state differ
+    assert plan_hash(plan) == canonical_hash(plan) != plan.plan_hash
+    first.preview.option_changes[0]["new"] = ["not", "hashable"]
+    assert plan_hash(plan) == canonical_hash(plan)
 
 
 def test_plan_hash_changes_with_the_topology_and_not_with_current_option_values(

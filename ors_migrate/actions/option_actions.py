@@ -79,7 +79,11 @@ class SetOptions(Action):
             view.option(step.target.app, PERSISTENCE, TYPE) if change_set == "disable" else None
         )
         rows = []
-        for change in planned_changes(view.site, change_set, original):
+        changes = view.derived(
+            ("changes", change_set, original),
+            lambda: planned_changes(view.site, change_set, original),
+        )
+        for change in changes:
             old = view.option(step.target.app, change.section, change.option)
             new = change.new
             if change_set == "disable":
@@ -97,13 +101,14 @@ class SetOptions(Action):
             if change_set != "disable":
                 view.set_option(step.target.app, change.section, change.option, change.new)
         backend = view.site.options_backend.kind
-        commands = backend_commands(view.site, step.target.app)
+        app = step.target.app
+        commands = view.derived(("backend commands", app), lambda: backend_commands(view.site, app))
         what = {
             "preparation": "configure Redis persistence options (type unchanged)",
             "enable": "set [persistence] type=redis",
             "disable": "set [persistence] type back to its value before the run",
         }[change_set]
-        return Preview(f"{what} on {step.target.app} via the {backend} backend", commands, rows)
+        return Preview(f"{what} on {app} via the {backend} backend", list(commands), rows)
 
     def _app(self, ctx: RunContext, step: PlannedAction) -> str:
         if step.target.role_resolved_at_run_time:

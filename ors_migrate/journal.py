@@ -526,7 +526,8 @@ class RunLock:
     dies, so a killed run never needs a manual unlock) and an info file naming the holder: host,
     user, pid, run id and start time. Given the site's `estate` (lock key -> what it protects,
     `estate_lock.estate_claims`), it also locks every application and options location, so a
-    copy of the site file under another name cannot run against them at the same time."""
+    copy of the site file under another name cannot run against them at the same time; the
+    info file then also lists the digests of those claims, for a refused run to name this one."""
 
     GRACE_S = 1.0
 
@@ -537,7 +538,11 @@ class RunLock:
 
         from ors_migrate.estate_lock import EstateLock
 
-        self._estate = EstateLock(state_dir, estate) if estate else None
+        self._estate = (
+            EstateLock(state_dir, estate, lambda site: RunLock(state_dir, site).live_holder())
+            if estate
+            else None
+        )
         self._wrote_info = False
 
         self.state_dir = state_dir
@@ -573,6 +578,10 @@ class RunLock:
             "pid_started": process_started(os.getpid()),
             "run_id": run_id,
             "started_at": now(),
+            "site": self.site_name,
+            # Written before the first claim is taken: whoever finds a claim held can read here
+            # which run holds it.
+            "claims": self._estate.claim_digests() if self._estate is not None else [],
         }
         try:
             self._write_info(info)

@@ -102,14 +102,14 @@ class EstateLock:
             try:
                 text = statedir.read_private(path)
                 info = json.loads(text) if text else {}
+                if not isinstance(info, dict) or digest not in info.get("claims", ()):
+                    continue
+                site = str(info.get("site") or path.name.removesuffix(".holder.json"))
+                if site == self._site:
+                    continue  # this run's own holder file
+                live = self.live_holder(site)
             except (ValueError, statedir.StateDirError):
-                continue
-            if not isinstance(info, dict) or digest not in info.get("claims", ()):
-                continue
-            site = info.get("site") or path.name.removesuffix(".holder.json")
-            if site == self._site:
-                continue  # this run's own holder file
-            live = self.live_holder(str(site))
+                continue  # not a holder file to trust: the refusal names the claim's file
             if live is not None and digest in live.get("claims", ()):
                 yield {**live, "site": site}
 

@@ -247,6 +247,15 @@ class _FastBuilder:
         self.ruamel = YAML(typ="rt", pure=True)
         self.ruamel_scalar = ScalarNode
         self.scalars: dict[str, Any] = {}
+        # A plain scalar whose first character starts none of YAML 1.2's implicit types (no
+        # number, boolean, null...: `ORS_0001_A`, `pair-0001`, `primary`) is ruamel's text as it
+        # stands; a site of 500 HA pairs has thousands, which ruamel would each resolve and
+        # construct only to return them unchanged.
+        resolver = self.ruamel.resolver
+        table = resolver.versioned_resolver
+        self.typed_starts = frozenset(table) if None not in table else None
+        if resolver.yaml_path_resolvers:
+            self.typed_starts = None
         self.lines: dict[tuple[str | int, ...], int] = {}
         self.left = MAX_NODES
 
@@ -257,6 +266,8 @@ class _FastBuilder:
         if tag != _PLAIN:
             raise _NotPlain  # an explicit tag
         value = node.value
+        if value and self.typed_starts is not None and value[0] not in self.typed_starts:
+            return value
         try:
             return self.scalars[value]
         except KeyError:

@@ -46,11 +46,13 @@ def test_a_copy_under_another_name_is_refused_naming_the_run_that_holds_the_clai
     first = RunLock(state, "tiny", claims)
     first.acquire("run-1")
     try:
-        copy = RunLock(state, "tiny-copy", dict(list(claims.items())[1:]))
+        shared = dict(list(claims.items())[1:])  # the copy shares all but one claim
+        copy = RunLock(state, "tiny-copy", shared)
         with pytest.raises(RunLocked) as refused:
             copy.acquire("run-2")
         message = str(refused.value)
-        assert message.startswith(f"{list(claims.values())[1]} is held by run run-1 of site 'tiny'")
+        first_shared = shared[min(shared)]  # claims are taken in a fixed order
+        assert message.startswith(f"{first_shared} is held by run run-1 of site 'tiny'")
         assert f"(pid {os.getpid()})" in message
         assert copy.holder() is None  # refused: nothing of the copy's run is left behind
         assert [mode(p) for p in claim_files(state, claims)] == [0o600] * len(claims)
@@ -105,6 +107,8 @@ def test_a_holder_killed_with_sigkill_needs_no_unlock_and_is_never_named(tmp_pat
     finally:
         held.send_signal(signal.SIGKILL)
         held.wait()
+        assert held.stdout is not None
+        held.stdout.close()
     stale = state / "locks" / "killed.holder.json"
     assert stale.exists() and claim_digest(sorted(claims)[0]) in stale.read_text()
 

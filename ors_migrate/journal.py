@@ -7,6 +7,7 @@ result after it ends, so a run killed anywhere can be reconciled. Secrets never 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import getpass
 import json
 import os
@@ -189,6 +190,9 @@ class Event(NamedTuple):
     state_id: str | None
     action_key: str | None
     payload: dict[str, Any]
+
+
+_new_event = functools.partial(tuple.__new__, Event)
 
 
 class Journal:
@@ -454,12 +458,13 @@ class Journal:
                 " WHERE run_id = ? AND seq > ? ORDER BY seq",
                 (run_id, known[-1].seq if known else -1),
             ).fetchall()
-            # The payloads decoded as one JSON array: two thirds of the time of one by one.
-            payloads = json.loads("[" + ",".join(r[6] for r in rows) + "]")
-            known.extend(
-                Event(r[0], r[1], r[2], r[3], r[4], r[5], p)
-                for r, p in zip(rows, payloads, strict=True)
-            )
+            if rows:
+                # The payloads decoded as one JSON array (two thirds of the time of one by one),
+                # put in place of their text column, and the events built without a Python call
+                # per event: a resume reads tens of thousands.
+                *columns, texts = zip(*rows, strict=True)
+                payloads = json.loads("[" + ",".join(texts) + "]")
+                known.extend(map(_new_event, zip(*columns, payloads, strict=True)))
             return list(known)
 
     # Original option values, captured once per application before its first edit

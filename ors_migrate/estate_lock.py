@@ -83,8 +83,9 @@ class EstateLock:
         claim another run holds raises RunLocked naming that run."""
         self._site = site_name
         statedir.ensure_dir(self.lock_dir)
+        folder = str(self.lock_dir)  # a path as text: 1,000 claims, 1,000 paths
         for key, digest in self._digests.items():
-            path = self.lock_dir / f"{digest}.lock"
+            path = f"{folder}/{digest}.lock"
             try:
                 fd = statedir.lock_private(path)
             except BaseException:
@@ -113,7 +114,7 @@ class EstateLock:
             if live is not None and digest in live.get("claims", ()):
                 yield {**live, "site": site}
 
-    def _held_message(self, key: str, lock_path: Path) -> str:
+    def _held_message(self, key: str, lock_path: str) -> str:
         what = self.claims[key]
         holder = next(self._holders_of(self._digests[key]), None)
         if holder is None:

@@ -7,6 +7,7 @@ result after it ends, so a run killed anywhere can be reconciled. Secrets never 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import getpass
 import json
 import os
@@ -189,6 +190,9 @@ class Event(NamedTuple):
     state_id: str | None
     action_key: str | None
     payload: dict[str, Any]
+
+
+_new_event = functools.partial(tuple.__new__, Event)
 
 
 class Journal:
@@ -454,12 +458,13 @@ class Journal:
                 " WHERE run_id = ? AND seq > ? ORDER BY seq",
                 (run_id, known[-1].seq if known else -1),
             ).fetchall()
-            # The payloads decoded as one JSON array: two thirds of the time of one by one.
-            payloads = json.loads("[" + ",".join(r[6] for r in rows) + "]")
-            known.extend(
-                Event(r[0], r[1], r[2], r[3], r[4], r[5], p)
-                for r, p in zip(rows, payloads, strict=True)
-            )
+            if rows:
+                # The payloads decoded as one JSON array (two thirds of the time of one by one),
+                # put in place of their text column, and the events built without a Python call
+                # per event: a resume reads tens of thousands.
+                *columns, texts = zip(*rows, strict=True)
+                payloads = json.loads("[" + ",".join(texts) + "]")
+                known.extend(map(_new_event, zip(*columns, payloads, strict=True)))
             return list(known)
 
     # Original option values, captured once per application before its first edit
@@ -526,7 +531,8 @@ class RunLock:
     dies, so a killed run never needs a manual unlock) and an info file naming the holder: host,
     user, pid, run id and start time. Given the site's `estate` (lock key -> what it protects,
     `estate_lock.estate_claims`), it also locks every application and options location, so a
-    copy of the site file under another name cannot run against them at the same time."""
+    copy of the site file under another name cannot run against them at the same time; the
+    info file then also lists the digests of those claims, for a refused run to name this one."""
 
     GRACE_S = 1.0
 
@@ -537,7 +543,11 @@ class RunLock:
 
         from ors_migrate.estate_lock import EstateLock
 
-        self._estate = EstateLock(state_dir, estate) if estate else None
+        self._estate = (
+            EstateLock(state_dir, estate, lambda site: RunLock(state_dir, site).live_holder())
+            if estate
+            else None
+        )
         self._wrote_info = False
 
         self.state_dir = state_dir
@@ -573,6 +583,10 @@ class RunLock:
             "pid_started": process_started(os.getpid()),
             "run_id": run_id,
             "started_at": now(),
+            "site": self.site_name,
+            # Written before the first claim is taken: whoever finds a claim held can read here
+            # which run holds it.
+            "claims": self._estate.claim_digests() if self._estate is not None else [],
         }
         try:
             self._write_info(info)

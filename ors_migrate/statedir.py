@@ -11,6 +11,7 @@ empty or swapped journal is refused instead of being read as "no runs".
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import stat
@@ -30,7 +31,7 @@ class StateDirError(InputError):
         super().__init__(f"state directory: {path}: {problem}", rule="state-dir")
 
 
-def _owner_problem(path: Path, st: os.stat_result, what: str) -> str | None:
+def _owner_problem(path: Path | str, st: os.stat_result, what: str) -> str | None:
     """Why a file or directory another user could have written is not trusted, or None."""
     uid = os.geteuid()
     if st.st_uid != uid:
@@ -86,7 +87,7 @@ def ensure_dir(path: Path) -> None:
         check_dir(path)
 
 
-def check_file(path: Path) -> bool:
+def check_file(path: Path | str) -> bool:
     """Whether a file in the state directory exists, after refusing a symlink, a non-regular
     file, or one that another user owns or could write."""
     try:
@@ -103,7 +104,7 @@ def check_file(path: Path) -> bool:
     return True
 
 
-def open_private(path: Path, flags: int, *, create: bool = False) -> int:
+def open_private(path: Path | str, flags: int, *, create: bool = False) -> int:
     """A file descriptor for a state file, never through a symlink; created 0600 when asked."""
     if check_file(path) is False and not create:
         raise FileNotFoundError(path)
@@ -117,6 +118,34 @@ def open_private(path: Path, flags: int, *, create: bool = False) -> int:
 def create_private(path: Path) -> None:
     """Create an empty state file 0600 (never through a symlink) unless it exists."""
     os.close(open_private(path, os.O_RDWR, create=True))
+
+
+def lock_private(path: Path | str) -> int | None:
+    """An exclusive flock on a state file, taken without waiting: the open descriptor that
+    holds it (closing it unlocks; the kernel unlocks it when the process dies, even by SIGKILL,
+    so a killed holder never needs a manual unlock), or None when another run holds it.
+
+    The file is created 0600 when missing and never opened through a symlink; what was opened
+    is checked again, so a non-regular file or one another user owns or could write is
+    refused, never locked, replaced or written."""
+    fd = open_private(path, os.O_RDWR, create=True)
+    try:
+        st = os.fstat(fd)
+        problem = None if stat.S_ISREG(st.st_mode) else "is not a regular file"
+        problem = problem or _owner_problem(path, st, "the file")
+        if problem:
+            raise StateDirError(path, problem)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except OSError as exc:
+        os.close(fd)
+        raise StateDirError(path, f"cannot be locked: {exc.strerror}") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def write_private(path: Path, text: str) -> None:

@@ -209,62 +209,76 @@ def _unbuildable_scalar_line(yaml: YAML, text: str) -> int | None:
     return None
 
 
-# The fast path: libyaml (PyYAML's C parser) builds the node tree, ruamel's YAML 1.2 resolver
-# and constructor give each plain scalar its value, so the data is what ruamel would build.
-# Anything beyond plain mappings, lists and scalars goes to ruamel's own (pure Python) loader,
-# which owns every error message.
-_PLAIN, _QUOTED, _COLLECTION = " plain", " quoted", " collection"  # no tag holds a space
+# The fast path: libyaml (PyYAML's C parser) reads the events, ruamel's YAML 1.2 resolver and
+# constructor give each plain scalar its value, so the data is what ruamel would build. Anything
+# beyond plain mappings, lists and scalars goes to ruamel's own (pure Python) loader, which owns
+# every error message.
 # Anchors, tags, merge keys, directives; and tabs and the line breaks libyaml and ruamel do not
 # read alike (NEL, LS, PS): a tab before a comment, after a colon or inside a plain scalar.
 _SLOW_ONLY = re.compile(r"[&!\t\x85\u2028\u2029]|<<|^%", re.MULTILINE)
+# A lone surrogate can only come from an escape of a double-quoted scalar (UTF-8 text holds
+# none): without `\u` or `\U` in the text, there is no need to search every string for one.
+_SURROGATE_ESCAPE = re.compile(r"\\[uU]")
 
 
 class _NotPlain(Exception):
     """The document needs ruamel's loader."""
 
 
-def _c_composer(text: str) -> Any:
-    import yaml
-
-    class Composer(yaml.CSafeLoader):  # type: ignore[name-defined,misc]
-        def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
-            if kind is yaml.ScalarNode:
-                return _PLAIN if implicit[0] else _QUOTED
-            return _COLLECTION
-
-    return Composer(text)
-
-
 class _FastBuilder:
-    """Plain data and the line of every key and item, from libyaml's nodes. Written for speed:
-    a site of 500 HA pairs has some 20,000 nodes."""
+    """Plain data and the line of every key and item, from libyaml's events (not its nodes: a
+    node tree is one more Python object and two resolver calls per value, and a site of 500
+    HA pairs has some 17,000 values)."""
 
-    def __init__(self) -> None:
+    def __init__(self, text: str) -> None:
         import yaml
         from ruamel.yaml.nodes import ScalarNode
 
-        self.kinds = (yaml.ScalarNode, yaml.SequenceNode, yaml.MappingNode)
+        self.parser = yaml.cyaml.CParser(text)
+        self.next_event = self.parser.get_event
+        self.events = yaml.events
         self.ruamel = YAML(typ="rt", pure=True)
         self.ruamel_scalar = ScalarNode
-        resolver = self.ruamel.resolver
-        # The first characters with which ruamel's resolver may find a plain scalar to be
-        # something other than a string (a number, a bool, null, ...): any other is a string,
-        # as ruamel would build it, without asking (most names and paths of a site).
-        self.typed_starts = (
-            None if resolver.yaml_path_resolvers else frozenset(resolver.versioned_resolver)
-        )
         self.scalars: dict[str, Any] = {}
+        # A plain scalar whose first character starts none of YAML 1.2's implicit types (no
+        # number, boolean, null...: `ORS_0001_A`, `pair-0001`, `primary`) is ruamel's text as it
+        # stands; a site of 500 HA pairs has thousands, which ruamel would each resolve and
+        # construct only to return them unchanged.
+        resolver = self.ruamel.resolver
+        table = resolver.versioned_resolver
+        self.typed_starts = frozenset(table) if None not in table else None
+        if resolver.yaml_path_resolvers:
+            self.typed_starts = None
         self.lines: dict[tuple[str | int, ...], int] = {}
         self.left = MAX_NODES
 
-    def scalar(self, node: Any) -> Any:
-        tag = node.tag
-        if tag == _QUOTED:
-            return node.value
-        if tag != _PLAIN:
-            raise _NotPlain  # an explicit tag
-        value = node.value
-        if self.typed_starts is not None and value and value[0] not in self.typed_starts:
+    def dispose(self) -> None:
+        self.parser.dispose()
+
+    def document(self) -> Any:
+        """The data of the stream's one document; None for a stream without any."""
+        events = self.events
+        if type(self.next_event()) is not events.StreamStartEvent:
+            raise _NotPlain
+        start = self.next_event()
+        if type(start) is events.StreamEndEvent:
+            return None
+        if type(start) is not events.DocumentStartEvent:
+            raise _NotPlain
+        root = self.build(self.next_event(), ())
+        if type(self.next_event()) is not events.DocumentEndEvent:
+            raise _NotPlain
+        if type(self.next_event()) is not events.StreamEndEvent:
+            raise _NotPlain  # a second document
+        return root
+
+    def scalar(self, event: Any) -> Any:
+        if event.tag is not None or event.anchor is not None:
+            raise _NotPlain  # an explicit tag, an anchor
+        value = event.value
+        if not event.implicit[0]:
+            return value  # quoted, literal or folded: text as it stands
+        if value and self.typed_starts is not None and value[0] not in self.typed_starts:
             return value
         try:
             return self.scalars[value]
@@ -275,44 +289,43 @@ class _FastBuilder:
         self.scalars[value] = built
         return built
 
-    def build(self, node: Any, path: tuple[str | int, ...]) -> Any:
+    def build(self, event: Any, path: tuple[str | int, ...]) -> Any:
+        """The value that starts with `event`, reading the events of its items."""
         self.left -= 1
         if self.left < 0:
             raise _NotPlain
-        scalar, sequence, _ = self.kinds
-        if isinstance(node, scalar):
-            return self.scalar(node)
-        if node.tag != _COLLECTION:
+        events = self.events
+        kind = type(event)
+        if kind is events.ScalarEvent:
+            return self.scalar(event)
+        if kind not in (events.SequenceStartEvent, events.MappingStartEvent):
+            raise _NotPlain  # an alias
+        if event.tag is not None or event.anchor is not None:
             raise _NotPlain
         lines = self.lines
-        if isinstance(node, sequence):
-            items = []
-            for index, item in enumerate(node.value):
-                where = (*path, index)
+        next_event = self.next_event
+        if kind is events.SequenceStartEvent:
+            items: list[Any] = []
+            while type(item := next_event()) is not events.SequenceEndEvent:
+                where = (*path, len(items))
                 lines[where] = item.start_mark.line + 1
                 items.append(self.build(item, where))
             return items
         built: dict[str, Any] = {}
         keys: set[Any] = set()
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, scalar):
-                raise _NotPlain
-            key = self.scalar(key_node)
+        while type(key_event := next_event()) is not events.MappingEndEvent:
+            if type(key_event) is not events.ScalarEvent:
+                raise _NotPlain  # a list or mapping as a key, or an alias
+            key = self.scalar(key_event)
             name = key if isinstance(key, str) else str(key)
             if name in built or key in keys:
                 # A duplicate key, as a value (`1.0` and `1` are equal) or as text.
                 raise _NotPlain
             keys.add(key)
             where = (*path, name)
-            lines[where] = key_node.start_mark.line + 1
-            built[name] = self.build(value_node, where)
+            lines[where] = key_event.start_mark.line + 1
+            built[name] = self.build(next_event(), where)
         return built
-
-
-def _may_escape_surrogates(text: str) -> bool:
-    """Whether a value read from `text` may hold a lone surrogate: only a `\\u` or `\\U`
-    escape makes one (UTF-8 text cannot hold it)."""
-    return "\\u" in text or "\\U" in text
 
 
 def _fast_document(text: str, name: str, error: type[InputError]) -> LocatedDocument | None:
@@ -321,20 +334,16 @@ def _fast_document(text: str, name: str, error: type[InputError]) -> LocatedDocu
     if _SLOW_ONLY.search(text):
         return None
     try:
-        composer = _c_composer(text)
+        builder = _FastBuilder(text)
         try:
-            node = composer.get_single_node()
+            root = builder.document()
         finally:
-            composer.dispose()
-        if node is None:
-            return None
-        builder = _FastBuilder()
-        root = builder.build(node, ())
+            builder.dispose()
     except Exception:  # noqa: BLE001 - anything unusual is ruamel's to read and to report
         return None
-    if not isinstance(root, dict) or (
-        _may_escape_surrogates(text) and SURROGATE.search(text_of(root))
-    ):
+    if not isinstance(root, dict):
+        return None
+    if _SURROGATE_ESCAPE.search(text) and SURROGATE.search(text_of(root)):
         return None
     return LocatedDocument(name, root, error, builder.lines)
 

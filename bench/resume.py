@@ -39,6 +39,7 @@ from typing import Any
 from rich.console import Console
 
 from ors_migrate.actions.service_control import expected_primaries
+from ors_migrate.cli import fewer_collections
 from ors_migrate.engine import Engine
 from ors_migrate.estate_lock import estate_claims
 from ors_migrate.journal import Journal, RunLock, RunRecord
@@ -264,6 +265,10 @@ def resume(site: Path, directory: Path, limit: int, repeat: int) -> Iterator[str
     )
     rounds = []
     reached = ""
+    # The collector as `ors-migrate` sets it before any command (what is loaded so far frozen,
+    # a larger first generation): without it, every pass rescans this bench's own plans and
+    # journals, which a resuming process does not hold.
+    fewer_collections()
     for n in range(repeat):
         copy = directory / f"journal-{n}"
         shutil.copytree(built, copy)

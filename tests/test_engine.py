@@ -332,8 +332,10 @@ def test_a_resume_decodes_each_journal_event_once_not_once_per_state(world, harn
     first = harness.journal
     harness.journal = Journal(first.state_dir)  # as a new process: nothing read yet
     decoded: list[int] = []
-    event = journal_module.Event
-    monkeypatch.setattr(journal_module, "Event", lambda *row: decoded.append(row[0]) or event(*row))
+    new_event = journal_module._new_event  # each event the journal decodes is built by it
+    monkeypatch.setattr(
+        journal_module, "_new_event", lambda row: decoded.append(row[0]) or new_event(row)
+    )
     try:
         assert harness.run(text=flips(3)).status == "succeeded"
     finally:
